@@ -1,0 +1,10 @@
+"""Slide readers: every reader returns ONE AnnData per slide in the senca_core contract
+(docs/ARCHITECTURE.md) and raises :class:`senca_core.errors.SlideError` on bad input."""
+
+from ._h5ad import read_h5ad
+from ._her2st import read_her2st
+from ._legacy_st import read_legacy_st
+from ._validate import validate_counts
+from ._visium import read_visium
+
+__all__ = ["read_legacy_st", "read_her2st", "read_visium", "read_h5ad", "validate_counts"]

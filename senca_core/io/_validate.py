@@ -1,0 +1,101 @@
+"""``validate_counts``: the checks every reader runs on a slide's count matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from ..errors import SlideError
+
+
+def _first_cell(adata: AnnData, rows: np.ndarray, cols: np.ndarray) -> str:
+    return f"spot {adata.obs_names[int(rows[0])]!r}, gene {adata.var_names[int(cols[0])]!r}"
+
+
+def _bad_cells(X, mask_fn) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """(number of cells where mask_fn(values) is True, their rows, cols, values) over the stored entries."""
+    if sp.issparse(X):
+        coo = X.tocoo()
+        mask = mask_fn(coo.data)
+        return int(mask.sum()), coo.row[mask], coo.col[mask], coo.data[mask]
+    arr = np.asarray(X)
+    mask = mask_fn(arr)
+    rows, cols = np.nonzero(mask)
+    return int(mask.sum()), rows, cols, arr[rows, cols]
+
+
+def validate_counts(adata: AnnData, *, slide: str | None = None, file: str | None = None) -> AnnData:
+    """Check a slide's raw count matrix ``adata.X`` (spots × genes); raise :class:`SlideError` on bad input.
+
+    Checks, each an error naming slide, file and field:
+
+    - empty matrix (no spots or no genes) — field ``counts``;
+    - non-numeric cells (an object / string matrix) — field ``counts``, first bad spot and gene named;
+    - NaN or ±inf counts — field ``counts``;
+    - negative counts — field ``counts``;
+    - duplicate spot keys (``obs_names``) — field ``barcode`` on Visium, ``spot key`` otherwise;
+    - every spot with zero total counts — field ``counts``.
+
+    Spots with zero total counts when others have counts are **dropped** (a spot with no molecules carries
+    no expression and breaks library-size normalisation); their number is written to
+    ``uns["senca"]["n_zero_spots_dropped"]`` (always written, 0 when none; added to a stored value, so
+    validating again, or reading back a written slide, keeps the original number). Because dropping spots makes a
+    new AnnData, use the return value: it is ``adata`` itself when nothing was dropped, else a subset copy.
+
+    ``slide`` / ``file`` default to ``uns["senca"]["slide_id"]`` / ``uns["senca"]["source_files"]["counts"]``.
+    Non-integer counts are accepted (e.g. ambient-corrected counts); nothing is rounded.
+    """
+    senca = dict(adata.uns.get("senca", {}) or {})
+    if slide is None:
+        slide = senca.get("slide_id")
+    if file is None:
+        file = (senca.get("source_files") or {}).get("counts")
+    key_field = "barcode" if senca.get("platform") == "visium" else "spot key"
+
+    def fail(problem: str, field: str = "counts") -> SlideError:
+        return SlideError(problem, slide=slide, file=file, field=field)
+
+    n_obs, n_vars = adata.n_obs, adata.n_vars
+    if n_obs == 0 or n_vars == 0 or adata.X is None:
+        raise fail(f"empty count matrix ({n_obs} spots × {n_vars} genes)")
+
+    X = adata.X
+    dtype = X.dtype
+    if dtype.kind not in "biuf":
+        flat = pd.Series(np.asarray(X.toarray() if sp.issparse(X) else X, dtype=object).ravel())
+        coerced = pd.to_numeric(flat, errors="coerce")
+        bad = (coerced.isna() & flat.notna()).to_numpy()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            r, c = divmod(i, n_vars)
+            raise fail(f"{int(bad.sum())} non-numeric count(s), first {flat.iloc[i]!r} at "
+                       f"{_first_cell(adata, np.array([r]), np.array([c]))}")
+        X = sp.csr_matrix(coerced.to_numpy(dtype=np.float32).reshape(n_obs, n_vars))
+        adata.X = X
+    if dtype.kind == "f":
+        n, rows, cols, vals = _bad_cells(X, lambda v: ~np.isfinite(v))
+        if n:
+            raise fail(f"{n} NaN/infinite count(s), first {vals[0]} at {_first_cell(adata, rows, cols)}")
+    if dtype.kind in "if":
+        n, rows, cols, vals = _bad_cells(X, lambda v: v < 0)
+        if n:
+            raise fail(f"{n} negative count(s), first {vals[0]:g} at {_first_cell(adata, rows, cols)}")
+
+    names = adata.obs_names
+    if names.has_duplicates:
+        dup = names[names.duplicated()].unique()
+        raise fail(f"{len(dup)} duplicate {key_field}(s), first {dup[0]!r}", field=key_field)
+
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    zero = totals == 0
+    n_zero = int(zero.sum())
+    if n_zero == n_obs:
+        raise fail(f"all {n_obs} spots have zero counts")
+    if n_zero:
+        adata = adata[~zero].copy()
+        senca = dict(adata.uns.get("senca", {}) or {})
+    senca["n_zero_spots_dropped"] = int(senca.get("n_zero_spots_dropped", 0)) + n_zero
+    adata.uns["senca"] = senca
+    return adata
