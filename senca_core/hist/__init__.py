@@ -1,0 +1,16 @@
+"""Histology: open slides, cut one H&E patch per spot, describe it (writes ``obsm["X_hist"]``).
+
+* :func:`open_slide` — OpenSlide (pyramidal TIFF/SVS/NDPI …) or a plain JPEG/PNG;
+* :func:`extract_patches` — ``uint8 (n, size, size, 3)`` patches centred on the spots;
+* :func:`morphology_features` — weights-free H&E descriptors (colour deconvolution, nuclei, texture);
+* :func:`patch_features` — the verb: patches -> ``obsm["X_hist"]``;
+* :class:`CNNEncoder` — ResNet-18 encoder with weights from a local file.
+"""
+
+from ._cnn_encoder import CNNEncoder
+from ._extract_patches import extract_patches
+from ._morphology_features import morphology_features
+from ._open_slide import open_slide
+from ._patch_features import patch_features
+
+__all__ = ["open_slide", "extract_patches", "morphology_features", "patch_features", "CNNEncoder"]

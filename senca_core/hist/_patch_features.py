@@ -1,0 +1,92 @@
+"""``patch_features``: spot patches -> histology features in ``obsm["X_hist"]`` (scanpy-style verb)."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import numpy as np
+import openslide
+from anndata import AnnData
+
+from ..errors import ConfigError
+from ._cnn_encoder import CNNEncoder
+from ._extract_patches import extract_patches
+from ._morphology_features import morphology_features
+
+__all__ = ["patch_features"]
+
+
+def patch_features(
+    adata: AnnData,
+    *,
+    encoder: Literal["morphology", "cnn"] | CNNEncoder = "morphology",
+    context: float = 2.0,
+    size: int = 64,
+    weights: str | os.PathLike | None = None,
+    batch_size: int = 256,
+    on_outside: Literal["flag", "error"] = "flag",
+    slide: openslide.AbstractSlide | None = None,
+    device: str = "cpu",
+) -> None:
+    """Extract one patch per spot and describe it; writes the features into ``adata``.
+
+    Parameters
+    ----------
+    adata
+        One slide (docs/ARCHITECTURE.md); needs ``obsm["spatial"]``, ``uns["senca"]["spot_diameter_px"]``
+        and ``uns["senca"]["image_path"]`` (or ``slide``).
+    encoder
+        ``"morphology"``: weights-free descriptors (:func:`morphology_features`, ~116 features);
+        ``"cnn"``: :class:`CNNEncoder` with ``weights`` (512 features); or a ready ``CNNEncoder``.
+    context, size, on_outside, slide
+        Passed to :func:`extract_patches`.
+    weights
+        Local state_dict file for ``encoder="cnn"`` (required there; never downloaded).
+    batch_size
+        Patches per feature batch (bounds memory).
+    device
+        Torch device for ``encoder="cnn"``.
+
+    Writes
+    ------
+    * ``adata.obsm["X_hist"]``: ``float32 (n_spots, F)``;
+    * ``adata.obs["patch_in_image"]``: bool, False where the patch fell (partly) outside the image
+      (its missing part is white);
+    * ``adata.uns["senca"]["hist_features"]``: ``{"encoder", "names", "context", "size"}``
+      (plus ``"weights"``, the file path, for the CNN).
+
+    Returns ``None``.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError("batch_size", f"must be a positive integer, got {batch_size!r}")
+    if isinstance(encoder, CNNEncoder):
+        cnn, enc_name = encoder, "cnn"
+    elif encoder == "cnn":
+        if weights is None:
+            raise ConfigError("weights", "encoder='cnn' needs weights=<path to a local state_dict .pt>; "
+                                         "nothing is downloaded")
+        cnn, enc_name = CNNEncoder(weights, device=device, batch_size=batch_size), "cnn"
+    elif encoder == "morphology":
+        cnn, enc_name = None, "morphology"
+    else:
+        raise ConfigError("encoder", f"must be 'morphology', 'cnn' or a CNNEncoder, got {encoder!r}")
+
+    patches = extract_patches(adata, context=context, size=size, on_outside=on_outside, slide=slide)
+
+    if cnn is not None:
+        feats, names = cnn(patches), cnn.names
+    else:
+        chunks, names = [], None
+        for s in range(0, max(len(patches), 1), batch_size):
+            f, names = morphology_features(patches[s:s + batch_size])
+            chunks.append(f)
+        feats = np.concatenate(chunks, axis=0)
+
+    adata.obsm["X_hist"] = np.ascontiguousarray(feats, dtype=np.float32)
+    info = {"encoder": enc_name, "names": [str(k) for k in names], "context": float(context), "size": int(size)}
+    if cnn is not None:
+        info["weights"] = cnn.weights
+    if not isinstance(adata.uns.get("senca"), dict):
+        adata.uns["senca"] = {}
+    adata.uns["senca"]["hist_features"] = info
