@@ -1,0 +1,157 @@
+"""``region_map``: regions as coloured spots over the H&E thumbnail, written as a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from ..errors import SlideError
+
+_NA_COLOUR = "#bdbdbd"
+
+
+def _palette(n: int) -> list:
+    import matplotlib
+
+    if n <= 10:
+        cmap = matplotlib.colormaps["tab10"]
+        return [cmap(i) for i in range(n)]
+    if n <= 20:
+        cmap = matplotlib.colormaps["tab20"]
+        return [cmap(i) for i in range(n)]
+    cmap = matplotlib.colormaps["turbo"]
+    return [cmap(x) for x in np.linspace(0.05, 0.95, n)]
+
+
+def _thumbnail(path: str, max_px: int) -> tuple[np.ndarray, float] | None:
+    """(RGB thumbnail, scale = thumbnail px / image px), or None when it cannot be read."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.exists():
+        return None
+    old = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # full-resolution H&E are legitimately huge
+        with Image.open(p) as im:
+            W, H = im.size
+            im.draft("RGB", (max_px, max_px))  # JPEG: decode at a reduced size (fast)
+            im = im.convert("RGB")
+            im.thumbnail((max_px, max_px))
+            return np.asarray(im), im.size[0] / W
+    except Exception:  # pyramidal TIFF / SVS: try OpenSlide
+        try:
+            import openslide
+
+            with openslide.OpenSlide(str(p)) as sl:
+                W, H = sl.dimensions
+                im = sl.get_thumbnail((max_px, max_px)).convert("RGB")
+                return np.asarray(im), im.size[0] / W
+        except Exception:
+            return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def region_map(
+    adata: AnnData,
+    key: str = "region",
+    out: str | Path = "region_map.png",
+    *,
+    thumbnail_px: int = 800,
+    title: str | None = None,
+    alpha: float = 0.8,
+    dpi: int = 150,
+) -> Path:
+    """Draw ``obs[key]`` as coloured spots over the slide's H&E thumbnail and save a PNG.
+
+    The thumbnail comes from ``uns["senca"]["image_path"]`` (longest side ``thumbnail_px``;
+    JPEG/PNG via Pillow, pyramidal slides via OpenSlide); without an image (or when it cannot be
+    read) spots are drawn on a plain background. Spots are circles of ``spot_diameter_px`` (or
+    0.9 × the grid pitch when unknown) at ``obsm["spatial"]``, coloured per category (colours from
+    ``uns[f"{key}_colors"]`` when present, else tab10/tab20); NA spots are grey. The view is cropped
+    to the spots (+ a margin). The title names the slide id and the key; a legend lists the
+    categories with their spot counts.
+
+    Returns the path written. Nothing is written to adata.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import EllipseCollection
+    from matplotlib.patches import Patch
+
+    senca = adata.uns.get("senca", {}) if isinstance(adata.uns.get("senca"), dict) else {}
+    slide = str(senca.get("slide_id", "slide"))
+    if key not in adata.obs:
+        raise SlideError(f"no column {key!r} in obs to draw", slide=slide, field=f"obs['{key}']")
+    if "spatial" not in adata.obsm:
+        raise SlideError("no spot coordinates to draw", slide=slide, field="obsm['spatial']")
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
+    col = adata.obs[key]
+    cats = list(col.cat.categories) if isinstance(col.dtype, pd.CategoricalDtype) else sorted(col.dropna().astype(str).unique())
+    cats = [str(c) for c in cats if (col.astype(str) == str(c)).any()] or cats
+    colours = adata.uns.get(f"{key}_colors")
+    if colours is None or len(colours) < len(cats):
+        colours = _palette(len(cats))
+    cmap = {c: colours[i] for i, c in enumerate(cats)}
+    labels = col.astype(object).where(col.notna(), None).to_numpy()
+    face = [cmap.get(str(v), _NA_COLOUR) if v is not None else _NA_COLOUR for v in labels]
+
+    diam = senca.get("spot_diameter_px")
+    if not diam:
+        from ..pp._neighbors import grid_spacing
+
+        diam = 0.9 * grid_spacing(xy)
+    diam = float(diam)
+
+    thumb = None
+    if senca.get("image_path"):
+        thumb = _thumbnail(str(senca["image_path"]), int(thumbnail_px))
+    scale = thumb[1] if thumb is not None else 1.0
+    pts = xy * scale
+    d = diam * scale
+    margin = 1.5 * d + 0.03 * float(np.ptp(pts, axis=0).max() or 1.0)
+    x0, y0 = pts.min(axis=0) - margin
+    x1, y1 = pts.max(axis=0) + margin
+    if thumb is not None:
+        h, w = thumb[0].shape[:2]
+        x0, y0 = max(x0, 0.0), max(y0, 0.0)
+        x1, y1 = min(x1, float(w)), min(y1, float(h))
+
+    aspect = (y1 - y0) / max(x1 - x0, 1e-9)
+    fig_w = 7.5
+    fig, ax = plt.subplots(figsize=(fig_w + 2.6, max(fig_w * aspect, 3.0)), dpi=dpi)
+    if thumb is not None:
+        ax.imshow(thumb[0], origin="upper", interpolation="lanczos")
+    else:
+        ax.set_facecolor("#f4f1ec")
+    ec = EllipseCollection(np.full(len(pts), d), np.full(len(pts), d), np.zeros(len(pts)),
+                           units="xy", offsets=pts, offset_transform=ax.transData,
+                           facecolors=face, edgecolors="white", linewidths=0.3, alpha=alpha)
+    ax.add_collection(ec)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y1, y0)  # image frame: y down
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for s in ax.spines.values():
+        s.set_visible(False)
+    counts = pd.Series([str(v) for v in labels if v is not None]).value_counts()
+    handles = [Patch(facecolor=cmap[c], edgecolor="none", label=f"{c} ({int(counts.get(c, 0))})")
+               for c in cats]
+    n_na = int(sum(v is None for v in labels))
+    if n_na:
+        handles.append(Patch(facecolor=_NA_COLOUR, edgecolor="none", label=f"NA ({n_na})"))
+    ax.legend(handles=handles, title=key, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              frameon=False, fontsize=9, title_fontsize=10)
+    ax.set_title(title or f"{slide} — {key} ({adata.n_obs} spots)", fontsize=12)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, bbox_inches="tight", facecolor="white")
+    plt.close(fig)
+    return out

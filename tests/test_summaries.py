@@ -1,0 +1,193 @@
+"""senca_core.tl summaries (heterogeneity, microenvironment, marker_genes, tumour-region rule) and
+senca_core.pl.region_map, on hand-made grids with known answers, synthetic slides and HER2ST."""
+
+from __future__ import annotations
+
+import math
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import senca_core.pp as pp
+from senca_core.datasets import synthetic_slide
+from senca_core.errors import SlideError
+from senca_core.pl import region_map
+from senca_core.tl._heterogeneity import heterogeneity
+from senca_core.tl._markers import marker_genes, tumour_like_regions, tumour_scores
+from senca_core.tl._microenvironment import microenvironment
+
+
+def square(labels: np.ndarray, pitch: float = 100.0) -> ad.AnnData:
+    """An AnnData on a square grid whose obs["region"] is the 2-D array ``labels``."""
+    R, C = labels.shape
+    r, c = np.mgrid[0:R, 0:C]
+    a = ad.AnnData(obs=pd.DataFrame({"array_row": r.ravel(), "array_col": c.ravel()},
+                                    index=[f"{j}x{i}" for i, j in zip(r.ravel(), c.ravel())]))
+    a.obs["region"] = pd.Categorical(labels.ravel())
+    a.obsm["spatial"] = np.stack([c.ravel() * pitch, r.ravel() * pitch], axis=1).astype(float)
+    a.uns["senca"] = {"slide_id": "hand", "grid": "square"}
+    return a
+
+
+def brute_mixing(labels: np.ndarray) -> float:
+    """Independent reference: 8-neighbourhood on the array, mean fraction of other-region neighbours."""
+    R, C = labels.shape
+    fr = []
+    for i in range(R):
+        for j in range(C):
+            nb = [labels[i + di, j + dj] for di in (-1, 0, 1) for dj in (-1, 0, 1)
+                  if (di or dj) and 0 <= i + di < R and 0 <= j + dj < C]
+            fr.append(np.mean([x != labels[i, j] for x in nb]))
+    return float(np.mean(fr))
+
+
+# ---- heterogeneity ----------------------------------------------------------------------------------
+def test_two_uniform_halves():
+    lab = np.array([["a"] * 5 + ["b"] * 5] * 10)
+    h = heterogeneity(square(lab), tumour_regions=["a"])
+    assert h["shannon"] == pytest.approx(math.log(2))
+    assert h["shannon_evenness"] == pytest.approx(1.0)
+    assert h["simpson"] == pytest.approx(0.5)
+    assert h["inverse_simpson"] == pytest.approx(2.0)
+    assert h["proportions"] == {"a": 0.5, "b": 0.5}
+    assert h["neighbour_mixing"] == pytest.approx(brute_mixing(lab))
+    assert h["neighbour_mixing"] == pytest.approx((2 * (8 * 3 / 8 + 2 * 2 / 5)) / 100)
+    assert h["tumour_fraction"] == 0.5 and h["n_tumour_components"] == 1
+    assert h["tumour_component_sizes"] == [50]
+    assert h["tumour_rule"] == "given"
+
+
+def test_single_region_and_na_spots():
+    lab = np.full((6, 6), "x", dtype=object)
+    a = square(lab)
+    a.obs.loc[a.obs_names[:6], "region"] = np.nan
+    h = heterogeneity(a, tumour_regions=["x"])
+    assert h["n_spots"] == 30 and h["n_regions"] == 1
+    assert h["shannon"] == 0.0 and h["simpson"] == 0.0 and h["neighbour_mixing"] == 0.0
+    assert h["neighbour_entropy"] == 0.0
+
+
+def test_tumour_components_sizes_and_spread():
+    lab = np.full((12, 12), "s", dtype=object)
+    lab[1:4, 1:4] = "t"          # a 3 x 3 nest
+    lab[8:10, 8:11] = "t2"       # a 2 x 3 nest of another tumour region, far away
+    lab[6, 0] = "t"              # a single-spot fragment
+    h = heterogeneity(square(lab), tumour_regions=["t", "t2"])
+    assert h["n_tumour_regions"] == 2
+    assert h["tumour_component_sizes"] == [9, 6]  # the lone spot is below min_component=3
+    assert h["n_tumour_components"] == 2 and h["n_tumour_fragments"] == 3
+    sub = h["tumour_subregions"]["t"]
+    assert sub["n_spots"] == 10 and sub["n_components"] == 1 and sub["largest_component"] == 9
+    # spread of a 3 x 3 block alone: mean distance to its centre in pitches
+    lab2 = np.full((7, 7), "s", dtype=object)
+    lab2[2:5, 2:5] = "t"
+    h2 = heterogeneity(square(lab2), tumour_regions=["t"])
+    assert h2["tumour_spread"] == pytest.approx((4 + 4 * math.sqrt(2)) / 9)
+    assert h2["tumour_spread_px"] == pytest.approx(100 * (4 + 4 * math.sqrt(2)) / 9)
+    # diagonal contact counts as adjacency on a square grid (8-neighbourhood)
+    lab3 = np.full((5, 5), "s", dtype=object)
+    lab3[1, 1] = lab3[2, 2] = lab3[3, 3] = "t"
+    assert heterogeneity(square(lab3), tumour_regions=["t"])["n_tumour_components"] == 1
+
+
+def test_bad_keys():
+    a = square(np.array([["a", "b"] * 3] * 6))
+    with pytest.raises(SlideError, match="no column"):
+        heterogeneity(a, key="nope", tumour_regions=["a"])
+    with pytest.raises(SlideError, match="not found"):
+        heterogeneity(a, tumour_regions=["zzz"])
+
+
+# ---- microenvironment ---------------------------------------------------------------------------------
+def test_rings_around_a_tumour_block():
+    lab = np.full((11, 11), "stroma", dtype=object)
+    lab[2:9, 2:9] = "immune"
+    lab[4:7, 4:7] = "tumour"     # tumour, ring 1 + ring 2 immune, then stroma
+    lab[2, 2] = "fat"            # one ring-2 spot of another kind (corner of the 7x7 square)
+    df = microenvironment(square(lab), tumour_regions=["tumour"], rings=3)
+    assert list(df.index) == ["ring1", "ring2", "ring3", "beyond", "all_non_tumour"]
+    assert df.loc["ring1", "n_spots"] == 16 and df.loc["ring1", "immune"] == 1.0
+    assert df.loc["ring2", "n_spots"] == 24
+    assert df.loc["ring2", "fat"] == pytest.approx(1 / 24)
+    assert df.loc["ring3", "stroma"] == 1.0 and df.loc["ring3", "n_spots"] == 32
+    assert df.loc["all_non_tumour", "n_spots"] == 121 - 9
+    assert df.attrs["enrichment"]["immune"] > 2
+    assert "tumour" not in df.columns
+
+
+# ---- synthetic slide: the defaults find the tumour and its margin --------------------------------------
+@pytest.fixture(scope="module")
+def syn():
+    a = synthetic_slide(1200, seed=11, with_image=False, slide_id="syn11")
+    pp.preprocess(a, n_top_genes=300, n_comps=15)
+    return a
+
+
+def test_tumour_rule_and_summaries_on_synthetic(syn):
+    assert sorted(tumour_like_regions(syn)) == ["tumour_A", "tumour_B"]
+    s = tumour_scores(syn)
+    assert s.index[-1] in ("stroma", "adipose") and s["tumour_A"] > 0 > s["gland"]
+    h = heterogeneity(syn)
+    truth = syn.obs["region"].isin(["tumour_A", "tumour_B"]).mean()
+    assert h["tumour_rule"] == "tumour_genes" and h["tumour_fraction"] == pytest.approx(truth)
+    assert h["n_regions"] == 6 and 0 < h["neighbour_mixing"] < 0.5
+    me = microenvironment(syn)  # the generator puts an immune ring at the tumour margin
+    assert me.loc["ring1", "immune"] > 0.6
+    assert me.attrs["enrichment"]["immune"] > 1.5
+
+
+def test_marker_genes_recover_the_programmes(syn):
+    df = marker_genes(syn, n_genes=5)
+    assert list(df.columns[:3]) == ["group", "rank", "gene"]
+    design = syn.uns["senca"]["design"]["markers"]
+    top = df.groupby("group")["gene"].apply(list)
+    assert len(set(top["tumour_A"]) & set(design["clone_A"])) >= 3
+    assert len(set(top["tumour_B"]) & set(design["clone_B"])) >= 3
+    assert len(set(top["immune"]) & set(design["immune"])) >= 4
+    assert (df["logfoldchange"] > 0).all() and (df["mean_in"] > df["mean_out"]).all()
+    assert "rank_genes_region" in syn.uns
+    tt = marker_genes(syn, n_genes=3, method="t-test")
+    assert len(tt) == 3 * syn.obs["region"].nunique()
+    one = syn.copy()
+    one.obs["one"] = pd.Categorical(["x"] * one.n_obs)
+    with pytest.raises(SlideError, match="two groups"):
+        marker_genes(one, key="one")
+
+
+# ---- region map ---------------------------------------------------------------------------------------
+def test_region_map_writes_a_real_picture(tmp_path):
+    a = synthetic_slide(600, seed=2, out_dir=tmp_path, slide_id="map2")
+    out = region_map(a, out=tmp_path / "maps" / "m.png", thumbnail_px=500)
+    assert out.exists() and out.stat().st_size > 20_000
+    img = np.asarray(Image.open(out).convert("RGB"))
+    assert img.shape[0] > 300 and img.shape[1] > 300
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 500  # H&E underneath + spots + legend
+    tab_blue = np.array([31, 119, 180])   # tab10 colour of the first region
+    assert (np.abs(img.astype(int) - tab_blue).sum(axis=2) < 40).sum() > 100
+    del a.uns["senca"]["image_path"]        # no image: plain background still works
+    out2 = region_map(a, key="label", out=tmp_path / "m2.png")
+    assert Image.open(out2).size[0] > 300
+    with pytest.raises(SlideError):
+        region_map(a, key="nope", out=tmp_path / "m3.png")
+
+
+# ---- HER2ST: the tumour rule on pathologist labels -------------------------------------------------
+@pytest.mark.realdata
+@pytest.mark.parametrize("section,expected", [
+    ("A1", {"invasive cancer", "cancer in situ"}),
+    ("B1", {"invasive cancer"}),
+    ("C1", {"invasive cancer"}),
+])
+def test_tumour_rule_on_her2st_labels(her2st_root, section, expected):
+    from test_pp import load_her2st
+
+    a = load_her2st(her2st_root, section)
+    a.obs["label"] = a.obs["label"].astype(str).where(a.obs["label_scored"].to_numpy(dtype=bool))
+    pp.normalize_log(a)
+    assert set(tumour_like_regions(a, "label")) == expected
+    h = heterogeneity(a, "label")
+    assert h["tumour_rule"] == "tumour_genes"
+    assert h["n_tumour_components"] >= 1 and h["tumour_component_sizes"][0] >= 20
