@@ -1,0 +1,147 @@
+"""The single-process training loop and the step function that the Ray Train stage calls too."""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from ..errors import ConfigError, SlideError
+from ._batch import SlideBatch, make_batch
+from ._config import SencaConfig
+from ._network import SencaModel
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; returns the CPU generator used for masks and negatives."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def resolve_device(config: SencaConfig) -> torch.device:
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", f"{config.device!r} requested but CUDA is not available on this machine")
+    return torch.device(config.device)
+
+
+def input_dims(batches: Sequence[SlideBatch]) -> tuple[int, int]:
+    """(n_expr, n_hist) shared by the slides; slides without histology are allowed next to ones with it."""
+    expr_dims = {b.expr.shape[1] for b in batches if b.expr is not None}
+    hist_dims = {b.hist.shape[1] for b in batches if b.hist is not None}
+    if len(expr_dims) > 1:
+        raise SlideError(f"slides disagree on the expression feature width {sorted(expr_dims)}: "
+                         "preprocess the cohort with one shared gene panel / PCA basis", field="expr")
+    if len(hist_dims) > 1:
+        raise SlideError(f"slides disagree on the histology feature width {sorted(hist_dims)}: "
+                         "use one encoder for the cohort", field="hist")
+    return (expr_dims.pop() if expr_dims else 0), (hist_dims.pop() if hist_dims else 0)
+
+
+def build_model(config: SencaConfig, batches: Sequence[SlideBatch]) -> SencaModel:
+    n_expr, n_hist = input_dims(batches)
+    if config.use_hist and not config.use_expr and n_hist == 0:
+        raise SlideError("image-only model but no slide has histology features", field="hist")
+    return SencaModel(config, n_expr=n_expr, n_hist=n_hist)
+
+
+def make_optimizer(model: torch.nn.Module, config: SencaConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def prototype_warmup(config: SencaConfig) -> int:
+    """Epochs before the region-scale (prototype) loss starts: embeddings first learn to reconstruct."""
+    return config.epochs // 3
+
+
+def train_step(model: torch.nn.Module, batch: SlideBatch, optimizer: torch.optim.Optimizer, *,
+               generator: torch.Generator | None = None, use_prototypes: bool = True) -> dict[str, float]:
+    """One optimisation step on one slide. ``model`` may be wrapped in DistributedDataParallel."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        loss, parts = model(batch, objective=True, generator=generator, use_prototypes=use_prototypes)
+    if not torch.isfinite(loss):
+        raise SlideError(f"training diverged (loss {float(loss)})", slide=batch.slide_id, field="loss")
+    with torch.enable_grad():
+        loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    optimizer.step()
+    return parts
+
+
+@torch.no_grad()
+def init_prototypes(model: SencaModel, batches: Sequence[SlideBatch], generator: torch.Generator) -> None:
+    """Place the region prototypes on randomly drawn spot embeddings (no dead prototypes)."""
+    model.eval()
+    z = torch.cat([model(b) for b in batches])
+    idx = torch.randperm(z.shape[0], generator=generator)[: model.prototypes.shape[0]]
+    model.prototypes.data[: len(idx)] = z[idx.to(z.device)]
+
+
+def run_epoch(model, batches, optimizer, epoch: int, config: SencaConfig, generator: torch.Generator,
+              order_rng: random.Random) -> dict[str, float]:
+    """One pass over the given slides (shuffled), averaging the loss parts."""
+    core = getattr(model, "module", model)
+    if config.hierarchical and config.w_proto > 0 and epoch == prototype_warmup(config):
+        init_prototypes(core, batches, generator)
+    order = list(range(len(batches)))
+    order_rng.shuffle(order)
+    sums: dict[str, float] = {}
+    for i in order:
+        parts = train_step(model, batches[i], optimizer, generator=generator,
+                           use_prototypes=epoch >= prototype_warmup(config))
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + value
+    return {key: value / len(batches) for key, value in sums.items()}
+
+
+def fit(adatas: AnnData | Sequence[AnnData], config: SencaConfig | None = None, *,
+        callback: EpochCallback | None = None) -> tuple[SencaModel, list[dict[str, float]]]:
+    """Train SENCA-st on one or more preprocessed slides in this process. Returns ``(model, history)``."""
+    config = (config or SencaConfig()).validate()
+    adatas = [adatas] if isinstance(adatas, AnnData) else list(adatas)
+    if not adatas:
+        raise ConfigError("slides", "no slides to train on")
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)  # bit-identical reruns with one seed
+    try:
+        return _fit(adatas, config, callback)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _fit(adatas, config, callback):
+    generator = seed_everything(config.seed)
+    device = resolve_device(config)
+    batches = [make_batch(a, config).to(device) for a in adatas]
+    model = build_model(config, batches).to(device)
+    optimizer = make_optimizer(model, config)
+    order_rng = random.Random(config.seed)
+    history = []
+    for epoch in range(config.epochs):
+        parts = run_epoch(model, batches, optimizer, epoch, config, generator, order_rng)
+        parts["epoch"] = epoch
+        history.append(parts)
+        if callback is not None:
+            callback(epoch, parts)
+    model.eval()
+    return model, history
+
+
+@torch.no_grad()
+def embed(model: SencaModel, adata: AnnData) -> np.ndarray:
+    """Deterministic embeddings (n_spots, embed_dim) of one slide (eval mode: no masking, no dropout)."""
+    model = getattr(model, "module", model)
+    model.eval()
+    device = next(model.parameters()).device
+    batch = make_batch(adata, model.config).to(device)
+    return model(batch).cpu().numpy().astype(np.float32)
