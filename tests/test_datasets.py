@@ -48,10 +48,10 @@ def test_slide_follows_the_anndata_contract(slide):
     assert a.obs_names.is_unique
     for col in ("array_row", "array_col"):
         assert np.issubdtype(a.obs[col].dtype, np.integer)
-    assert isinstance(a.obs["region"].dtype, pd.CategoricalDtype)
-    assert (a.obs["label"].astype(str) == a.obs["region"].astype(str)).all()
+    assert isinstance(a.obs["true_region"].dtype, pd.CategoricalDtype)
+    assert (a.obs["label"].astype(str) == a.obs["true_region"].astype(str)).all()
     assert a.obs["label_scored"].dtype == bool and a.obs["label_scored"].all()
-    assert set(a.obs["region"].cat.categories) == set(REGION_NAMES)  # all six regions present
+    assert set(a.obs["true_region"].cat.categories) == set(REGION_NAMES)  # all six regions present
     s = a.uns["senca"]
     assert s["slide_id"] == "s7" and s["patient_id"] == "p7"
     assert s["platform"] == "synthetic" and s["grid"] == "hex"
@@ -87,7 +87,7 @@ def test_design_is_documented(slide):
 def test_expression_separates_the_histology_alike_pair_but_not_the_other(slide):
     a = slide
     L = _log_norm(a)
-    reg = a.obs["region"].astype(str).to_numpy()
+    reg = a.obs["true_region"].astype(str).to_numpy()
     mean = {r: L[reg == r].mean(axis=0) for r in REGION_NAMES}
     sd = L.std(axis=0) + 1e-9
     # tumour_A vs tumour_B: clone markers differ strongly
@@ -106,7 +106,7 @@ def test_expression_separates_the_histology_alike_pair_but_not_the_other(slide):
 def test_image_separates_the_expression_alike_pair_but_not_the_other(slide):
     a = slide
     F = _patch_stats(a)
-    reg = a.obs["region"].astype(str).to_numpy()
+    reg = a.obs["true_region"].astype(str).to_numpy()
     sd = F.std(axis=0)
     m = F.groupby(reg).mean()
     # tumour_A vs tumour_B: same texture -> every statistic within 0.15 sd
@@ -121,14 +121,14 @@ def test_image_separates_the_expression_alike_pair_but_not_the_other(slide):
 
 def test_layout_proportions_seed_and_square_grid(tmp_path):
     a = synthetic_slide(800, seed=3, with_image=False, layout={"tumour": 0.4, "clone_B": 0.5})
-    reg = a.obs["region"].astype(str)
+    reg = a.obs["true_region"].astype(str)
     tum = reg.isin(["tumour_A", "tumour_B"]).mean()
     assert abs(tum - 0.4) < 0.05
     assert abs((reg == "tumour_B").sum() / reg.isin(["tumour_A", "tumour_B"]).sum() - 0.5) < 0.05
     b = synthetic_slide(800, seed=3, with_image=False, layout={"tumour": 0.4, "clone_B": 0.5})
-    assert (a.X != b.X).nnz == 0 and (a.obs["region"] == b.obs["region"]).all()  # deterministic
+    assert (a.X != b.X).nnz == 0 and (a.obs["true_region"] == b.obs["true_region"]).all()  # deterministic
     c = synthetic_slide(800, seed=4, with_image=False, layout={"tumour": 0.4, "clone_B": 0.5})
-    assert (a.obs["region"].to_numpy() != c.obs["region"].to_numpy()).mean() > 0.2
+    assert (a.obs["true_region"].to_numpy() != c.obs["true_region"].to_numpy()).mean() > 0.2
     sq = synthetic_slide(600, seed=1, grid="square", out_dir=tmp_path)
     from scipy.spatial import cKDTree
 
@@ -166,15 +166,15 @@ def test_cohort_writes_files_that_round_trip(tmp_path):
         assert set(a.uns["senca"]["design"]["regions"]) == set(REGION_NAMES)
         slides.append(a)
     assert all((s.var_names == slides[0].var_names).all() for s in slides)  # one gene panel
-    tum = np.array([s.obs["region"].isin(["tumour_A", "tumour_B"]).mean() for s in slides])
+    tum = np.array([s.obs["true_region"].isin(["tumour_A", "tumour_B"]).mean() for s in slides])
     # patients differ in tumour burden; slides of one patient are alike
     per_patient = tum.reshape(3, 2)
     assert np.ptp(per_patient.mean(axis=1)) > 0.05
     assert np.abs(per_patient[:, 0] - per_patient[:, 1]).max() < 0.06
     # the programmes are shared: tumour_A's clone_A markers are up in every slide
     for s in slides:
-        if (s.obs["region"] == "tumour_A").sum() >= 5:
+        if (s.obs["true_region"] == "tumour_A").sum() >= 5:
             L = _log_norm(s)
             idx = s.var_names.get_indexer(s.uns["senca"]["design"]["markers"]["clone_A"])
-            reg = s.obs["region"].astype(str).to_numpy()
+            reg = s.obs["true_region"].astype(str).to_numpy()
             assert L[reg == "tumour_A"][:, idx].mean() - L[reg != "tumour_A"][:, idx].mean() > 0.8

@@ -132,7 +132,9 @@ def test_expression_only_slide_in_a_model_with_image_branch():
     with_img, without = _grid_slide(slide_id="img"), _grid_slide(seed=1, with_hist=False, slide_id="noimg")
     model = sc.tl.senca([with_img, without], SencaConfig(**FAST))
     assert model.n_hist == 6
-    assert without.obsm["X_senca"].shape == (without.n_obs, 8)
+    assert without.obsm["X_senca_latent"].shape == (without.n_obs, 8)
+    # readout: measured + reconstructed expression + imputed histology (the model has an image branch)
+    assert without.obsm["X_senca"].shape == (without.n_obs, 2 * 10 + 6)
     assert np.isfinite(without.obsm["X_senca"]).all()
 
 
@@ -161,3 +163,43 @@ def test_config_errors_name_the_field():
         SencaConfig(use_expr=False, use_hist=False).validate()
     with pytest.raises(ConfigError, match="bogus"):
         SencaConfig.from_dict({"bogus": 1})
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    a = sc.datasets.synthetic_slide(1500, seed=1)
+    sc.pp.preprocess(a)
+    sc.hist.patch_features(a)
+    return a
+
+
+def test_recovers_known_regions_on_a_synthetic_slide(synthetic):
+    a = synthetic
+    sc.tl.senca(a, SencaConfig(seed=0))
+    sc.tl.cluster(a, 6)
+    full = sc.metrics.ari(a)
+    sc.tl.senca(a, SencaConfig(seed=0).ablation("image_only"))
+    sc.tl.cluster(a, 6)
+    image_only = sc.metrics.ari(a)
+    print(f"synthetic ARI: senca {full:.3f}, image-only {image_only:.3f}")
+    assert full >= 0.8
+    # the two tumour sub-clones look alike: histology alone cannot split them
+    assert image_only < full - 0.15
+
+
+@pytest.mark.parametrize("method", ["gmm", "kmeans", "leiden"])
+def test_region_model_reassigns_the_same_regions(synthetic, tmp_path, method):
+    import pickle
+
+    a = synthetic
+    if "X_senca" not in a.obsm:
+        sc.tl.senca(a, SencaConfig(seed=0, epochs=40))
+    rm = sc.tl.cluster(a, 6, method=method, return_model=True)
+    fitted = a.obs["region"].copy()
+    (tmp_path / "rm.pkl").write_bytes(pickle.dumps(rm))
+    again = pickle.loads((tmp_path / "rm.pkl").read_bytes())
+    b = a.copy()
+    del b.obs["region"]
+    sc.tl.assign_regions(b, again)
+    agree = (b.obs["region"].astype(str).to_numpy() == fitted.astype(str).to_numpy()).mean()
+    assert agree == 1.0 if method != "leiden" else agree > 0.9

@@ -123,6 +123,7 @@ def test_rings_around_a_tumour_block():
 def syn():
     a = synthetic_slide(1200, seed=11, with_image=False, slide_id="syn11")
     pp.preprocess(a, n_top_genes=300, n_comps=15)
+    a.obs["region"] = a.obs["true_region"]  # summarise the ground-truth regions
     return a
 
 
@@ -131,7 +132,7 @@ def test_tumour_rule_and_summaries_on_synthetic(syn):
     s = tumour_scores(syn)
     assert s.index[-1] in ("stroma", "adipose") and s["tumour_A"] > 0 > s["gland"]
     h = heterogeneity(syn)
-    truth = syn.obs["region"].isin(["tumour_A", "tumour_B"]).mean()
+    truth = syn.obs["true_region"].isin(["tumour_A", "tumour_B"]).mean()
     assert h["tumour_rule"] == "tumour_genes" and h["tumour_fraction"] == pytest.approx(truth)
     assert h["n_regions"] == 6 and 0 < h["neighbour_mixing"] < 0.5
     me = microenvironment(syn)  # the generator puts an immune ring at the tumour margin
@@ -150,7 +151,7 @@ def test_marker_genes_recover_the_programmes(syn):
     assert (df["logfoldchange"] > 0).all() and (df["mean_in"] > df["mean_out"]).all()
     assert "rank_genes_region" in syn.uns
     tt = marker_genes(syn, n_genes=3, method="t-test")
-    assert len(tt) == 3 * syn.obs["region"].nunique()
+    assert len(tt) == 3 * syn.obs["true_region"].nunique()
     one = syn.copy()
     one.obs["one"] = pd.Categorical(["x"] * one.n_obs)
     with pytest.raises(SlideError, match="two groups"):
@@ -160,7 +161,7 @@ def test_marker_genes_recover_the_programmes(syn):
 # ---- region map ---------------------------------------------------------------------------------------
 def test_region_map_writes_a_real_picture(tmp_path):
     a = synthetic_slide(600, seed=2, out_dir=tmp_path, slide_id="map2")
-    out = region_map(a, out=tmp_path / "maps" / "m.png", thumbnail_px=500)
+    out = region_map(a, "true_region", out=tmp_path / "maps" / "m.png", thumbnail_px=500)
     assert out.exists() and out.stat().st_size > 20_000
     img = np.asarray(Image.open(out).convert("RGB"))
     assert img.shape[0] > 300 and img.shape[1] > 300

@@ -68,7 +68,7 @@ def synthetic_slide(
     give an image of about 2000 × 2000 px.
 
     Returns an AnnData following docs/ARCHITECTURE.md: ``X`` raw counts (CSR float32, also
-    ``layers["counts"]``), ``obs["array_row"/"array_col"]``, ``obs["region"]`` (ground truth,
+    ``layers["counts"]``), ``obs["array_row"/"array_col"]``, ``obs["true_region"]`` (ground truth,
     categorical) copied to ``obs["label"]`` with ``obs["label_scored"]`` all True,
     ``obsm["spatial"]`` (x, y in image pixels), ``uns["senca"]`` (``slide_id``, ``patient_id``,
     ``platform="synthetic"``, ``grid``, ``spot_diameter_px``, ``scalefactors``,
@@ -106,7 +106,7 @@ def synthetic_slide(
         {
             "array_row": geo.array_row,
             "array_col": geo.array_col,
-            "region": region,
+            "true_region": region,
             "label": region.copy(),
             "label_scored": np.ones(len(names), bool),
         },

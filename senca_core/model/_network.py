@@ -92,9 +92,10 @@ class NeighbourhoodCrossAttention(nn.Module):
         q = self.q(query).view(n, h, d)
         keys = self.k(key)[neighbors].view(n, k, h, d)
         values = self.v(value)[neighbors].view(n, k, h, d)
-        scores = torch.einsum("nhd,nkhd->nhk", q, keys) / math.sqrt(d)
+        # broadcast-and-sum instead of einsum: n*h tiny batched matmuls are slow on CPU
+        scores = (q.unsqueeze(1) * keys).sum(-1).transpose(1, 2) / math.sqrt(d)  # (n, h, K)
         weights = torch.softmax(scores, dim=-1)
-        pooled = torch.einsum("nhk,nkhd->nhd", self.drop(weights), values).reshape(n, h * d)
+        pooled = (self.drop(weights).transpose(1, 2).unsqueeze(-1) * values).sum(1).reshape(n, h * d)
         return self.norm(residual + self.drop(self.out(pooled))), weights
 
 
@@ -104,14 +105,18 @@ def _decoder(embed_dim: int, hidden: int, n_out: int) -> nn.Module:
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, n_negatives: int,
              generator: torch.Generator | None) -> torch.Tensor:
-    """InfoNCE of a[i] against b[i] with ``n_negatives`` sampled b[r] (O(n M) memory, never n x n)."""
+    """InfoNCE of a[i] against b[i], with one shared draw of ``n_negatives`` spots as negatives for every spot.
+
+    Memory and time O(n M) through one (n, M) matrix product (never n x n, never an (n, M, H) gather).
+    """
     n = a.shape[0]
     a = F.normalize(a, dim=-1)
     b = F.normalize(b, dim=-1)
     m = min(n_negatives, max(n - 1, 1))
-    neg_idx = torch.randint(0, n, (n, m), generator=generator, device="cpu").to(a.device)
+    neg_idx = torch.randperm(n, generator=generator)[:m].to(a.device)
     pos = (a * b).sum(-1, keepdim=True)
-    neg = torch.einsum("nd,nmd->nm", a, b[neg_idx])
+    neg = a @ b[neg_idx].T
+    neg = neg.masked_fill(neg_idx[None, :] == torch.arange(n, device=a.device)[:, None], float("-inf"))
     logits = torch.cat([pos, neg], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=a.device))
 

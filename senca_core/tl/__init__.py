@@ -1,11 +1,11 @@
 """Tools: the SENCA-st embedding, region clustering, and per-slide summaries."""
 
-from ._cluster import cluster, refine_labels
+from ._cluster import RegionModel, assign_regions, cluster, refine_labels
 from ._heterogeneity import heterogeneity
 from ._markers import (DEFAULT_NORMAL_GENES, DEFAULT_TUMOUR_GENES, marker_genes, tumour_like_regions,
                        tumour_scores)
 from ._microenvironment import microenvironment
-from ._senca import senca
+from ._senca import apply, senca
 
-__all__ = ["senca", "cluster", "refine_labels", "heterogeneity", "microenvironment", "marker_genes",
+__all__ = ["senca", "apply", "cluster", "refine_labels", "RegionModel", "assign_regions", "heterogeneity", "microenvironment", "marker_genes",
            "tumour_like_regions", "tumour_scores", "DEFAULT_TUMOUR_GENES", "DEFAULT_NORMAL_GENES"]

@@ -33,16 +33,11 @@ def _pooled(adatas: Sequence[AnnData], use_rep: str) -> np.ndarray:
     return np.vstack(blocks)
 
 
-def _reduce(X: np.ndarray, n_pcs: int | None, seed: int) -> np.ndarray:
+def _reducer(X: np.ndarray, n_pcs: int | None, seed: int):
     """Centre and project onto the leading components (GMM covariances stay estimable on small sections)."""
     if n_pcs is None or n_pcs >= X.shape[1]:
-        return X - X.mean(0)
-    return PCA(n_components=n_pcs, random_state=seed).fit_transform(X)
-
-
-def _gmm(X: np.ndarray, k: int, seed: int) -> np.ndarray:
-    gm = GaussianMixture(n_components=k, covariance_type="full", reg_covar=1e-4, n_init=3, random_state=seed)
-    return gm.fit_predict(X)
+        return _Centre().fit(X)
+    return PCA(n_components=n_pcs, random_state=seed).fit(X)
 
 
 def _choose_k(X: np.ndarray, seed: int, k_max: int) -> int:
@@ -86,6 +81,53 @@ def refine_labels(labels: np.ndarray, neighbors: np.ndarray) -> np.ndarray:
     return out
 
 
+class RegionModel:
+    """A fitted region clustering: the projection and the estimator, so new slides get the same region ids.
+
+    ``predict`` applies the same reduction and estimator (GMM / k-means predict; Leiden: nearest region centroid)
+    and maps to the size-ordered ids ``cluster`` wrote. Picklable (sklearn objects + arrays).
+    """
+
+    def __init__(self, reducer, estimator, method: str, k: int, remap: dict, centroids: np.ndarray,
+                 use_rep: str, refine: bool) -> None:
+        self.reducer, self.estimator, self.method, self.k = reducer, estimator, method, int(k)
+        self.remap, self.centroids, self.use_rep, self.refine = remap, centroids, use_rep, refine
+
+    def _raw(self, X: np.ndarray) -> np.ndarray:
+        Xr = self.reducer.transform(X)
+        if self.method == "leiden":
+            d = ((Xr[:, None, :] - self.centroids[None]) ** 2).sum(-1)
+            return np.asarray(self.raw_ids_)[d.argmin(1)]
+        return self.estimator.predict(Xr)
+
+    def predict(self, adata: AnnData) -> np.ndarray:
+        """Region ids (ints) of one slide, spatially refined like at fit time."""
+        raw = self._raw(_pooled([adata], self.use_rep))
+        if self.refine and "spatial_neighbors" in adata.obsm:
+            raw = refine_labels(raw, np.asarray(adata.obsm["spatial_neighbors"]))
+        return np.array([self.remap.get(x, -1) for x in raw])
+
+
+class _Centre:
+    """Reducer used when no PCA is applied: just centring (keeps RegionModel.predict uniform)."""
+
+    def fit(self, X):
+        self.mean_ = X.mean(0)
+        return self
+
+    def transform(self, X):
+        return X - self.mean_
+
+
+def assign_regions(adatas: AnnData | Sequence[AnnData], region_model: RegionModel, *,
+                   key_added: str = "region") -> None:
+    """Write ``obs[key_added]`` on slides with a fitted :class:`RegionModel` (no refitting)."""
+    adatas = [adatas] if isinstance(adatas, AnnData) else list(adatas)
+    categories = [str(i) for i in range(region_model.k)]
+    for a in adatas:
+        a.obs[key_added] = pd.Categorical(region_model.predict(a).astype(str), categories=categories)
+
+
 def _order_by_size(labels: np.ndarray) -> np.ndarray:
     """Renumber regions 0..k-1 by decreasing pooled size (stable, reproducible ids)."""
     ids, counts = np.unique(labels, return_counts=True)
@@ -95,12 +137,13 @@ def _order_by_size(labels: np.ndarray) -> np.ndarray:
 
 
 def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method: str = "gmm",
-            use_rep: str = "X_senca", refine: bool = True, n_pcs: int | None = 20, seed: int = 0,
-            key_added: str = "region", k_max: int = 12) -> int:
+            use_rep: str = "X_senca", refine: bool = True, n_pcs: int | None = 15, seed: int = 0,
+            key_added: str = "region", k_max: int = 12, return_model: bool = False) -> int | RegionModel:
     """Cluster ``obsm[use_rep]`` into ``k`` regions; writes ``obs[key_added]`` (categorical) on every slide.
 
     A list of slides is clustered on the pooled embeddings, so region ``"3"`` means the same in every slide.
-    ``k=None`` chooses k by BIC. ``refine`` smooths labels over ``obsm['spatial_neighbors']``. Returns k.
+    ``k=None`` chooses k by BIC. ``refine`` smooths labels over ``obsm['spatial_neighbors']``. Returns k, or with
+    ``return_model`` the fitted :class:`RegionModel` (``.k``) that assigns the same ids to new slides.
     """
     adatas = [adatas] if isinstance(adatas, AnnData) else list(adatas)
     if method not in METHODS:
@@ -113,13 +156,18 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         if k > n:
             slides = ", ".join(_slide(a) for a in adatas)
             raise SlideError(f"k={k} regions requested but only {n} spots", slide=slides, field="k")
-    Xr = _reduce(X, n_pcs, seed)
+    reducer = _reducer(X, n_pcs, seed)
+    Xr = reducer.transform(X)
     if k is None:
         k = _choose_k(Xr, seed, min(k_max, max(2, n // 10)))
+    estimator = None
     if method == "gmm":
-        labels = _gmm(Xr, k, seed)
+        estimator = GaussianMixture(n_components=k, covariance_type="full", reg_covar=1e-4, n_init=3,
+                                    random_state=seed).fit(Xr)
+        labels = estimator.predict(Xr)
     elif method == "kmeans":
-        labels = KMeans(k, n_init=10, random_state=seed).fit_predict(Xr)
+        estimator = KMeans(k, n_init=10, random_state=seed).fit(Xr)
+        labels = estimator.predict(Xr)
     else:
         labels = _leiden(Xr, k, seed)
     start = 0
@@ -130,10 +178,18 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         if refine and "spatial_neighbors" in a.obsm:
             lab = refine_labels(lab, np.asarray(a.obsm["spatial_neighbors"]))
         per_slide.append(lab)
-    pooled = _order_by_size(np.concatenate(per_slide))
+    raw = np.concatenate(per_slide)
+    pooled = _order_by_size(raw)
+    remap = {int(r): int(p) for r, p in zip(raw, pooled)}
     start = 0
     categories = [str(i) for i in range(int(pooled.max()) + 1)]
     for a in adatas:
         a.obs[key_added] = pd.Categorical(pooled[start:start + a.n_obs].astype(str), categories=categories)
         start += a.n_obs
-    return int(k)
+    if not return_model:
+        return int(k)
+    raw_ids = np.unique(labels)
+    centroids = np.stack([Xr[labels == r].mean(0) for r in raw_ids])
+    model = RegionModel(reducer, estimator, method, len(categories), remap, centroids, use_rep, refine)
+    model.raw_ids_ = raw_ids
+    return model

@@ -6,18 +6,29 @@ from typing import Sequence
 
 from anndata import AnnData
 
-from ..model import SencaConfig, SencaModel, embed, fit
+from ..model import SencaConfig, SencaModel, fit, readout
 
 
 def senca(adatas: AnnData | Sequence[AnnData], config: SencaConfig | None = None, *,
           key_added: str = "X_senca", callback=None) -> SencaModel:
-    """Train SENCA-st (self-supervised) on the slides and write ``obsm[key_added]`` on each. Returns the model.
+    """Train SENCA-st (self-supervised) on the slides and write, on each slide,
+
+    - ``obsm[key_added + "_latent"]``: the fused embedding ``z`` (n, embed_dim);
+    - ``obsm[key_added]``: the region readout ``[x, D_e(z)]`` that :func:`cluster` uses (see ``model._readout``).
 
     Every slide must already be preprocessed (``pp.preprocess``; ``hist.patch_features`` where there is an image).
+    Returns the model.
     """
     slides = [adatas] if isinstance(adatas, AnnData) else list(adatas)
     model, history = fit(slides, config, callback=callback)
+    apply(model, slides, key_added=key_added)
     for a in slides:
-        a.obsm[key_added] = embed(model, a)
         a.uns.setdefault("senca", {})["train_loss"] = float(history[-1]["loss"])
     return model
+
+
+def apply(model: SencaModel, adatas: AnnData | Sequence[AnnData], *, key_added: str = "X_senca") -> None:
+    """Write a trained model's embedding and region readout on slides (no training): ``predict`` uses this."""
+    slides = [adatas] if isinstance(adatas, AnnData) else list(adatas)
+    for a in slides:
+        a.obsm[key_added + "_latent"], a.obsm[key_added] = readout(model, a)
