@@ -203,3 +203,11 @@ def test_region_model_reassigns_the_same_regions(synthetic, tmp_path, method):
     sc.tl.assign_regions(b, again)
     agree = (b.obs["region"].astype(str).to_numpy() == fitted.astype(str).to_numpy()).mean()
     assert agree == 1.0 if method != "leiden" else agree > 0.9
+
+
+def test_automatic_k_finds_the_number_of_regions(synthetic):
+    a = synthetic
+    if "X_senca" not in a.obsm:
+        sc.tl.senca(a, SencaConfig(seed=0, epochs=40))
+    k = sc.tl.cluster(a, None)
+    assert 5 <= k <= 7  # six true regions; the knee of the BIC curve, not the cap (12)

@@ -1,0 +1,247 @@
+"""Small shared pieces of the Ray programs: atomic writes, content hashes, the stage cache, peak memory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+
+# ----------------------------------------------------------------------------------------- atomic writes
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a temp file next to ``path`` and rename it over ``path`` (readers never see half)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def atomic_write_with(path: str | Path, writer: Callable[[Path], Any]) -> Path:
+    """Call ``writer(tmp_path)`` (e.g. ``adata.write_h5ad``) then rename the temp file over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        writer(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def clean_float(value: Any) -> float | None:
+    """A JSON-safe float: None for missing / NaN / inf."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if value == value and value not in (float("inf"), float("-inf")) else None
+
+
+# ----------------------------------------------------------------------------------------- hashing
+def stable_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj`` (sorted keys), hex, 24 characters."""
+    text = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def file_fingerprint(path: str | Path | None, *, full_bytes_below: int = 1 << 20) -> Any:
+    """What identifies an input file: its bytes' hash when small (< 1 MiB), else size + mtime_ns.
+
+    Missing files fingerprint as ``None`` (the stage then fails for that slide; a later fix changes the key).
+    """
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return {"path": str(path), "missing": True}
+    if path.is_dir():
+        return {"path": str(path), "dir": sorted(
+            (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file())}
+    if st.st_size < full_bytes_below:
+        return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+# ----------------------------------------------------------------------------------------- stage cache
+class StageCache:
+    """Manifests of finished stages under ``OUT/cache/<stage>.json``: ``{"key": ..., "outputs": {...}}``.
+
+    A stage is reused when its key (hash of its inputs' fingerprints + its config) matches the manifest and
+    every output file listed there still exists. ``fresh=True`` ignores every manifest.
+    """
+
+    def __init__(self, root: str | Path, *, fresh: bool = False):
+        self.root = Path(root)
+        self.fresh = fresh
+
+    def _path(self, stage: str) -> Path:
+        return self.root / f"{stage}.json"
+
+    def get(self, stage: str, key: str) -> dict | None:
+        if self.fresh:
+            return None
+        try:
+            manifest = json.loads(self._path(stage).read_text())
+        except (OSError, ValueError):
+            return None
+        if manifest.get("key") != key:
+            return None
+        for value in _walk_paths(manifest.get("outputs", {})):
+            if not Path(value).exists():
+                return None
+        return manifest.get("outputs", {})
+
+    def put(self, stage: str, key: str, outputs: dict) -> None:
+        atomic_write_json(self._path(stage), {"key": key, "outputs": outputs})
+
+    def drop(self, stage: str) -> None:
+        self._path(stage).unlink(missing_ok=True)
+
+
+def _walk_paths(obj: Any) -> Iterable[str]:
+    """Values of keys ending in ``path``/``paths``/``_file`` in a manifest (the files that must still exist)."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if isinstance(value, str) and (key.endswith("path") or key.endswith("_file")):
+                yield value
+            elif isinstance(value, list) and key.endswith("paths"):
+                yield from (v for v in value if isinstance(v, str))
+            else:
+                yield from _walk_paths(value)
+    elif isinstance(obj, list):
+        for item in obj:
+            yield from _walk_paths(item)
+
+
+def reset_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------- errors / memory
+def error_text(err: BaseException, slide: str | None = None) -> str:
+    """One line naming the slide: ``SlideError`` messages already do; other exceptions get the slide prefixed."""
+    try:
+        from senca_core.errors import SlideError
+    except ImportError:  # pragma: no cover
+        SlideError = ()  # type: ignore[assignment]
+    if isinstance(err, SlideError):
+        text = str(err.with_slide(slide) if slide else err)
+    else:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        text = f"{type(err).__name__}: {detail}" if detail else type(err).__name__
+        if slide:
+            text = f"slide {slide!r}: {text}"
+    return text
+
+
+def short_traceback(err: BaseException, limit: int = 6) -> str:
+    return "".join(traceback.format_exception(type(err), err, err.__traceback__, limit=limit))[-4000:]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class PeakSampler:
+    """Peak resident memory of THIS task (not the worker's lifetime): RSS sampled every ``interval`` s in a thread.
+
+    Worker processes are reused across tasks, so ``ru_maxrss`` is the worker's peak over every task it ran; the
+    sampled peak is what one slide needs (plus whatever earlier tasks left behind: a leak would show as growth).
+    """
+
+    def __init__(self, interval: float = 0.02):
+        self.interval = interval
+        self.peak = 0.0
+        self._stop = None
+        self._thread = None
+
+    def __enter__(self) -> "PeakSampler":
+        import threading
+
+        self._stop = threading.Event()
+        self.peak = current_rss_mb()
+
+        def loop():
+            while not self._stop.wait(self.interval):
+                self.peak = max(self.peak, current_rss_mb())
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss_mb())
+
+
+def release_memory() -> None:
+    """After a slide's task: collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``),
+    so that a reused worker's resident memory does not creep up with every slide it has processed."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
+
+
+def current_rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+    except OSError:  # pragma: no cover
+        return float("nan")

@@ -1,0 +1,321 @@
+"""Stage 4, inference and summaries: embeddings, cohort-wide regions, per-slide and per-patient summaries.
+
+1. ``embed_slide`` (Ray Data ``map``, one task per slide): the trained model's embedding of one slide
+   (``senca_core.model.embed``), saved as ``OUT/infer/embeddings/<slide>.npy``.
+2. ``cluster_cohort`` (driver): regions on the POOLED embeddings of all slides (``senca_core.tl.cluster`` on a
+   list), so "region 3" means the same in every patient; only the embeddings and neighbour indices are loaded.
+3. ``summarise_slide`` (Ray Data ``map``): for one slide, ARI/NMI against the labels (scored spots), silhouette,
+   heterogeneity indices, micro-environment composition, top marker genes per region (``senca_core.tl``), the
+   region map over the H&E thumbnail (``senca_core.pl.region_map``, PNG) and the slide's h5ad with ``obs["region"]``
+   and ``obsm["X_senca"]`` (``OUT/slides/<slide>.h5ad``).
+4. ``patient_table`` (driver): one row per patient (proportions pooled over the patient's spots; other indices the
+   spot-weighted mean over the patient's slides).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._util import atomic_write_json, atomic_write_with, clean_float, error_text, peak_rss_mb, short_traceback
+
+_MODEL_CACHE: dict[str, Any] = {}
+
+
+def _model(path: str):
+    from senca_core.model import load_model
+
+    key = f"{path}:{Path(path).stat().st_mtime_ns}"
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()
+        _MODEL_CACHE[key] = load_model(path, device="cpu")
+    return _MODEL_CACHE[key]
+
+
+# ------------------------------------------------------------------------------------------- 1. embeddings
+def embed_slide(row: dict[str, Any]) -> dict[str, Any]:
+    """Ray Data task: embed one slide with the trained model; never raises (errors recorded)."""
+    import anndata as ad
+    import torch
+    from senca_core.model import embed
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    out = {"slide_id": row["slide_id"], "status": "ok", "error": None, "traceback": None,
+           "emb_path": None, "n_spots": 0, "seconds": 0.0, "peak_rss_mb": 0.0}
+    try:
+        adata = ad.read_h5ad(row["path"])
+        Z = embed(_model(row["model_path"]), adata)
+        if not np.isfinite(Z).all():
+            raise ValueError("the embedding has NaN/inf values")
+        path = Path(row["emb_path"])
+        atomic_write_with(path, lambda tmp: np.save(open(tmp, "wb"), Z))
+        out.update(emb_path=str(path), n_spots=int(adata.n_obs))
+    except Exception as err:  # noqa: BLE001
+        out.update(status="failed", error=error_text(err, row["slide_id"]), traceback=short_traceback(err))
+    out["seconds"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+# ------------------------------------------------------------------------------------------- 2. regions
+def _read_obsm(path: str, key: str) -> np.ndarray | None:
+    import anndata as ad
+    import h5py
+
+    read_elem = getattr(getattr(ad, "io", ad), "read_elem", None) or ad.experimental.read_elem
+    with h5py.File(path, "r") as f:
+        return None if f"obsm/{key}" not in f else np.asarray(read_elem(f[f"obsm/{key}"]))
+
+
+def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regions_dir: str | Path) -> dict[str, Any]:
+    """Regions on the pooled embeddings; writes ``regions_dir/<slide>.npy`` (int labels). Returns k + paths."""
+    import scipy.sparse as sp
+    from anndata import AnnData
+    from senca_core import tl
+
+    slims = []
+    for r in rows:
+        Z = np.load(r["emb_path"])
+        a = AnnData(X=sp.csr_matrix((Z.shape[0], 0), dtype=np.float32))
+        a.obsm["X_senca"] = Z
+        nb = _read_obsm(r["path"], "spatial_neighbors")
+        if nb is not None:
+            a.obsm["spatial_neighbors"] = nb
+        a.uns["senca"] = {"slide_id": r["slide_id"]}
+        slims.append(a)
+    k = clustering.get("k", "auto")
+    k_used = tl.cluster(slims, k=None if k in (None, "auto") else int(k), method=clustering.get("method", "gmm"),
+                        refine=bool(clustering.get("refine", True)), seed=int(clustering.get("seed", 0)))
+    categories = [str(c) for c in slims[0].obs["region"].cat.categories]
+    regions_dir = Path(regions_dir)
+    paths = {}
+    for r, a in zip(rows, slims):
+        labels = a.obs["region"].astype(int).to_numpy()
+        p = regions_dir / f"{r['slide_id']}.npy"
+        atomic_write_with(p, lambda tmp, labels=labels: np.save(open(tmp, "wb"), labels))
+        paths[r["slide_id"]] = str(p)
+    return {"k": int(k_used), "categories": categories, "region_paths": paths}
+
+
+# ------------------------------------------------------------------------------------------- 3. per slide
+def _jsonable(obj: Any, depth: int = 0) -> Any:
+    """Summaries from senca_core (dicts, Series, DataFrames, numpy) as JSON-able data."""
+    import pandas as pd
+
+    if depth > 6:
+        return None
+    if isinstance(obj, pd.DataFrame):
+        return {str(c): _jsonable(obj[c].to_dict(), depth + 1) for c in obj.columns} if obj.shape[1] <= 50 \
+            else _jsonable(obj.to_dict(orient="list"), depth + 1)
+    if isinstance(obj, pd.Series):
+        return {str(k): _jsonable(v, depth + 1) for k, v in obj.to_dict().items()}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v, depth + 1) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist(), depth + 1)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return clean_float(obj)
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def _verb(module: str, name: str):
+    import importlib
+
+    fn = getattr(importlib.import_module(f"senca_core.{module}"), name, None)
+    if fn is None:
+        raise RuntimeError(f"senca_core.{module}.{name} is not available")
+    return fn
+
+
+def _microenvironment_dict(df) -> dict[str, Any]:
+    """``tl.microenvironment``'s table as ``{row: {column: value}}`` + its attrs (enrichment, tumour regions)."""
+    out = {str(row): {str(c): _jsonable(v) for c, v in df.loc[row].items()} for row in df.index}
+    for key in ("tumour_regions", "tumour_rule", "enrichment"):
+        if key in getattr(df, "attrs", {}):
+            out[key] = _jsonable(df.attrs[key])
+    return out
+
+
+def _top_markers(markers, n: int = 5) -> dict[str, list[str]]:
+    """``{region: [gene, ...]}`` (best first) from ``tl.marker_genes``'s table (group, rank, gene, ...)."""
+    if markers is None or not len(markers):
+        return {}
+    df = markers.sort_values(["group", "rank"])
+    return {str(g): [str(x) for x in sub["gene"].head(n)] for g, sub in df.groupby("group", sort=True)}
+
+
+def summarise_slide(row: dict[str, Any]) -> dict[str, Any]:
+    """Ray Data task: regions + summaries + region map + final h5ad of one slide; never raises."""
+    import anndata as ad
+    import pandas as pd
+    from senca_core import metrics
+
+    t0 = time.perf_counter()
+    sid = row["slide_id"]
+    out: dict[str, Any] = {"slide_id": sid, "patient_id": row["patient_id"], "status": "ok", "error": None,
+                           "traceback": None, "n_spots": 0, "n_regions": 0, "ari": None, "nmi": None,
+                           "silhouette": None, "region_counts": {}, "heterogeneity": None,
+                           "microenvironment": None, "markers": {}, "markers_path": None, "warnings": [],
+                           "h5ad_path": None,
+                           "map_path": None, "summary_file": None, "seconds": 0.0, "peak_rss_mb": 0.0}
+    try:
+        adata = ad.read_h5ad(row["path"])
+        adata.obsm["X_senca"] = np.load(row["emb_path"])
+        labels = np.load(row["region_path"])
+        adata.obs["region"] = pd.Categorical(labels.astype(str), categories=list(row["categories"]))
+        present = adata.obs["region"].value_counts()
+        out["n_spots"] = int(adata.n_obs)
+        out["n_regions"] = int((present > 0).sum())
+        out["region_counts"] = {str(k): int(v) for k, v in present.items()}
+        if "label" in adata.obs and "label_scored" in adata.obs and bool(adata.obs["label_scored"].any()):
+            out["ari"] = clean_float(metrics.ari(adata))
+            out["nmi"] = clean_float(metrics.nmi(adata))
+        try:
+            out["silhouette"] = clean_float(metrics.silhouette(adata)) if out["n_regions"] > 1 else None
+        except Exception as err:  # noqa: BLE001
+            out["warnings"].append(f"silhouette: {error_text(err)}")
+        try:
+            out["heterogeneity"] = _jsonable(_verb("tl", "heterogeneity")(adata, "region"))
+        except Exception as err:  # noqa: BLE001 - a summary failing must not lose the slide's regions
+            out["warnings"].append(f"heterogeneity: {error_text(err)}")
+        try:
+            out["microenvironment"] = _microenvironment_dict(_verb("tl", "microenvironment")(adata, "region"))
+        except Exception as err:  # noqa: BLE001
+            out["warnings"].append(f"microenvironment: {error_text(err)}")
+        try:
+            markers = _verb("tl", "marker_genes")(adata, "region")
+            out["markers"] = _top_markers(markers)
+            markers = markers.assign(slide_id=sid, patient_id=row["patient_id"])
+            atomic_write_with(Path(row["markers_path"]), lambda tmp: markers.to_csv(tmp, index=False))
+            out["markers_path"] = row["markers_path"]
+        except Exception as err:  # noqa: BLE001
+            out["warnings"].append(f"marker_genes: {error_text(err)}")
+        try:
+            from senca_core import pl
+
+            map_path = Path(row["map_path"])
+            map_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_with(map_path, lambda tmp: pl.region_map(adata, "region", tmp))
+            out["map_path"] = str(map_path)
+        except Exception as err:  # noqa: BLE001
+            out["warnings"].append(f"region_map: {error_text(err)}")
+        adata.uns.setdefault("senca", {})["regions"] = {"k": int(len(row["categories"])),
+                                                         "pooled_over_cohort": True}
+        _strip_none(adata.uns)
+        atomic_write_with(Path(row["h5ad_path"]), lambda tmp: adata.write_h5ad(tmp, compression="gzip"))
+        out["h5ad_path"] = row["h5ad_path"]
+        atomic_write_json(row["summary_file"], {k: v for k, v in out.items() if k != "traceback"})
+        out["summary_file"] = row["summary_file"]
+    except Exception as err:  # noqa: BLE001
+        out.update(status="failed", error=error_text(err, sid), traceback=short_traceback(err))
+    out["seconds"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def _strip_none(d: dict) -> None:
+    """h5ad cannot store None: drop such keys (the contract: absent means unknown)."""
+    for k in [k for k, v in d.items() if v is None]:
+        del d[k]
+    for v in d.values():
+        if isinstance(v, dict):
+            _strip_none(v)
+
+
+# ------------------------------------------------------------------------------------------- 4. per patient
+def _scalars(d: Any) -> dict[str, float]:
+    """The top-level finite numbers of a summary dict (nested breakdowns stay in the per-slide JSON)."""
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if math.isfinite(v):
+            out[str(k)] = float(v)
+    return out
+
+
+def _weighted(values: list[tuple[float, float]]) -> float | None:
+    w = sum(c for _, c in values)
+    return sum(v * c for v, c in values) / w if w else None
+
+
+def patient_table(slide_rows: list[dict[str, Any]], categories: list[str]):
+    """One row per patient from its finished slides' summaries (a pandas DataFrame).
+
+    Region proportions and their Shannon / Simpson diversity are pooled over the patient's spots; the scalar
+    indices of ``tl.heterogeneity`` (``het_*``) are spot-weighted means over its slides; the micro-environment
+    (``env_ring1_<region>``: composition of the first ring of spots around tumour regions, weighted by ring size,
+    and ``env_enrichment_<region>``); ARI / NMI / silhouette spot-weighted; top marker genes per region (JSON).
+    """
+    import pandas as pd
+
+    by_patient: dict[str, list[dict]] = {}
+    for r in slide_rows:
+        if r.get("status") == "ok":
+            by_patient.setdefault(r["patient_id"], []).append(r)
+    rows = []
+    for pid, slides in by_patient.items():
+        n = sum(s["n_spots"] for s in slides)
+        row: dict[str, Any] = {"patient_id": pid, "n_slides": len(slides),
+                               "slides": ",".join(s["slide_id"] for s in slides), "n_spots": n}
+        counts = {c: sum(s["region_counts"].get(c, 0) for s in slides) for c in categories}
+        for c in categories:
+            row[f"prop_region_{c}"] = counts[c] / n if n else 0.0
+        props = np.array([counts[c] / n for c in categories if n and counts[c] > 0])
+        row["n_regions"] = int(len(props))
+        row["shannon_regions"] = float(-(props * np.log(props)).sum()) if len(props) else 0.0
+        row["simpson_regions"] = float(1.0 - (props ** 2).sum()) if len(props) else 0.0
+        het: dict[str, list[tuple[float, float]]] = {}
+        tumour: list[str] = []
+        for s in slides:
+            for k, v in _scalars(s.get("heterogeneity")).items():
+                het.setdefault(k, []).append((v, s["n_spots"]))
+            for t in (s.get("heterogeneity") or {}).get("tumour_regions") or []:
+                if str(t) not in tumour:
+                    tumour.append(str(t))
+        for k, vals in sorted(het.items()):
+            row[f"het_{k}"] = _weighted(vals)
+        row["tumour_regions"] = ",".join(sorted(tumour, key=lambda x: (len(x), x)))
+        ring: dict[str, list[tuple[float, float]]] = {}
+        enrich: dict[str, list[tuple[float, float]]] = {}
+        for s in slides:
+            env = s.get("microenvironment") or {}
+            ring1 = env.get("ring1") or {}
+            size = float(ring1.get("n_spots") or 0)
+            for c, v in ring1.items():
+                if c != "n_spots" and isinstance(v, (int, float)) and math.isfinite(v):
+                    ring.setdefault(str(c), []).append((float(v), size))
+            for c, v in (env.get("enrichment") or {}).items():
+                if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
+                    enrich.setdefault(str(c), []).append((float(v), size))
+        for c in categories:
+            if c in ring:
+                row[f"env_ring1_{c}"] = _weighted(ring[c])
+        for c in categories:
+            if c in enrich:
+                row[f"env_enrichment_{c}"] = _weighted(enrich[c])
+        for metric in ("ari", "nmi", "silhouette"):
+            row[metric] = _weighted([(s[metric], s["n_spots"]) for s in slides if s.get(metric) is not None])
+        markers: dict[str, list[str]] = {}
+        for s in slides:
+            for region, genes in (s.get("markers") or {}).items():
+                markers.setdefault(region, [])
+                markers[region] += [g for g in genes if g not in markers[region]]
+        row["top_markers"] = json.dumps({k: v[:5] for k, v in sorted(markers.items(), key=lambda kv: (len(kv[0]), kv[0]))})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if len(df):
+        df = df.sort_values("patient_id").reset_index(drop=True)
+    return df

@@ -1,0 +1,235 @@
+"""Stage 1, preprocessing, with Ray Data: one row per slide (paths only), one task per slide.
+
+The cohort version of ``senca_core.pp.preprocess(list_of_slides)``, split so that no worker ever holds more
+than one slide:
+
+1. ``read_and_prepare`` (Ray Data ``map``, bounded concurrency): read one slide with its reader
+   (``senca_core.io``), ``validate_counts``, histology features when there is an image
+   (``senca_core.hist.patch_features``), then ``pp.qc`` → ``pp.hvg`` → ``pp.normalize_log`` →
+   ``pp.spatial_neighbors``. Writes ``OUT/preprocess/prepared/<slide>.h5ad``; returns a small row
+   (status, error, paths, sizes, this worker's peak memory). Any exception is caught and recorded for that slide.
+2. ``fit_shared_basis`` (driver): the shared gene panel (genes common to every finished slide) and ONE PCA basis
+   fitted on the pooled log-expression of the cohort's highly variable genes (``senca_core.pp.pca`` on a list:
+   the same gene selection and solver as in-process). The driver reads only ``var`` and the selected genes'
+   ``layers["log1p"]`` columns of each slide.
+3. ``project_slide`` (Ray Data ``map``): subset one slide to the shared panel and project it on the basis
+   (``pp.pca_project``); writes ``OUT/preprocess/slides/<slide>.h5ad`` (the model's input).
+
+Every output is written atomically (temp file + rename) and is keyed by a content hash (see ``jobs.pipeline``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._util import PeakSampler, atomic_write_with, error_text, peak_rss_mb, release_memory, short_traceback
+
+
+# ------------------------------------------------------------------------------------------- one slide
+def read_slide(slide: dict[str, Any]):
+    """Read one slide with the reader named in the spec (plain-dict slide entry). Returns an AnnData."""
+    from senca_core import io
+
+    reader = slide["reader"]
+    sid, pid = slide["slide_id"], slide["patient_id"]
+    if reader == "legacy_st":
+        adata = io.read_legacy_st(slide["counts"], slide["spots"], labels=slide.get("labels"),
+                                  image=slide.get("image"), image_scale=float(slide.get("image_scale") or 1.0),
+                                  slide_id=sid, patient_id=pid)
+    elif reader == "visium":
+        adata = io.read_visium(slide["path"], image=slide.get("image"), labels=slide.get("labels"),
+                               slide_id=sid, patient_id=pid)
+    elif reader == "h5ad":
+        adata = io.read_h5ad(slide["path"], slide_id=sid, patient_id=pid)
+    else:  # the spec refuses this already
+        raise ValueError(f"unknown reader {reader!r}")
+    io.validate_counts(adata)
+    return adata
+
+
+def prepare_slide(adata, cfg: dict[str, Any]) -> None:
+    """Histology features (when the slide has an image) and the per-slide expression chain, in place.
+
+    The per-slide half of ``senca_core.pp.preprocess``: qc → hvg → normalize_log, then spatial neighbours.
+    """
+    from senca_core import hist, pp
+
+    if adata.uns.get("senca", {}).get("image_path"):
+        kwargs: dict[str, Any] = {"encoder": cfg.get("encoder", "morphology"),
+                                  "context": float(cfg.get("patch_context", 2.0)),
+                                  "size": int(cfg.get("patch_size", 64))}
+        if cfg.get("encoder_weights"):
+            kwargs["weights"] = cfg["encoder_weights"]
+        hist.patch_features(adata, **kwargs)
+    pp.qc(adata, min_counts=int(cfg.get("min_counts", 1)), min_genes=int(cfg.get("min_genes", 1)),
+          min_cells=int(cfg.get("min_cells", 3)))
+    pp.hvg(adata, n_top_genes=int(cfg.get("n_top_genes", 3000)))
+    pp.normalize_log(adata, target_sum=float(cfg.get("target_sum", 1e4)))
+    pp.spatial_neighbors(adata)
+
+
+def read_and_prepare(row: dict[str, Any]) -> dict[str, Any]:
+    """Ray Data task: one slide in, one small row out (never raises: errors are recorded in the row)."""
+    t0 = time.perf_counter()
+    slide = row["slide"]
+    out = {"slide_id": slide["slide_id"], "patient_id": slide["patient_id"], "key": row["key"],
+           "status": "ok", "error": None, "traceback": None, "path": None, "n_spots": 0, "n_genes": 0,
+           "hist_dim": 0, "has_labels": False, "seconds": 0.0, "peak_rss_mb": 0.0}
+    try:
+        adata = read_slide(slide)
+        prepare_slide(adata, row["cfg"])
+        path = Path(row["out_path"])
+        atomic_write_with(path, lambda tmp: adata.write_h5ad(tmp, compression=None))
+        out.update(path=str(path), n_spots=int(adata.n_obs), n_genes=int(adata.n_vars),
+                   hist_dim=int(adata.obsm["X_hist"].shape[1]) if "X_hist" in adata.obsm else 0,
+                   has_labels=bool("label" in adata.obs and adata.obs.get("label_scored", np.ones(1)).any()))
+        del adata
+    except Exception as err:  # noqa: BLE001 - any failure is this slide's, recorded, never the cohort's
+        out.update(status="failed", error=error_text(err, slide["slide_id"]), traceback=short_traceback(err))
+    out["seconds"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+# ------------------------------------------------------------------------------------------- shared basis
+def _read_var_and_layer(path: str, genes: np.ndarray | None = None):
+    """``var`` of an h5ad and (when ``genes`` is given) the log1p columns of those genes, without the rest."""
+    import anndata as ad
+    import h5py
+    import scipy.sparse as sp
+
+    read_elem = getattr(getattr(ad, "io", ad), "read_elem", None) or ad.experimental.read_elem
+    with h5py.File(path, "r") as f:
+        var = read_elem(f["var"])
+        uns_senca = read_elem(f["uns/senca"]) if "uns/senca" in f else {}
+        n_obs = int(f["obs"][f["obs"].attrs["_index"]].shape[0])
+        layer = None
+        if genes is not None:
+            full = read_elem(f["layers/log1p"])
+            idx = var.index.get_indexer(genes)
+            layer = sp.csr_matrix(full)[:, idx]
+            del full
+    return var, layer, n_obs, uns_senca
+
+
+def fit_shared_basis(paths: list[str], *, n_comps: int, seed: int = 0) -> tuple[dict[str, Any], list[str]]:
+    """One PCA basis for the cohort (``senca_core.pp.pca`` on the pooled slides) and the shared gene panel.
+
+    Gene selection is exactly ``pp.pca``'s for a list (common genes ranked by the number of slides where they are
+    highly variable, then median rank); it is computed from ``var`` alone, then only those genes' log-expression is
+    loaded and ``pp.pca`` fits the basis on the pooled spots. Returns ``(state, common_genes)``.
+    """
+    import pandas as pd
+    import scipy.sparse as sp
+    from anndata import AnnData
+    from senca_core import pp
+
+    # 1. gene selection from var only (slim AnnData: zero matrices of the right shape, the real var)
+    metas = [_read_var_and_layer(p) for p in paths]
+    slims = []
+    for (var, _, n_obs, senca), p in zip(metas, paths):
+        a = AnnData(X=sp.csr_matrix((n_obs, len(var)), dtype=np.float32), var=var)
+        a.uns["senca"] = dict(senca) if isinstance(senca, dict) else {}
+        slims.append(a)
+    common = pp.common_genes(slims)
+    if len(slims) > 1:
+        from senca_core.pp._pca import _select_genes  # pp.pca's own rule for a list, applied to var only
+
+        selected = _select_genes(slims, True)
+    else:
+        var = metas[0][0]
+        selected = np.asarray(var.index[var["highly_variable"].to_numpy(dtype=bool)], dtype=str)
+    del slims
+    # 2. the pooled fit on the selected genes only; every selected gene is marked (rank = order) so pca keeps them
+    parts = []
+    for (var, _, n_obs, senca), p in zip(metas, paths):
+        _, layer, _, _ = _read_var_and_layer(p, selected)
+        v = pd.DataFrame(index=pd.Index(selected, name=var.index.name))
+        v["highly_variable"] = True
+        v["highly_variable_rank"] = np.arange(len(selected), dtype=np.float64)
+        a = AnnData(X=sp.csr_matrix(layer.shape, dtype=np.float32), var=v)
+        a.layers["log1p"] = layer
+        a.uns["senca"] = dict(senca) if isinstance(senca, dict) else {}
+        parts.append(a)
+    state = pp.pca(parts if len(parts) > 1 else parts[0], n_comps=n_comps, use_hvg=True, seed=seed)
+    return state, [str(g) for g in common]
+
+
+def project_slide(row: dict[str, Any]) -> dict[str, Any]:
+    """Ray Data task: subset one prepared slide to the shared panel, project it on the basis, write it."""
+    import anndata as ad
+    from senca_core import pp
+
+    t0 = time.perf_counter()
+    out = {"slide_id": row["slide_id"], "status": "ok", "error": None, "traceback": None, "path": None,
+           "seconds": 0.0, "peak_rss_mb": 0.0}
+    try:
+        adata = ad.read_h5ad(row["prepared_path"])
+        genes = np.load(row["genes_file"], allow_pickle=False)
+        state = _load_state(row["state_file"])
+        adata = adata[:, adata.var_names.get_indexer(genes)].copy()
+        pp.pca_project(adata, state)
+        adata.uns.setdefault("senca", {})["gene_panel"] = {"n_genes": int(len(genes)), "shared": True}
+        atomic_write_with(Path(row["out_path"]), lambda tmp: adata.write_h5ad(tmp, compression=None))
+        out["path"] = row["out_path"]
+    except Exception as err:  # noqa: BLE001
+        out.update(status="failed", error=error_text(err, row["slide_id"]), traceback=short_traceback(err))
+    out["seconds"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def save_state(state: dict[str, Any], path: str | Path) -> Path:
+    """The PCA state as an ``.npz`` (arrays and scalars), written atomically."""
+    arrays = {k: (np.asarray(v) if not isinstance(v, (int, float, str)) else np.asarray(v)) for k, v in state.items()}
+    return atomic_write_with(Path(path), lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+
+
+def _load_state(path: str | Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as z:
+        state = {k: z[k] for k in z.files}
+    for k in ("target_sum",):
+        state[k] = float(state[k])
+    for k in ("n_comps", "n_slides", "n_spots", "seed"):
+        if k in state:
+            state[k] = int(state[k])
+    return state
+
+
+# ------------------------------------------------------------------------------------------- Ray Data driver
+def run_map(rows: list[dict[str, Any]], fn, *, concurrency: int, num_cpus: float, progress: bool = True,
+            ) -> list[dict[str, Any]]:
+    """Ray Data: ``from_items`` (one block per row) → ``map(fn)`` with at most ``concurrency`` tasks at once.
+
+    Rows travel as JSON text (one column), so optional fields (``None`` here, a path there) never meet Arrow's
+    schema unification; results come back in input order.
+    """
+    import ray.data
+
+    if not rows:
+        return []
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = bool(progress)
+    ctx.print_on_execution_start = bool(progress)
+    items = [{"i": i, "payload": json.dumps(r, default=str)} for i, r in enumerate(rows)]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map(functools.partial(_json_call, fn), num_cpus=num_cpus,
+                compute=ray.data.TaskPoolStrategy(size=max(1, min(int(concurrency), len(items)))))
+    out = sorted(ds.take_all(), key=lambda r: r["i"])
+    return [json.loads(r["result"]) for r in out]
+
+
+def _json_call(fn, row: dict[str, Any]) -> dict[str, Any]:
+    """``fn(json.loads(row['payload']))``, the result as JSON text, with this task's sampled peak memory."""
+    with PeakSampler() as mem:
+        result = fn(json.loads(row["payload"]))
+    release_memory()
+    if isinstance(result, dict):
+        result["task_peak_rss_mb"] = mem.peak
+    return {"i": row["i"], "result": json.dumps(result, default=str)}

@@ -1,0 +1,153 @@
+"""``senca-platform``: a thin typed command line over :mod:`senca_platform` (spec, runner, demo).
+
+Exit codes: 0 every slide finished; 1 a slide (or a stage) failed, see the summary; 2 the spec is invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._console import stdout_to_stderr
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+app = typer.Typer(help="SENCA-st cohort platform: cohort.yaml -> Ray Data / Ray Train / Ray Tune -> MLflow.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def _err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _run(spec_path: Path, out: Optional[Path], fresh: bool, as_json: bool, resume: bool) -> int:
+    from .runner import run_cohort
+    from .spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as err:
+        _err(str(err))
+        return 2
+    with stdout_to_stderr(as_json):
+        result = run_cohort(spec, output_dir=out, fresh=fresh, resume=resume, progress=not as_json,
+                            spec_path=spec_path)
+    if as_json:
+        typer.echo(json.dumps(result.summary, indent=2))
+    else:
+        _print_table(result.summary)
+    return result.exit_code
+
+
+def _print_table(summary: dict) -> None:
+    rows = [("patient", "slide", "spots", "regions", "ARI", "NMI", "status")]
+    for s in summary["slides"]:
+        fmt = (lambda v: "-" if v is None else f"{v:.3f}")
+        rows.append((s["patient"], s["slide"], str(s["n_spots"]), str(s["n_regions"]), fmt(s["ari"]), fmt(s["nmi"]),
+                     s["status"] if s["status"] == "ok" else f"FAILED: {s['error']}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    model = summary.get("registered_model") or {}
+    if model.get("version") is not None:
+        typer.echo(f"model: {model['name']} version {model['version']} (alias {model['alias']})")
+    if summary.get("mlflow"):
+        typer.echo(f"MLflow run {summary['mlflow']['run_id']}: {summary['mlflow']['ui']}")
+    typer.echo(f"summary: {Path(summary['output_dir']) / 'cohort_summary.json'} ({summary['status']})")
+
+
+@app.command()
+def run(
+    spec: Path = typer.Argument(..., help="the cohort spec (YAML)", show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (overrides the spec's)"),
+    fresh: bool = typer.Option(False, "--fresh", help="ignore cached stage outputs, recompute everything"),
+    as_json: bool = typer.Option(False, "--json", help="print the cohort summary as JSON on stdout (logs: stderr)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run (its MLflow run and the "
+                                                        "training run's last checkpoint)"),
+) -> None:
+    """Run the cohort: preprocess (Ray Data), train (Ray Train) or tune (Ray Tune), infer + summaries, MLflow."""
+    raise typer.Exit(_run(spec, out, fresh, as_json, resume))
+
+
+@app.command()
+def validate(
+    spec: Path = typer.Argument(..., help="the cohort spec (YAML)", show_default=False),
+    strict: bool = typer.Option(False, "--strict", help="missing input files are errors (default: warnings)"),
+) -> None:
+    """Check a cohort spec without running it (schema, field and line of each problem; input files)."""
+    from .spec import SpecError, load_spec, missing_files
+
+    try:
+        s = load_spec(spec)
+    except SpecError as err:
+        _err(str(err))
+        raise typer.Exit(2)
+    missing = missing_files(s)
+    for issue in missing:
+        _err(f"{'error' if strict else 'warning'}: {spec}: {issue.field}: {issue.message}")
+    n_slides = sum(len(p.slides) for p in s.patients)
+    if strict and missing:
+        raise typer.Exit(2)
+    typer.echo(f"{spec}: valid ({len(s.patients)} patient(s), {n_slides} slide(s); output {s.output_dir}; "
+               f"tuning {'on' if s.tuning.enabled else 'off'})")
+
+
+@app.command()
+def init(
+    path: Path = typer.Argument(Path("cohort.yaml"), help="where to write the example spec"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
+) -> None:
+    """Write a commented example cohort spec (HER2ST A1 with its image, B1 and C1 without)."""
+    from jobs._util import atomic_write_text
+
+    from .example import example_yaml
+
+    if path.exists() and not force:
+        _err(f"{path} exists (use --force to overwrite)")
+        raise typer.Exit(1)
+    atomic_write_text(path, example_yaml(filename=path.name))
+    typer.echo(f"wrote {path}: edit the paths, then `senca-platform validate {path}`")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="directory for the cohort, spec and results"),
+    patients: int = typer.Option(4, help="synthetic patients (one slide each)"),
+    spots: int = typer.Option(600, help="spots per slide"),
+    seed: int = typer.Option(0),
+    fresh: bool = typer.Option(False, "--fresh"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Generate a synthetic cohort (with ground truth) into OUT, write OUT/cohort.yaml and run it."""
+    from .demo import write_demo
+
+    spec_path = write_demo(out, n_patients=patients, n_spots=spots, seed=seed)
+    _err(f"demo cohort spec: {spec_path}")
+    code = _run(spec_path, None, fresh, as_json, False)
+    if code == 0 and not as_json:
+        typer.echo(f"browse it: mlflow ui --backend-store-uri sqlite:///{(out / 'results' / 'mlflow.db').resolve()}")
+    raise typer.Exit(code)
+
+
+from .cli_cluster import register as _register_cluster; _register_cluster(app)  # noqa: E402,E702 - cluster/registry
+
+
+# the cluster / registry commands (submit, jobs, models, runs, predict, job-run) live in cli_cluster.py
+try:
+    from .cli_cluster import register as _register_cluster
+except ImportError:  # pragma: no cover - the local commands work without them
+    _register_cluster = None
+if _register_cluster is not None:
+    _register_cluster(app)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

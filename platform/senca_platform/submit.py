@@ -1,0 +1,583 @@
+"""Run a cohort on a Ray cluster through the Ray Job Submission SDK: ``senca-platform submit cohort.yaml``.
+
+What is sent (``runtime_env``)
+------------------------------
+- ``--code upload`` (default): ``working_dir`` = a copy of this project (``platform/``, ``jobs/``, ``senca_core/``,
+  ``pyproject.toml`` … without ``.venv``, ``runs``, ``data``, ``.git``, caches, and what ``.gitignore`` lists) plus
+  the cohort bundle ``.senca_cohort/``; ``py_modules`` = ``platform/senca_platform`` (it lives one folder down in
+  the source tree). The cluster's Python must already have the dependencies (the image of ``deploy/Dockerfile``);
+  only the code travels, so local edits run without rebuilding the image. Entrypoint:
+  ``python -m senca_platform.cli job-run .senca_cohort/<cohort>.yaml``.
+- ``--code installed`` / ``--image URI``: the project is installed on the cluster (``deploy/Dockerfile``);
+  ``working_dir`` is the cohort bundle only; entrypoint ``senca-platform job-run …``; ``--image`` also sets the
+  runtime_env ``image_uri`` (Ray's container support) for the job.
+
+The cohort file and its paths (the rule)
+----------------------------------------
+The spec is validated here first. Every input path of the spec (slide ``counts``/``spots``/``labels``/``image``/
+``path``, ``preprocess.encoder_weights``) is resolved relative to the YAML file, as ``run`` does. Then:
+
+1. ``--data auto`` (default): a file (or Visium folder) **under the cohort YAML's folder** is copied into the
+   bundle, keeping its relative path, and the job reads it from there — as long as the bundle stays under
+   ``--max-upload-mb`` (100 MiB; Ray's package limit is 512 MiB). Anything **outside** that folder (absolute
+   paths, ``../``) is sent as its absolute path and must be readable at that same path on every Ray node
+   (a shared filesystem / PVC); that is not checked (a warning when it is not visible here).
+2. ``--data shared``: nothing is copied; every input path is sent absolute and must be cluster-visible.
+
+Remote object-store URIs (``s3://``) are not read by the slide readers: mount the bucket (s3fs, a CSI driver)
+and use its path. ``output_dir`` must be a cluster path: ``--out /shared/runs/x`` or an absolute ``output_dir``
+in the spec (a relative one would land in the job's temporary working dir and be deleted). The tracking URI
+must be reachable from the cluster: ``--tracking-uri``, else the spec's ``tracking.uri``, else
+``$MLFLOW_TRACKING_URI`` here, else the cluster's own ``MLFLOW_TRACKING_URI`` (deploy/), else a sqlite store in
+the cluster-side ``output_dir``. Credentials are never put in the job:
+use ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` on the cluster (or ``--env`` at your own risk).
+
+Ray token auth
+--------------
+The token comes from ``$RAY_AUTH_TOKEN`` (or the file ``$RAY_AUTH_TOKEN_PATH``); it is sent as
+``Authorization: Bearer …`` and never printed, logged or put in the job's runtime_env. Without either, Ray's own
+lookup applies (``RAY_AUTH_MODE=token`` + ``~/.ray/auth_token``). Cluster-side, the job driver uses the cluster's
+own token (the nodes' environment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import os
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+BUNDLE = ".senca_cohort"
+#: excluded from the uploaded project copy (besides what .gitignore lists)
+PROJECT_EXCLUDES = [".venv/", "venv/", "runs/", "data/", ".git/", "__pycache__/", "*.pyc", "*.egg-info/",
+                    ".pytest_cache/", ".hypothesis/", "build/", "dist/", "mlruns/", "mlartifacts/", "mlflow.db",
+                    "/demo_out/", "*.h5ad", ".senca_cohort/", "node_modules/", ".ipynb_checkpoints/"]
+_PATH_FIELDS = ("counts", "spots", "labels", "image", "path")
+_SECRET_ENV = re.compile(r"(TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL|API_?KEY)", re.I)
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+class ClusterError(RuntimeError):
+    """A problem talking to the Ray cluster or preparing a submission; one line for the user."""
+
+
+# ================================================================================================ auth + client
+def auth_token() -> str | None:
+    """The Ray token from ``$RAY_AUTH_TOKEN`` or the file named by ``$RAY_AUTH_TOKEN_PATH`` (never printed)."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        try:
+            token = Path(path).expanduser().read_text().strip()
+        except OSError as err:
+            raise ClusterError(f"RAY_AUTH_TOKEN_PATH points at an unreadable file ({err.strerror})") from None
+        if not token:
+            raise ClusterError("RAY_AUTH_TOKEN_PATH points at an empty file")
+        return token
+    return None
+
+
+def scrub(text: str) -> str:
+    """``text`` with the auth token (``$RAY_AUTH_TOKEN`` or the file ``$RAY_AUTH_TOKEN_PATH``) replaced by ``***``."""
+    try:
+        token = auth_token()
+    except ClusterError:
+        token = None
+    return text.replace(token, "***") if token and len(token) >= 4 else text
+
+
+def normalize_address(address: str | None) -> str:
+    """``http://HOST:8265`` from ``--address`` / ``$RAY_API_SERVER_ADDRESS`` / ``$RAY_ADDRESS`` (``HOST:PORT`` gets
+    ``http://``). Ray Client (``ray://``) and GCS addresses are refused: the Job API is the dashboard's port."""
+    address = (address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or "").strip()
+    if not address:
+        raise ClusterError("no cluster address: pass --address http://HOST:8265 (the Ray dashboard / Job API) "
+                           "or set RAY_API_SERVER_ADDRESS")
+    if address.startswith("ray://"):
+        raise ClusterError(f"{address}: Ray Client addresses are not used; give the dashboard address "
+                           "http://HOST:8265")
+    if address == "auto":
+        raise ClusterError("'auto' is not a Job API address; give http://HOST:8265")
+    if "://" not in address:
+        address = f"http://{address}"
+    if not re.match(r"^https?://", address):
+        raise ClusterError(f"{address}: expected http://HOST:PORT (the Ray dashboard / Job API)")
+    return address.rstrip("/")
+
+
+def _explain(err: BaseException, address: str, what: str) -> ClusterError:
+    """One line for whatever the SDK raised (connection refused, auth failure, HTTP error, unknown job)."""
+    try:
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # pragma: no cover
+        AuthenticationError = ()  # type: ignore[assignment]
+    text = scrub(str(err).strip())
+    first = text.splitlines()[0] if text else type(err).__name__
+    low = text.lower()
+    if isinstance(err, AuthenticationError) or "authentication" in low or "status code 401" in low \
+            or "status code 403" in low or "unauthorized" in low or "forbidden" in low:
+        hint = ("the token in RAY_AUTH_TOKEN was refused" if auth_token() else
+                "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token")
+        return ClusterError(f"Ray cluster at {address} refused the request ({what}): authentication failed; {hint}")
+    if isinstance(err, (ConnectionError, OSError)) or "failed to connect" in low or "connection refused" in low \
+            or "max retries exceeded" in low or "cannot connect" in low:
+        return ClusterError(f"cannot reach the Ray Job API at {address} ({what}): is the cluster up and the "
+                            "dashboard port (default 8265) reachable?")
+    if "does not exist" in low or "status code 404" in low or "not found" in low:
+        return ClusterError(f"{what}: not found on {address} ({first[:300]})")
+    return ClusterError(f"{what} on {address} failed: {type(err).__name__}: {first[:500]}")
+
+
+def job_client(address: str | None):
+    """A ``JobSubmissionClient`` on the cluster (connection and auth checked now)."""
+    address = normalize_address(address)
+    token = auth_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    import logging
+
+    from ray.job_submission import JobSubmissionClient
+
+    for name in ("ray", "ray.dashboard", "ray._private.runtime_env"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # not the SDK's per-package upload chatter
+
+    try:
+        c = JobSubmissionClient(address, headers=headers)
+        c._do_request("GET", "/api/jobs/")  # version check may be open; this one needs the token
+    except Exception as err:  # noqa: BLE001 - translated into one line
+        raise _explain(err, address, "connecting") from None
+    c._senca_address = address  # type: ignore[attr-defined]
+    return c
+
+
+def _address_of(c) -> str:
+    return getattr(c, "_senca_address", "the cluster")
+
+
+# ================================================================================================ submission
+@dataclass
+class Submission:
+    """What ``submit`` sends: the staging directory (working_dir), the entrypoint, the runtime_env, metadata."""
+
+    staging: Path
+    entrypoint: str
+    runtime_env: dict[str, Any]
+    metadata: dict[str, str]
+    submission_id: str
+    bundle_spec: str
+    packaged: list[tuple[str, str, int]] = field(default_factory=list)  # (field, relative path, bytes)
+    shared: list[tuple[str, str]] = field(default_factory=list)          # (field, absolute path)
+    warnings: list[str] = field(default_factory=list)
+    upload_bytes: int = 0
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def project_root() -> Path | None:
+    """The source tree this package runs from (``pyproject.toml`` two levels above ``senca_platform``)."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").exists() and (root / "jobs").is_dir() else None
+
+
+def _ignore_patterns(root: Path) -> list[str]:
+    pats = list(PROJECT_EXCLUDES)
+    gi = root / ".gitignore"
+    if gi.exists():
+        for line in gi.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and not line.startswith("!"):
+                pats.append(line)
+    return pats
+
+
+def _ignored(rel: PurePosixPath, is_dir: bool, patterns: list[str]) -> bool:
+    """A small .gitignore matcher: ``name``, ``dir/``, ``/anchored``, globs on any path component."""
+    s = str(rel)
+    for pat in patterns:
+        dir_only = pat.endswith("/")
+        p = pat.rstrip("/")
+        if dir_only and not is_dir:
+            continue
+        if p.startswith("/"):
+            if fnmatch.fnmatch(s, p.lstrip("/")):
+                return True
+        elif "/" in p:
+            if fnmatch.fnmatch(s, p) or fnmatch.fnmatch(s, f"*/{p}"):
+                return True
+        elif fnmatch.fnmatch(rel.name, p):
+            return True
+    return False
+
+
+def copy_project(root: Path, dest: Path) -> int:
+    """Copy the project source tree into ``dest`` without the excluded paths; returns the bytes copied."""
+    patterns = _ignore_patterns(root)
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        rel_dir = PurePosixPath(d.relative_to(root).as_posix()) if d != root else PurePosixPath("")
+        dirnames[:] = sorted(n for n in dirnames
+                             if not _ignored(rel_dir / n, True, patterns) and not (d / n).is_symlink())
+        for name in sorted(filenames):
+            rel = rel_dir / name
+            if _ignored(rel, False, patterns) or name in (".gitignore", ".rayignore"):
+                continue  # our own filter replaces them (Ray would apply them to the bundle too)
+            src = d / name
+            if src.is_symlink() or not src.is_file():
+                continue
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+            total += src.stat().st_size
+    return total
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def resolve_tracking(option: str | None, spec_uri: str | None) -> tuple[str | None, str]:
+    """(uri, where it came from): ``--tracking-uri`` > the spec's ``tracking.uri`` > ``$MLFLOW_TRACKING_URI``;
+    ``(None, "default")`` leaves it to the cluster (its ``MLFLOW_TRACKING_URI``, else sqlite in output_dir).
+    Refuses URIs with credentials and relative sqlite/file stores."""
+    if option:
+        uri, source = option, "--tracking-uri"
+    elif spec_uri:
+        uri, source = spec_uri, "the spec's tracking.uri"
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        uri, source = os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
+    else:
+        return None, "default"
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@]+@", uri):
+        raise ClusterError(f"the tracking URI from {source} carries credentials: the job would store them; set "
+                           "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD on the cluster instead")
+    m = re.match(r"^sqlite:///(.*)$", uri)
+    if m and not m.group(1).startswith("/"):
+        raise ClusterError(f"{uri}: a sqlite store for a cluster job needs an absolute path (sqlite:////abs/mlflow.db)")
+    if "://" not in uri and not uri.startswith("/"):
+        raise ClusterError(f"{uri}: a file store for a cluster job needs an absolute path")
+    return uri, source
+
+
+def _job_prefix(name: str) -> str:
+    return name if name.lower().startswith("senca") else f"senca-{name}"
+
+
+def prepare_submission(spec_path: str | Path, *, out: str | None = None, tracking_uri: str | None = None,
+                       code: str = "upload", image: str | None = None, data: str = "auto",
+                       max_upload_mb: float = 100.0, env: list[str] | None = None, fresh: bool = False,
+                       submission_id: str | None = None, project: str | Path | None = None) -> Submission:
+    """Validate the spec, build the staging directory (project copy + cohort bundle) and the job description.
+
+    Raises ``SpecError`` (invalid spec) or :class:`ClusterError` (a path / size / option problem)."""
+    import yaml
+
+    from .spec import load_spec, parse_yaml
+
+    spec_path = Path(spec_path)
+    spec = load_spec(spec_path)  # SpecError: field + line
+    raw, _ = parse_yaml(spec_path.read_text(), str(spec_path))
+    cohort_dir = spec_path.resolve().parent
+    if data not in ("auto", "shared"):
+        raise ClusterError(f"--data {data!r}: use auto (package files under the cohort folder) or shared")
+    if image:
+        code = "installed"
+    if code not in ("upload", "installed"):
+        raise ClusterError(f"--code {code!r}: use upload or installed")
+
+    # output dir: a cluster path
+    out_dir = out or (raw.get("output_dir") if isinstance(raw.get("output_dir"), str) else None)
+    if not out_dir or not PurePosixPath(out_dir).is_absolute():
+        raise ClusterError(f"output_dir {out_dir or '(default senca_out)'!s} is not an absolute path: a cluster job "
+                           "needs a cluster-visible output directory, e.g. --out /shared/senca/runs/"
+                           f"{spec.name}")
+    uri, uri_source = resolve_tracking(tracking_uri, (raw.get("tracking") or {}).get("uri"))
+
+    staging = Path(tempfile.mkdtemp(prefix="senca-submit-"))
+    sub = Submission(staging=staging, entrypoint="", runtime_env={}, metadata={},
+                     submission_id=submission_id or f"{_job_prefix(spec.name)}-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                                    f"{secrets.token_hex(2)}",
+                     bundle_spec=f"{BUNDLE}/{spec_path.name}")
+    try:
+        bundle = staging / BUNDLE
+        bundle.mkdir()
+        limit = int(max_upload_mb * 1024 * 1024)
+        missing: list[str] = []
+
+        def place(field_name: str, value: str) -> str:
+            p = Path(value).expanduser()
+            local = p if p.is_absolute() else (cohort_dir / p)
+            local = Path(os.path.normpath(local))
+            if data == "auto" and _is_under(local, cohort_dir):
+                rel = local.relative_to(cohort_dir)
+                if not local.exists():
+                    missing.append(f"{field_name}: {local}")
+                    return rel.as_posix()
+                target = bundle / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.exists():
+                    (shutil.copytree if local.is_dir() else shutil.copy2)(local, target)
+                    sub.packaged.append((field_name, rel.as_posix(), _size(local)))
+                    if sum(b for _, _, b in sub.packaged) > limit:
+                        raise ClusterError(
+                            f"the cohort's files under {cohort_dir} exceed --max-upload-mb {max_upload_mb:g} MiB: "
+                            "put the data on storage every Ray node mounts at the same path and submit with "
+                            "--data shared (absolute paths), or raise --max-upload-mb (Ray's limit: 512 MiB)")
+                return rel.as_posix()
+            sub.shared.append((field_name, str(local)))
+            if not local.exists():
+                sub.warnings.append(f"{field_name}: {local} is not visible here; it must exist at that path on "
+                                    "every Ray node")
+            return str(local)
+
+        for pi, patient in enumerate(raw.get("patients") or []):
+            for si, slide in enumerate(patient.get("slides") or []):
+                for name in _PATH_FIELDS:
+                    if isinstance(slide.get(name), str):
+                        slide[name] = place(f"patients[{pi}].slides[{si}].{name}", slide[name])
+        pre = raw.get("preprocess") or {}
+        if isinstance(pre.get("encoder_weights"), str):
+            pre["encoder_weights"] = place("preprocess.encoder_weights", pre["encoder_weights"])
+        if missing:
+            raise ClusterError("files to package are missing here: " + "; ".join(missing))
+        raw["output_dir"] = out_dir
+        raw.pop("ray", None)  # the job always joins the cluster it runs on
+        if uri:
+            raw.setdefault("tracking", {})["uri"] = uri
+        else:
+            sub.warnings.append("no tracking URI: the job uses the cluster's MLFLOW_TRACKING_URI, else "
+                                f"sqlite:///{out_dir}/mlflow.db on the cluster (--tracking-uri http://MLFLOW:5000 "
+                                "to choose)")
+        if uri and re.match(r"^https?://(localhost|127\.0\.0\.1)[:/]", uri):
+            sub.warnings.append(f"tracking URI {uri} is this machine's loopback: only a cluster on this machine "
+                                "reaches it")
+        (bundle / spec_path.name).write_text(
+            f"# {spec_path.name} as submitted by senca-platform submit (paths rewritten for the cluster)\n"
+            + yaml.safe_dump(raw, sort_keys=False))
+
+        runtime_env: dict[str, Any] = {"working_dir": str(staging)}
+        if code == "upload":
+            root = Path(project) if project else project_root()
+            if root is None or not (root / "platform" / "senca_platform").is_dir():
+                raise ClusterError("the project source tree is not found next to this installation: use --project "
+                                   "DIR, or --code installed when the cluster image has senca-platform installed")
+            code_bytes = copy_project(root, staging)
+            runtime_env["py_modules"] = [str(staging / "platform" / "senca_platform")]
+            entry = ["python", "-m", "senca_platform.cli", "job-run", sub.bundle_spec]
+        else:
+            code_bytes = 0
+            entry = ["senca-platform", "job-run", sub.bundle_spec]
+        if image:
+            runtime_env["image_uri"] = image
+        if fresh:
+            entry.append("--fresh")
+        import shlex
+
+        sub.entrypoint = " ".join(shlex.quote(x) for x in entry)
+        env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+                    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+        for item in env or []:
+            key, sep, value = item.partition("=")
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ClusterError(f"--env {item!r}: expected NAME or NAME=VALUE")
+            if key.startswith("RAY_AUTH"):
+                raise ClusterError(f"--env {key}: the Ray token is never sent in a job; the cluster has its own")
+            if not sep:
+                if key not in os.environ:
+                    raise ClusterError(f"--env {key}: not set in this environment")
+                value = os.environ[key]
+            if _SECRET_ENV.search(key):
+                sub.warnings.append(f"--env {key}: a secret in the runtime_env is visible to anyone who can read "
+                                    "the job's details on the dashboard")
+            env_vars[key] = value
+        runtime_env["env_vars"] = env_vars
+        sub.runtime_env = runtime_env
+        sub.metadata = {"senca.cohort": spec.name, "senca.spec": spec_path.name, "senca.output_dir": out_dir,
+                        "senca.tracking_uri": uri or "(cluster default)",
+                        "senca.tracking_source": uri_source, "senca.code": code, "senca.data": data}
+        sub.upload_bytes = code_bytes + sum(b for _, _, b in sub.packaged)
+        return sub
+    except BaseException:
+        sub.cleanup()
+        raise
+
+
+def submit(spec_path: str | Path, *, address: str | None, echo: Callable[[str], None] | None = None,
+           **kwargs: Any) -> tuple[str, Submission]:
+    """Prepare and submit the job; returns ``(submission_id, submission)``. The staging dir is removed after."""
+    echo = echo or (lambda m: None)
+    sub = prepare_submission(spec_path, **kwargs)
+    try:
+        for w in sub.warnings:
+            echo(f"warning: {w}")
+        c = job_client(address)
+        echo(f"submitting {sub.submission_id} to {_address_of(c)}: {len(sub.packaged)} packaged input(s), "
+             f"{len(sub.shared)} cluster path(s), {sub.upload_bytes / 2**20:.1f} MiB to upload")
+        try:
+            job_id = c.submit_job(entrypoint=sub.entrypoint, runtime_env=sub.runtime_env, metadata=sub.metadata,
+                                  submission_id=sub.submission_id)
+        except Exception as err:  # noqa: BLE001
+            raise _explain(err, _address_of(c), "submitting the job") from None
+        return job_id, sub
+    finally:
+        sub.cleanup()
+
+
+# ================================================================================================ job verbs
+def job_status(address: str | None, job_id: str) -> dict[str, Any]:
+    c = job_client(address)
+    try:
+        info = c.get_job_info(job_id)
+    except Exception as err:  # noqa: BLE001
+        raise _explain(err, _address_of(c), f"job {job_id}") from None
+    return _info_dict(info)
+
+
+def _info_dict(info) -> dict[str, Any]:
+    status = getattr(info.status, "value", str(info.status))
+    return {"job_id": info.submission_id or info.job_id, "status": str(status),
+            "entrypoint": info.entrypoint, "message": scrub(info.message or ""),
+            "start_time": info.start_time, "end_time": info.end_time, "metadata": dict(info.metadata or {}),
+            "driver_exit_code": getattr(info, "driver_exit_code", None)}
+
+
+def job_logs(address: str | None, job_id: str) -> str:
+    c = job_client(address)
+    try:
+        return scrub(c.get_job_logs(job_id))
+    except Exception as err:  # noqa: BLE001
+        raise _explain(err, _address_of(c), f"logs of job {job_id}") from None
+
+
+def follow_logs(address: str | None, job_id: str, write: Callable[[str], None], *, poll_s: float = 1.0,
+                timeout_s: float | None = None) -> dict[str, Any]:
+    """Stream the job's logs to ``write`` until it ends; returns its final status dict."""
+    c = job_client(address)
+    try:
+        c.get_job_info(job_id)
+    except Exception as err:  # noqa: BLE001
+        raise _explain(err, _address_of(c), f"job {job_id}") from None
+
+    async def _tail() -> None:
+        async for chunk in c.tail_job_logs(job_id):
+            write(scrub(chunk))
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        if deadline is None:
+            asyncio.run(_tail())
+        else:
+            asyncio.run(asyncio.wait_for(_tail(), timeout=timeout_s))
+    except asyncio.TimeoutError:
+        raise ClusterError(f"job {job_id} still running after {timeout_s:.0f}s (it goes on; "
+                           f"`senca-platform jobs stop {job_id}` stops it)") from None
+    except ClusterError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the stream broke: fall back to polling
+        write(f"[senca-platform] log stream interrupted ({type(err).__name__}); polling for the end\n")
+    while True:
+        info = job_status(address, job_id)
+        if info["status"] in TERMINAL:
+            return info
+        if deadline is not None and time.monotonic() > deadline:
+            raise ClusterError(f"job {job_id} still {info['status']} after {timeout_s:.0f}s")
+        time.sleep(poll_s)
+
+
+def stop_job(address: str | None, job_id: str) -> bool:
+    c = job_client(address)
+    try:
+        return bool(c.stop_job(job_id))
+    except Exception as err:  # noqa: BLE001
+        raise _explain(err, _address_of(c), f"stopping job {job_id}") from None
+
+
+def list_jobs(address: str | None, *, all_jobs: bool = False) -> list[dict[str, Any]]:
+    c = job_client(address)
+    try:
+        jobs = c.list_jobs()
+    except Exception as err:  # noqa: BLE001
+        raise _explain(err, _address_of(c), "listing jobs") from None
+    rows = [_info_dict(j) for j in jobs if j.submission_id]
+    if not all_jobs:
+        rows = [r for r in rows if "senca.cohort" in r["metadata"]]
+    return sorted(rows, key=lambda r: r["start_time"] or 0, reverse=True)
+
+
+# ================================================================================================ cluster side
+def job_entry(spec_path: str | Path, *, fresh: bool = False, tracking_uri: str | None = None,
+              echo: Callable[[str], None] | None = None) -> tuple[int, dict[str, Any] | None]:
+    """What the job's entrypoint runs ON the cluster: the same ``run_cohort`` as ``senca-platform run``, joined to
+    the cluster it runs on (``RAY_ADDRESS`` set by the job supervisor, else ``auto``), then the model state
+    (gene panel, PCA basis, region model) attached to the MLflow run for ``predict``.
+
+    Tracking URI: ``tracking_uri`` > the spec's ``tracking.uri`` > ``$MLFLOW_TRACKING_URI`` (the cluster's) >
+    sqlite in the output directory."""
+    import senca_platform
+
+    from .runner import run_cohort
+    from .spec import load_spec
+
+    echo = echo or (lambda m: print(f"[senca-platform] {m}", file=sys.stderr, flush=True))
+    echo(f"job-run: {spec_path} (code: {Path(senca_platform.__file__).parent})")
+    spec = load_spec(spec_path)
+    if tracking_uri:
+        spec.tracking.uri = tracking_uri
+    elif not spec.tracking.uri and os.environ.get("MLFLOW_TRACKING_URI"):
+        spec.tracking.uri = os.environ["MLFLOW_TRACKING_URI"]
+    spec.ray.address = os.environ.get("RAY_ADDRESS") or "auto"
+    spec.ray.num_cpus = None
+    result = run_cohort(spec, spec_path=spec_path, fresh=fresh, progress=False, echo=echo)
+    summary = result.summary
+    model = summary.get("registered_model") or {}
+    if summary.get("mlflow_run_id") and model.get("version") is not None:
+        try:
+            from .predict import attach_model_state
+
+            attach_model_state(summary["mlflow"]["tracking_uri"], model_run_id(summary), spec.output_dir,
+                               model_name=model["name"], model_version=model["version"], echo=echo)
+        except Exception as err:  # noqa: BLE001 - the cohort is done; predict can still build it later
+            echo(f"warning: model state not attached ({type(err).__name__}: {err})")
+    print(json.dumps({"senca_summary": {k: summary.get(k) for k in
+                                        ("cohort", "status", "n_slides", "n_failed", "mlflow_run_id",
+                                         "registered_model_version", "output_dir")}}), flush=True)
+    return result.exit_code, summary
+
+
+def model_run_id(summary: dict[str, Any]) -> str:
+    """The run that holds the registered model version: this run, or the earlier one whose version was reused."""
+    model = summary.get("registered_model") or {}
+    if model.get("reused") and model.get("version") is not None:
+        from .registry import client
+
+        mv = client(summary["mlflow"]["tracking_uri"]).get_model_version(model["name"], str(model["version"]))
+        return mv.run_id or summary["mlflow_run_id"]
+    return summary["mlflow_run_id"]
+
+
+__all__ = ["BUNDLE", "ClusterError", "Submission", "auth_token", "copy_project", "follow_logs", "job_client",
+           "job_entry", "job_logs", "job_status", "list_jobs", "normalize_address", "prepare_submission",
+           "project_root", "resolve_tracking", "stop_job", "submit"]

@@ -1,0 +1,83 @@
+"""The ``senca-platform`` command line (no Ray here: the runs themselves are in test_pipeline.py)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from senca_platform.cli import app
+from senca_platform.spec import load_spec
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("senca-platform") or str(Path(sys.executable).parent / "senca-platform")
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for command in ("run", "validate", "init", "demo"):
+        assert command in out.stdout
+
+
+def test_init_writes_a_commented_example_that_validates(tmp_path):
+    path = tmp_path / "cohort.yaml"
+    res = _invoke("init", str(path))
+    assert res.exit_code == 0, res.output
+    text = path.read_text()
+    assert text.count("#") > 20 and "reader: legacy_st" in text and "search_space" in text
+    spec = load_spec(path)
+    assert [s.id for _, s in spec.slides()] == ["A1", "B1", "C1"]
+    res = _invoke("validate", str(path))
+    # the example's data paths do not exist here: warnings, still valid
+    assert res.exit_code == 0, res.output
+    assert "valid (3 patient(s), 3 slide(s)" in res.stdout
+    assert "warning:" in res.stderr and "patients[0].slides[0].counts" in res.stderr
+    res = _invoke("validate", "--strict", str(path))
+    assert res.exit_code == 2
+
+
+def test_init_does_not_overwrite_without_force(tmp_path):
+    path = tmp_path / "cohort.yaml"
+    path.write_text("keep me")
+    res = _invoke("init", str(path))
+    assert res.exit_code == 1 and path.read_text() == "keep me"
+    assert _invoke("init", "--force", str(path)).exit_code == 0
+    assert path.read_text() != "keep me"
+
+
+def test_validate_reports_field_and_line(tmp_path):
+    path = tmp_path / "cohort.yaml"
+    _invoke("init", str(path))
+    text = path.read_text().replace("  n_pca: 30", "  n_pcs: 30")
+    path.write_text(text)
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if "n_pcs" in l)
+    res = _invoke("validate", str(path))
+    assert res.exit_code == 2
+    assert f"{path}:{line}: preprocess.n_pcs: unknown field" in res.stderr
+
+
+def test_run_refuses_an_invalid_spec_before_starting_anything(tmp_path):
+    path = tmp_path / "cohort.yaml"
+    path.write_text("name: x\npatients: []\n")
+    res = _invoke("run", "--json", str(path))
+    assert res.exit_code == 2
+    assert ":2: patients:" in res.stderr
+    assert not (tmp_path / "senca_out").exists()
+
+
+def test_validate_with_real_files_is_clean(tmp_path, her2st_root):
+    from senca_platform.example import example_yaml
+
+    path = tmp_path / "cohort.yaml"
+    path.write_text(example_yaml(root=str(her2st_root)))
+    res = _invoke("validate", "--strict", str(path))
+    assert res.exit_code == 0, res.output
+    assert "warning" not in res.stderr

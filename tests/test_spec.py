@@ -1,0 +1,216 @@
+"""The cohort spec: every error names the field AND the YAML line; paths resolve against the YAML file."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from senca_platform.example import example_yaml
+from senca_platform.spec import SpecError, load_spec, missing_files, redact, spec_to_dict
+
+GOOD = textwrap.dedent("""\
+    name: demo
+    output_dir: out
+    patients:
+      - id: P1
+        slides:
+          - id: S1
+            reader: legacy_st
+            counts: data/S1.tsv.gz
+            spots: data/S1_selection.tsv
+            image: img/S1.png
+            image_scale: 0.5
+      - id: P2
+        slides:
+          - id: S2
+            reader: h5ad
+            path: data/S2.h5ad
+          - id: S3
+            reader: visium
+            path: visium/S3
+    training:
+      epochs: 5
+      num_workers: 2
+    tuning:
+      enabled: true
+      num_samples: 2
+      search_space:
+        lr: {type: loguniform, low: 0.0001, high: 0.01}
+        hidden: {type: choice, values: [64, 128]}
+    """)
+
+
+def _write(tmp_path: Path, text: str, name: str = "cohort.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _problems(tmp_path: Path, text: str) -> list:
+    with pytest.raises(SpecError) as info:
+        load_spec(_write(tmp_path, text))
+    return info.value.issues
+
+
+def _line_of(text: str, needle: str) -> int:
+    for i, line in enumerate(text.splitlines(), start=1):
+        if needle in line:
+            return i
+    raise AssertionError(f"{needle!r} not in the text")
+
+
+def test_good_spec_resolves_paths_against_the_yaml_folder(tmp_path, monkeypatch):
+    sub = tmp_path / "cohorts"
+    sub.mkdir()
+    path = _write(sub, GOOD)
+    monkeypatch.chdir(tmp_path)  # the cwd must not matter
+    spec = load_spec(path)
+    s1 = spec.patients[0].slides[0]
+    assert s1.counts == (sub / "data" / "S1.tsv.gz").resolve()
+    assert s1.image == (sub / "img" / "S1.png").resolve()
+    assert spec.output_dir == (sub / "out").resolve()
+    assert spec.patients[1].slides[1].reader == "visium"
+    assert spec.tracking_uri() == f"sqlite:///{(sub / 'out' / 'mlflow.db').resolve()}"
+    assert spec.model_name == "demo" and spec.experiment_name == "demo"
+    # every input file is reported missing (validate prints them; run fails only those slides)
+    missing = {i.field for i in missing_files(spec)}
+    assert {"patients[0].slides[0].counts", "patients[0].slides[0].image", "patients[1].slides[0].path"} <= missing
+
+
+def test_unknown_key_names_field_and_line(tmp_path):
+    text = GOOD.replace("  num_workers: 2", "  num_wrokers: 2")
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "training.num_wrokers"
+    assert issue.line == _line_of(text, "num_wrokers")
+    assert "unknown field" in issue.message
+
+
+def test_wrong_type_deep_in_a_slide_names_field_and_line(tmp_path):
+    text = GOOD.replace("image_scale: 0.5", "image_scale: half")
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "patients[0].slides[0].image_scale"
+    assert issue.line == _line_of(text, "image_scale")
+
+
+def test_negative_scale_is_refused(tmp_path):
+    text = GOOD.replace("image_scale: 0.5", "image_scale: -1")
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "patients[0].slides[0].image_scale" and "greater than 0" in issue.message
+
+
+def test_unknown_reader_points_at_the_reader_line(tmp_path):
+    text = GOOD.replace("reader: visium", "reader: xenium")
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "patients[1].slides[1].reader"
+    assert issue.line == _line_of(text, "reader: xenium")
+    assert "xenium" in issue.message and "legacy_st" in issue.message
+
+
+def test_missing_required_field_points_at_its_slide(tmp_path):
+    text = GOOD.replace("        spots: data/S1_selection.tsv\n", "")
+    assert "spots:" not in text
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "patients[0].slides[0].spots"
+    assert issue.line == _line_of(text, "- id: S1")
+    assert "missing" in issue.message
+
+
+def test_field_of_another_reader_is_refused(tmp_path):
+    text = GOOD.replace("        path: data/S2.h5ad\n", "        path: data/S2.h5ad\n        counts: x.tsv\n")
+    assert "counts: x.tsv" in text
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "patients[1].slides[0].counts"
+    assert issue.line == _line_of(text, "counts: x.tsv")
+
+
+def test_duplicate_slide_and_patient_ids(tmp_path):
+    text = GOOD.replace("- id: S3", "- id: S1").replace("- id: P2", "- id: P1")
+    issues = _problems(tmp_path, text)
+    by_field = {i.field: i for i in issues}
+    assert set(by_field) == {"patients[1].id", "patients[1].slides[1].id"}
+    assert by_field["patients[1].slides[1].id"].line == _line_of(text, "reader: visium") - 1
+    assert "duplicate slide id 'S1'" in by_field["patients[1].slides[1].id"].message
+    assert by_field["patients[1].id"].line == 12 and "duplicate patient id 'P1'" in by_field["patients[1].id"].message
+
+
+def test_bad_ids_are_refused(tmp_path):
+    text = GOOD.replace("- id: S2", "- id: ../S2")
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "patients[1].slides[0].id" and issue.line == _line_of(text, "../S2")
+
+
+def test_model_settings_are_checked_against_senca_config(tmp_path):
+    text = GOOD + "model:\n  hidden: 64\n  hiden: 3\n"
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "model.hiden" and issue.line == _line_of(text, "hiden: 3")
+    text = GOOD + "model:\n  epochs: 3\n"
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "model.epochs" and "training.epochs" in issue.message
+    text = GOOD + "model:\n  hidden: 30\n  n_heads: 4\n"  # SencaConfig.validate: n_heads must divide hidden
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "model.n_heads" and issue.line == _line_of(text, "n_heads")
+
+
+def test_search_space_dimension_errors(tmp_path):
+    text = GOOD.replace("lr: {type: loguniform, low: 0.0001, high: 0.01}", "lr: {type: loguniform, low: 0.01}")
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "tuning.search_space.lr" and issue.line == _line_of(text, "lr: {type")
+    assert "'high'" in issue.message
+    text = GOOD.replace("hidden: {type: choice", "hiddn: {type: choice")
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "tuning.search_space.hiddn" and issue.line == _line_of(text, "hiddn")
+
+
+def test_tuning_enabled_needs_a_search_space(tmp_path):
+    text = GOOD.split("tuning:")[0] + "tuning:\n  enabled: true\n"
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "tuning" and issue.line == _line_of(text, "tuning:")
+    assert "search_space" in issue.message
+
+
+def test_several_problems_are_all_reported_with_their_lines(tmp_path):
+    text = GOOD.replace("epochs: 5", "epochs: 0").replace("num_samples: 2", "num_samples: -1")
+    issues = _problems(tmp_path, text)
+    assert [(i.field, i.line) for i in issues] == [("training.epochs", _line_of(text, "epochs: 0")),
+                                                   ("tuning.num_samples", _line_of(text, "num_samples"))]
+    rendered = str(SpecError("c.yaml", issues))
+    assert f"c.yaml:{_line_of(text, 'epochs: 0')}: training.epochs" in rendered
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path):
+    text = GOOD.replace("  num_workers: 2", "  num_workers: [2")
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "<yaml>" and issue.line is not None and issue.line >= _line_of(text, "num_workers")
+
+
+def test_safe_load_semantics_no_python_objects(tmp_path):
+    text = GOOD.replace("name: demo", "name: !!python/object/apply:os.system ['echo hi']")
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "<yaml>" and issue.line == 1
+
+
+def test_empty_and_non_mapping_specs(tmp_path):
+    assert "empty" in _problems(tmp_path, "")[0].message
+    assert "mapping" in _problems(tmp_path, "- a\n- b\n")[0].message
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_secrets_are_redacted_from_the_logged_spec(tmp_path):
+    text = GOOD + "tracking:\n  uri: https://alice:s3cret@mlflow.example.org\n"
+    spec = load_spec(_write(tmp_path, text))
+    logged = spec_to_dict(spec)
+    assert "s3cret" not in str(logged) and logged["tracking"]["uri"] == "https://***@mlflow.example.org"
+    assert redact({"api_key": "abc", "nested": {"password": "p", "x": 1}}) == \
+        {"api_key": "***", "nested": {"password": "***", "x": 1}}
+
+
+def test_example_spec_validates_and_points_at_real_files_when_rooted(tmp_path, her2st_root):
+    path = _write(tmp_path, example_yaml(root=str(her2st_root)))
+    spec = load_spec(path)
+    assert [s.id for _, s in spec.slides()] == ["A1", "B1", "C1"]
+    assert missing_files(spec) == []
+    a1 = spec.patients[0].slides[0]
+    assert a1.image.name == "A1_HE_dark_2000px.png" and abs(a1.image_scale - 2000 / 6954) < 1e-6
