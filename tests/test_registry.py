@@ -78,6 +78,9 @@ def test_cohort_run_against_the_tracking_server_with_artifacts(server, trained, 
     stored = {p.name for p in server.artifacts.rglob("*") if p.is_file()}
     assert {"patients.parquet", "cohort_summary.json", "cohort.resolved.yaml"} <= stored
     assert any(p.name == "MLmodel" for p in server.artifacts.rglob("MLmodel"))
+    # what predict needs travels with the run, so the version is usable where OUT is not visible
+    state = {a.path for a in mc.list_artifacts(run.info.run_id, "model_state")}
+    assert {"model_state/manifest.json", "model_state/pca_state.npz", "model_state/region_model.pkl"} <= state
     mv = mc.get_model_version_by_alias(NAME, "champion")
     assert int(mv.version) == summary["registered_model_version"] == 1
     print(f"\nrun against mlflow server: {summary['_seconds']:.1f}s")

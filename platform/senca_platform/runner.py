@@ -212,6 +212,8 @@ def run_cohort(spec: CohortSpec | str | Path, *, output_dir: str | Path | None =
     atomic_write_json(summary_path, summary)
     if tracker is not None:
         tracker.finish(summary, summary_path)
+        if model_info.get("version") is not None and not model_info.get("reused"):
+            _attach_predict_state(tracker, model_info, out, echo)
     for s in slides:
         if s["status"] != "ok":
             echo(f"FAILED slide {s['slide']} (patient {s['patient']}): {s['error']}")
@@ -223,6 +225,21 @@ def run_cohort(spec: CohortSpec | str | Path, *, output_dir: str | Path | None =
     return CohortResult(summary=summary, summary_path=summary_path, exit_code=exit_code,
                         extra={"worker_peak_rss_mb": result.get("worker_peak_rss_mb", []),
                                "history": result.get("history")})
+
+
+def _attach_predict_state(tracker, model_info: dict[str, Any], out: Path, echo) -> None:
+    """Log what ``predict`` needs (gene panel, PCA basis, region model) with the run, so a registered version is
+    usable where this output directory is not visible. A failure here leaves the regions intact: it is reported,
+    and ``senca-platform models attach-state`` can redo it."""
+    from .predict import attach_model_state
+
+    try:
+        attach_model_state(tracker.uri, tracker.run_id, out, model_name=model_info.get("name"),
+                           model_version=model_info.get("version"))
+        echo("model state for predict logged with the run (gene panel, PCA basis, region model)")
+    except Exception as err:  # noqa: BLE001 - never lose finished results over this
+        echo(f"warning: model state for predict not logged ({type(err).__name__}: {err}); "
+             "run `senca-platform models attach-state` later")
 
 
 def format_traceback(err: BaseException) -> str:  # pragma: no cover - CLI diagnostics
