@@ -12,6 +12,7 @@ from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
 from ..errors import ConfigError, SlideError
+from ._align import SlideAligner
 
 METHODS = ("gmm", "leiden", "kmeans")
 
@@ -99,23 +100,47 @@ class RegionModel:
     """
 
     def __init__(self, reducer, estimator, method: str, k: int, remap: dict, centroids: np.ndarray,
-                 use_rep: str, refine: bool) -> None:
+                 use_rep: str, refine: bool, aligner: SlideAligner | None = None) -> None:
         self.reducer, self.estimator, self.method, self.k = reducer, estimator, method, int(k)
         self.remap, self.centroids, self.use_rep, self.refine = remap, centroids, use_rep, refine
+        self.aligner = aligner
 
-    def _raw(self, X: np.ndarray) -> np.ndarray:
-        Xr = self.reducer.transform(X)
+    def _scores(self, Xr: np.ndarray) -> np.ndarray:
+        """(n, n_raw) preference of each spot for each raw component (higher = more likely)."""
         if self.method == "leiden":
-            d = ((Xr[:, None, :] - self.centroids[None]) ** 2).sum(-1)
-            return np.asarray(self.raw_ids_)[d.argmin(1)]
-        return self.estimator.predict(Xr)
+            return -((Xr[:, None, :] - self.centroids[None]) ** 2).sum(-1)
+        return self.estimator.predict_proba(Xr) if self.method == "gmm" else -self.estimator.transform(Xr)
+
+    def labels(self, X: np.ndarray, neighbors: np.ndarray | None = None) -> np.ndarray:
+        """Region ids (ints) of one slide's readout ``X`` (n, d), refined over ``neighbors`` like at fit time.
+
+        A spot whose raw component held no training spot (or vanished in the training refinement) takes the most
+        likely component that has a region id.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        if getattr(self, "aligner", None) is not None:
+            X = self.aligner.transform(X)
+        Xr = self.reducer.transform(X)
+        raw_ids = np.asarray(self.raw_ids_)
+        if self.method == "leiden":
+            raw = raw_ids[self._scores(Xr).argmax(1)]
+        else:
+            raw = self.estimator.predict(Xr)
+            if not np.isin(raw, raw_ids).all():
+                raw = raw_ids[self._scores(Xr)[:, raw_ids].argmax(1)]
+        if self.refine and neighbors is not None:
+            raw = refine_labels(raw, np.asarray(neighbors))
+        mapped = np.array([self.remap.get(int(x), -1) for x in raw])
+        if (mapped < 0).any():
+            known = np.asarray(sorted(self.remap), dtype=int)
+            cols = known if self.method != "leiden" else np.searchsorted(raw_ids, known)
+            best = known[self._scores(Xr[mapped < 0])[:, cols].argmax(1)]
+            mapped[mapped < 0] = [self.remap[int(b)] for b in best]
+        return mapped
 
     def predict(self, adata: AnnData) -> np.ndarray:
         """Region ids (ints) of one slide, spatially refined like at fit time."""
-        raw = self._raw(_pooled([adata], self.use_rep))
-        if self.refine and "spatial_neighbors" in adata.obsm:
-            raw = refine_labels(raw, np.asarray(adata.obsm["spatial_neighbors"]))
-        return np.array([self.remap.get(x, -1) for x in raw])
+        return self.labels(_pooled([adata], self.use_rep), adata.obsm.get("spatial_neighbors"))
 
 
 class _Centre:
@@ -148,24 +173,43 @@ def _order_by_size(labels: np.ndarray) -> np.ndarray:
 
 def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method: str = "gmm",
             use_rep: str = "X_senca", refine: bool = True, n_pcs: int | None = 15, seed: int = 0,
-            key_added: str = "region", k_max: int = 12, return_model: bool = False) -> int | RegionModel:
+            key_added: str = "region", k_max: int = 12, align: str | None = "matched",
+            return_model: bool = False) -> int | RegionModel:
     """Cluster ``obsm[use_rep]`` into ``k`` regions; writes ``obs[key_added]`` (categorical) on every slide.
 
     A list of slides is clustered on the pooled embeddings, so region ``"3"`` means the same in every slide.
-    ``k=None`` chooses k by BIC. ``refine`` smooths labels over ``obsm['spatial_neighbors']``. Returns k, or with
+    ``k=None`` chooses k by BIC. ``refine`` smooths labels over ``obsm['spatial_neighbors']``. ``align`` (several
+    slides only): remove each slide's offset before pooling (:class:`~senca_core.tl._align.SlideAligner`,
+    ``"matched"`` (default) or ``"centre"``; None = pool as is), so regions are tissue states, not patients. Returns k, or with
     ``return_model`` the fitted :class:`RegionModel` (``.k``) that assigns the same ids to new slides.
     """
     adatas = [adatas] if isinstance(adatas, AnnData) else list(adatas)
     if method not in METHODS:
         raise ConfigError("method", f"unknown clustering method {method!r}; use one of {METHODS}")
+    if not adatas:
+        raise ConfigError("adatas", "no slides to cluster")
     X = _pooled(adatas, use_rep)
     n = X.shape[0]
+    if n < 2:
+        raise SlideError(f"only {n} spot(s) to cluster, need at least 2", slide=", ".join(map(_slide, adatas)),
+                         field=f"obsm['{use_rep}']")
+    n_pcs = None if n_pcs is None else min(n_pcs, n)  # PCA cannot keep more components than there are spots
     if k is not None:
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError("k", f"must be a positive integer or None, got {k!r}")
         if k > n:
             slides = ", ".join(_slide(a) for a in adatas)
             raise SlideError(f"k={k} regions requested but only {n} spots", slide=slides, field="k")
+    aligner = None
+    if align is not None and len(adatas) > 1:
+        if align not in SlideAligner.METHODS:
+            raise ConfigError("align", f"unknown slide alignment {align!r}; use one of {SlideAligner.METHODS} or None")
+        sizes = np.cumsum([a.n_obs for a in adatas])[:-1]
+        if k is None:  # choose k on the centred spots, then align at that k
+            k = _choose_k(_reducer(X, n_pcs, seed).transform(np.vstack([b - b.mean(0) for b in np.split(X, sizes)])),
+                          seed, min(k_max, max(2, n // 10)))
+        aligner = SlideAligner(k, method=align, n_pcs=n_pcs, seed=seed)
+        X = np.vstack(aligner.fit_transform(np.split(X, sizes)))
     reducer = _reducer(X, n_pcs, seed)
     Xr = reducer.transform(X)
     if k is None:
@@ -200,6 +244,8 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         return int(k)
     raw_ids = np.unique(labels)
     centroids = np.stack([Xr[labels == r].mean(0) for r in raw_ids])
-    model = RegionModel(reducer, estimator, method, len(categories), remap, centroids, use_rep, refine)
+    model = RegionModel(reducer, estimator, method, len(categories), remap, centroids, use_rep, refine,
+                        aligner=aligner)
     model.raw_ids_ = raw_ids
+    model.k_requested = int(k)  # k asked / chosen; model.k = regions left after refinement
     return model

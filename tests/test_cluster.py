@@ -1,0 +1,92 @@
+"""tl.cluster on several slides: slide alignment (centre / matched), RegionModel re-assignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from anndata import AnnData
+from sklearn.metrics import adjusted_rand_score
+
+from senca_core import tl
+from senca_core.errors import ConfigError
+from senca_core.tl._align import SlideAligner
+
+CENTRES = np.array([[0.0, 0.0, 0.0, 0.0], [4.0, 0.0, 0.0, 0.0], [0.0, 4.0, 0.0, 0.0]])
+
+
+def _slide(sid: str, props, offset, n=300, seed=0) -> AnnData:
+    """A slide of 3 tissue states (shared by every slide) mixed in ``props``, all shifted by ``offset``."""
+    rng = np.random.default_rng(seed)
+    truth = rng.choice(3, size=n, p=props)
+    X = CENTRES[truth] + rng.normal(0, 0.5, size=(n, 4)) + np.asarray(offset)
+    a = AnnData(X=sp.csr_matrix((n, 0), dtype=np.float32))
+    a.obsm["X_senca"] = X
+    a.obs["truth"] = pd.Categorical(truth.astype(str))
+    a.uns["senca"] = {"slide_id": sid}
+    return a
+
+
+def _cohort():
+    # a strong patient offset (larger than the distance between states) and very different compositions
+    return [_slide("S1", [0.8, 0.1, 0.1], [0, 0, 0, 0], seed=1),
+            _slide("S2", [0.1, 0.45, 0.45], [0, 0, 9, 0], seed=2),
+            _slide("S3", [0.34, 0.33, 0.33], [0, 0, 0, -9], seed=3)]
+
+
+def _pooled_ari(slides) -> float:
+    pred = np.concatenate([a.obs["region"].astype(int) for a in slides])
+    truth = np.concatenate([a.obs["truth"].astype(int) for a in slides])
+    return adjusted_rand_score(truth, pred)
+
+
+def test_unaligned_pooling_finds_patients_alignment_finds_tissue_states():
+    slides = _cohort()
+    tl.cluster(slides, k=3, align=None, refine=False, n_pcs=None)
+    unaligned = _pooled_ari(slides)
+    tl.cluster(slides, k=3, align="matched", refine=False, n_pcs=None)
+    matched = _pooled_ari(slides)
+    tl.cluster(slides, k=3, align="centre", refine=False, n_pcs=None)
+    centred = _pooled_ari(slides)
+    assert unaligned < 0.3, unaligned  # the regions are the slides
+    assert matched > 0.9, matched  # one region per tissue state in every slide
+    # centring alone is pulled by the compositions (slide 1 is 80 % state 0) yet still beats no alignment
+    assert centred > unaligned
+    assert matched >= centred
+
+
+def test_matched_offsets_recover_the_true_shift_despite_composition():
+    slides = _cohort()
+    al = SlideAligner(3, method="matched", n_pcs=None)
+    al.fit_transform([a.obsm["X_senca"] for a in slides])
+    rel = [o - al.offsets_[0] for o in al.offsets_]
+    np.testing.assert_allclose(rel[1], [0, 0, 9, 0], atol=0.25)
+    np.testing.assert_allclose(rel[2], [0, 0, 0, -9], atol=0.25)
+
+
+@pytest.mark.parametrize("method", ["gmm", "kmeans"])
+@pytest.mark.parametrize("align", ["centre", "matched"])
+def test_region_model_reproduces_and_aligns_a_new_slide(method, align):
+    slides = _cohort()
+    model = tl.cluster(slides, k=3, method=method, align=align, refine=False, n_pcs=None, return_model=True)
+    for a in slides:  # training slides get exactly their regions back
+        np.testing.assert_array_equal(model.predict(a), a.obs["region"].astype(int).to_numpy())
+    new = _slide("NEW", [0.2, 0.2, 0.6], [5, -5, 0, 0], seed=9)  # another patient, another offset
+    assert model.aligner is not None and model.aligner.method == align
+    if align == "centre":  # centring is pulled by the new slide's composition: only "matched" is checked here
+        return
+    new.obs["region"] = pd.Categorical(model.predict(new).astype(str))
+    assert adjusted_rand_score(new.obs["truth"], new.obs["region"]) > 0.9
+    # the ids mean the same thing: state 0 spots of the new slide get the region of state 0 in slide 1
+    s1 = slides[0]
+    region_of_state0 = s1.obs.loc[s1.obs["truth"] == "0", "region"].astype(int).mode()[0]
+    assert new.obs.loc[new.obs["truth"] == "0", "region"].astype(int).mode()[0] == region_of_state0
+
+
+def test_one_slide_is_never_aligned_and_bad_align_is_a_config_error():
+    a = _slide("S1", [0.4, 0.3, 0.3], [3, 3, 3, 3])
+    model = tl.cluster(a, k=3, refine=False, n_pcs=None, return_model=True)
+    assert model.aligner is None
+    with pytest.raises(ConfigError, match="align"):
+        tl.cluster(_cohort(), k=3, align="harmony")
