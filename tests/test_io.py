@@ -706,3 +706,65 @@ def test_validate_counts_direct():
     with pytest.raises(SlideError) as e:
         validate_counts(cases[0][0], slide="other", file="/y/c.tsv.gz")
     assert_slide_error(e, slide="other", file="c.tsv.gz", field="counts")
+
+
+# ------------------------------------------------------------------------------------------------ found by fuzzing
+def test_visium_h5_with_out_of_range_indices(tmp_path):
+    """A 10x .h5 whose sparse indices point past the genes: named at the file, not a scipy error later."""
+    folder = write_visium(tmp_path / "s1")
+    h5 = folder / "filtered_feature_bc_matrix.h5"
+    with h5py.File(h5, "r+") as f:
+        idx = f["matrix/indices"][:]
+        idx[3] = 1 << 40
+        f["matrix/indices"][...] = idx
+    with pytest.raises(SlideError) as e:
+        read_visium(folder)
+    assert_slide_error(e, slide="s1", file=h5, field="matrix", text="corrupt sparse matrix")
+
+
+def test_validate_counts_corrupt_sparse_and_complex():
+    bad = sp.csr_matrix(np.array([[1, 0], [0, 2], [1, 1]], dtype=np.float32))
+    bad.indices[0] = 7  # past the 2 genes
+    with pytest.raises(SlideError) as e:
+        validate_counts(_ad(bad))
+    assert_slide_error(e, slide="V", file="m.h5", field="counts", text="corrupt sparse count matrix")
+    with pytest.raises(SlideError) as e:
+        validate_counts(_ad(np.ones((3, 2), dtype=np.complex64)))
+    assert_slide_error(e, slide="V", file="m.h5", field="counts", text="complex-valued")
+
+
+@pytest.mark.parametrize("key,value,text", [
+    ("patient_id", [1, 2], "must be a string"),
+    ("grid", "triangle", "must be one of"),
+    ("spot_diameter_px", "big", "positive number"),
+    ("spot_diameter_px", -3.0, "positive number"),
+    ("source_files", ["a"], "must be a mapping"),
+    ("n_zero_spots_dropped", "abc", "non-negative integer"),
+])
+def test_h5ad_stored_senca_of_the_wrong_type(tmp_path, key, value, text):
+    ad = anndata.AnnData(X=sp.csr_matrix(np.arange(1, 13, dtype=np.float32).reshape(4, 3)))
+    ad.obsm["spatial"] = np.arange(8, dtype=np.float64).reshape(4, 2) * 100
+    ad.uns["senca"] = {key: value}
+    out = tmp_path / "typed.h5ad"
+    ad.write_h5ad(out)
+    with pytest.raises(SlideError) as e:
+        read_h5ad(out, slide_id="H")
+    assert_slide_error(e, slide="H", file=out, field=f"uns['senca']['{key}']", text=text)
+
+
+def test_broken_tiff_is_one_error_without_log_noise(tmp_path, caplog):
+    tif = tmp_path / "broken.tif"
+    tif.write_bytes(b"II*\x00" + (0x7FFF0000).to_bytes(4, "little") + bytes(56))
+    counts, spots = write_legacy(tmp_path)
+    with caplog.at_level("DEBUG"):
+        with pytest.raises(SlideError) as e:
+            read_legacy_st(counts, spots, image=tif)
+    assert_slide_error(e, slide="S1", file=tif, field="image", text="unreadable image")
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")]
+
+
+def test_header_only_counts_names_the_gene_count(tmp_path):
+    counts, spots = write_legacy(tmp_path, counts_rows=[])
+    with pytest.raises(SlideError) as e:
+        read_legacy_st(counts, spots)
+    assert_slide_error(e, slide="S1", file=counts, field="counts", text="0 spots × 3 genes")

@@ -214,3 +214,69 @@ def test_example_spec_validates_and_points_at_real_files_when_rooted(tmp_path, h
     assert missing_files(spec) == []
     a1 = spec.patients[0].slides[0]
     assert a1.image.name == "A1_HE_dark_2000px.png" and abs(a1.image_scale - 2000 / 6954) < 1e-6
+
+
+# ------------------------------------------------------------------------------------------------ hardening
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
+    text = GOOD.replace("  num_workers: 2", "  num_workers: 2\n  num_workers: 4")
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "training.num_workers" and issue.line == _line_of(text, "num_workers: 4")
+    assert f"first at line {_line_of(text, 'num_workers: 2')}" in issue.message
+
+
+def test_unsafe_tags_name_the_tag(tmp_path):
+    text = GOOD.replace("name: demo", "name: !!python/object/new:os.system [x]")
+    [issue] = _problems(tmp_path, text)
+    assert "'!!python/object/new:os.system' is not allowed" in issue.message and "safe YAML" in issue.message
+
+
+def test_non_finite_and_mistyped_numbers(tmp_path):
+    for old, new, field in [("image_scale: 0.5", "image_scale: .inf", "patients[0].slides[0].image_scale"),
+                            ("low: 0.0001", "low: .nan", "tuning.search_space.lr.low")]:
+        text = GOOD.replace(old, new)
+        [issue] = _problems(tmp_path, text)
+        assert issue.field == field and "finite" in issue.message
+    text = GOOD + "model:\n  dropout: .nan\n"
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "model.dropout" and issue.line == _line_of(text, "dropout")
+    text = GOOD.replace("values: [64, 128]", "values: [64, wide]")
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "tuning.search_space.hidden.values[1]" and "'wide'" in issue.message
+
+
+def test_a_typo_of_a_required_field_is_one_issue(tmp_path):
+    text = GOOD.replace("spots: data/S1_selection.tsv", "spot: data/S1_selection.tsv")
+    [issue] = _problems(tmp_path, text)
+    assert issue.field == "patients[0].slides[0].spot" and issue.line == _line_of(text, "spot:")
+    assert "did you mean 'spots'" in issue.message
+
+
+def test_yaml_level_guards(tmp_path):
+    assert "nests too deeply" in _problems(tmp_path, "name: " + "[" * 5000 + "]" * 5000 + "\n")[0].message
+    assert "refers to a node that contains it" in _problems(tmp_path, "a: &a [*a]\n")[0].message
+    (tmp_path / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(tmp_path / "latin1.yaml")
+    assert "not UTF-8" in str(info.value)
+    assert _problems(tmp_path, "name: a\x00b\n")[0].message.startswith("character U+0000")
+
+
+def test_confined_paths_keep_the_init_example_valid(tmp_path):
+    text = example_yaml().replace("# paths:", "paths:").replace("#   confine_to_spec_dir: true",
+                                                                "  confine_to_spec_dir: true")
+    spec = load_spec(_write(tmp_path, text))
+    assert spec.paths.confine_to_spec_dir
+    assert spec.patients[0].slides[0].counts == (tmp_path / "data/her2st/counts/A1.tsv.gz").resolve()
+    escaped = text.replace("counts: data/her2st/counts/B1.tsv.gz", "counts: ../B1.tsv.gz")
+    [issue] = _problems(tmp_path, escaped)
+    assert issue.field == "patients[1].slides[0].counts" and issue.line == _line_of(escaped, "../B1.tsv.gz")
+    assert "outside the spec's folder" in issue.message
+    assert load_spec(_write(tmp_path, escaped.replace("confine_to_spec_dir: true", "confine_to_spec_dir: false")))
+
+
+def test_check_inputs_without_reading_only_reports_missing_files(tmp_path):
+    spec = load_spec(_write(tmp_path, GOOD))
+    issues = missing_files(spec, read=False)
+    assert issues and all(i.kind == "missing" and "file not found" in i.message for i in issues)
+    assert {i.field for i in issues} == {i.field for i in missing_files(spec)}
+    assert issues[0].line == _line_of(GOOD, "counts: data/S1.tsv.gz")

@@ -76,7 +76,8 @@ def run(
 @app.command()
 def validate(
     spec: Path = typer.Argument(..., help="the cohort spec (YAML)", show_default=False),
-    strict: bool = typer.Option(False, "--strict", help="missing input files are errors (default: warnings)"),
+    strict: bool = typer.Option(False, "--strict", help="missing input files are errors (default: warnings; "
+                                "unreadable data is always an error)"),
 ) -> None:
     """Check a cohort spec without running it (schema, field and line of each problem; input files)."""
     from .spec import SpecError, load_spec, missing_files
@@ -86,11 +87,14 @@ def validate(
     except SpecError as err:
         _err(str(err))
         raise typer.Exit(2)
-    missing = missing_files(s)
-    for issue in missing:
-        _err(f"{'error' if strict else 'warning'}: {spec}: {issue.field}: {issue.message}")
+    issues = missing_files(s)
+    # a file that is absent here may exist where the job runs (submit): a warning unless --strict; a file that is
+    # here but unreadable, or a cohort the regions cannot be fitted on, fails wherever it runs: always an error
+    errors = [i for i in issues if strict or i.kind != "missing"]
+    for issue in issues:
+        _err(f"{'error' if issue in errors else 'warning'}: {spec}: {issue.field}: {issue.message}")
     n_slides = sum(len(p.slides) for p in s.patients)
-    if strict and missing:
+    if errors:
         raise typer.Exit(2)
     typer.echo(f"{spec}: valid ({len(s.patients)} patient(s), {n_slides} slide(s); output {s.output_dir}; "
                f"tuning {'on' if s.tuning.enabled else 'off'})")

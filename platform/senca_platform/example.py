@@ -79,12 +79,16 @@ clustering:                       # regions on the POOLED embeddings: region ids
   k: auto                         # an integer, or auto (chosen by BIC)
   method: gmm                     # gmm | kmeans | leiden
   refine: true                    # spatial smoothing of the labels
+  align: matched                  # matched | centre | none: remove each slide's (patient's) offset first
 
 tracking:                         # MLflow; default: a local store sqlite:///<output_dir>/mlflow.db
   # uri: http://mlflow:5000       # never put passwords here: use MLFLOW_TRACKING_USERNAME/PASSWORD env vars
   # experiment: my-cohort         # default: the cohort name
   # model_name: my-cohort         # default: the cohort name
   alias: champion
+
+# paths:                          # where input paths may point
+#   confine_to_spec_dir: true     # refuse input paths outside this file's folder (default false: '../' allowed)
 """
 
 

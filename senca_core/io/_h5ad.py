@@ -17,6 +17,26 @@ from ._validate import validate_counts
 DIAMETER_PER_PITCH = {"square": 0.5, "hex": 0.65}
 
 
+def _check_senca(senca: dict, *, slide: str, file: str) -> None:
+    """A stored ``uns["senca"]`` must follow the contract where it has a key (absent keys are filled in)."""
+    def fail(key: str, problem: str) -> SlideError:
+        return SlideError(f"{problem}, got {senca[key]!r}", slide=slide, file=file, field=f"uns['senca']['{key}']")
+
+    for key in ("slide_id", "patient_id", "platform", "image_path"):
+        if key in senca and not isinstance(senca[key], str):
+            raise fail(key, "must be a string")
+    if "grid" in senca and (not isinstance(senca["grid"], str) or senca["grid"] not in DIAMETER_PER_PITCH):
+        raise fail("grid", f"must be one of {sorted(DIAMETER_PER_PITCH)}")
+    if "spot_diameter_px" in senca:
+        v = senca["spot_diameter_px"]
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(v) or v <= 0:
+            raise fail("spot_diameter_px", "must be a positive number")
+    for key in ("scalefactors", "source_files", "join", "labels_join"):
+        if key in senca and not isinstance(senca[key], dict):
+            raise fail(key, "must be a mapping")
+
+
 def read_h5ad(path: str | Path, *, slide_id: str | None = None, patient_id: str | None = None) -> AnnData:
     """Read one slide from an ``.h5ad`` file and bring it to the senca_core contract.
 
@@ -29,8 +49,10 @@ def read_h5ad(path: str | Path, *, slide_id: str | None = None, patient_id: str 
       stem; the argument wins over a stored value), ``patient_id`` (argument > stored > slide_id),
       ``platform`` "h5ad", ``grid`` guessed from the coordinates (6 first-shell neighbours → "hex",
       4 → "square"; absent when it cannot be told), ``spot_diameter_px`` (grid pitch × 0.5 square /
-      0.65 hex, as Space Ranger sizes spots), ``scalefactors`` {}, ``source_files`` {"h5ad": path} (a stored provenance is kept as is,
-      so a slide written with ``write_h5ad`` reads back equal).
+      0.65 hex, as Space Ranger sizes spots), ``scalefactors`` {}, ``source_files`` {"h5ad": path} (a stored
+      provenance is kept as is, so a slide written with ``write_h5ad`` reads back equal). A stored key of the wrong
+      type (``patient_id`` not a string, ``grid`` not hex/square, ``spot_diameter_px`` not a positive number, …)
+      is a SlideError naming ``uns['senca']['<key>']``.
     """
     path_ = Path(path)
     slide = str(slide_id) if slide_id is not None else None
@@ -51,6 +73,8 @@ def read_h5ad(path: str | Path, *, slide_id: str | None = None, patient_id: str 
     senca.setdefault("patient_id", slide)
     senca.setdefault("platform", "h5ad")
     file = display(path)
+
+    _check_senca(senca, slide=slide, file=display(path))
 
     if "spatial" not in adata.obsm:
         raise SlideError("missing obsm['spatial'] (spot x, y pixel coordinates)", slide=slide, file=file,

@@ -56,7 +56,8 @@ def _read_counts(path: Path, slide: str) -> tuple[pd.Index, list[str], np.ndarra
         except pd.errors.EmptyDataError:  # a header row and nothing else
             df = pd.DataFrame()
     if df.shape[0] == 0:
-        raise SlideError(f"empty count matrix (0 spots × {len(names)} genes)", slide=slide, file=file,
+        n_genes = len(names) - (0 if names[0].strip() else 1)
+        raise SlideError(f"empty count matrix (0 spots × {n_genes} genes)", slide=slide, file=file,
                          field="counts")
     n_cols = df.shape[1]
     if len(names) == n_cols + 1:  # first cell heads the row-name column (empty in HER2ST)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import threading
 import warnings
@@ -187,15 +188,20 @@ def image_size(path: Path, *, slide: str | None) -> tuple[int, int]:
                 Image.MAX_IMAGE_PIXELS = old
     except Exception as exc:  # noqa: BLE001
         errors.append(f"PIL: {type(exc).__name__}")
+    log = logging.getLogger("tifffile")
+    was_disabled = log.disabled
     try:
         import tifffile
 
+        log.disabled = True  # tifffile logs a warning for a broken file before it raises: one error only
         with tifffile.TiffFile(path) as tif:
             shape = tif.pages[0].shape
             axes = tif.pages[0].axes
             return int(shape[axes.index("X")]), int(shape[axes.index("Y")])
     except Exception as exc:  # noqa: BLE001
         errors.append(f"tifffile: {type(exc).__name__}")
+    finally:
+        log.disabled = was_disabled
     try:
         import openslide
 
@@ -204,7 +210,8 @@ def image_size(path: Path, *, slide: str | None) -> tuple[int, int]:
             return int(w), int(h)
     except Exception as exc:  # noqa: BLE001
         errors.append(f"openslide: {type(exc).__name__}")
-    raise SlideError(f"unreadable image ({'; '.join(errors)})", slide=slide, file=display(path), field="image")
+    raise SlideError(f"unreadable image: not an image Pillow, tifffile or OpenSlide can open, or its header is "
+                     f"corrupt ({'; '.join(errors)})", slide=slide, file=display(path), field="image")
 
 
 def check_image(image: str | Path, spatial: np.ndarray, *, slide: str | None, scale_field: str) -> str:

@@ -63,6 +63,14 @@ def validate_counts(adata: AnnData, *, slide: str | None = None, file: str | Non
 
     X = adata.X
     dtype = X.dtype
+    if dtype.kind == "c":
+        raise fail("complex-valued counts (expected real, non-negative numbers)")
+    check = getattr(X, "check_format", None) if sp.issparse(X) else None
+    if check is not None:
+        try:  # a corrupt stored sparse matrix (indices out of range …) would fail far from its file
+            check(full_check=True)
+        except ValueError as exc:
+            raise fail(f"corrupt sparse count matrix ({exc})") from None
     if dtype.kind not in "biuf":
         flat = pd.Series(np.asarray(X.toarray() if sp.issparse(X) else X, dtype=object).ravel())
         coerced = pd.to_numeric(flat, errors="coerce")
@@ -96,6 +104,10 @@ def validate_counts(adata: AnnData, *, slide: str | None = None, file: str | Non
     if n_zero:
         adata = adata[~zero].copy()
         senca = dict(adata.uns.get("senca", {}) or {})
-    senca["n_zero_spots_dropped"] = int(senca.get("n_zero_spots_dropped", 0)) + n_zero
+    before = senca.get("n_zero_spots_dropped", 0)
+    if isinstance(before, (bool, np.bool_)) or not isinstance(before, (int, np.integer)) or before < 0:
+        raise SlideError(f"must be a non-negative integer, got {before!r}", slide=slide, file=file,
+                         field="uns['senca']['n_zero_spots_dropped']")
+    senca["n_zero_spots_dropped"] = int(before) + n_zero
     adata.uns["senca"] = senca
     return adata

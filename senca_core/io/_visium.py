@@ -64,7 +64,12 @@ def _read_h5(path: Path, slide: str) -> tuple[sp.csr_matrix, list[str], list[str
         if len(barcodes) != n_spots or len(ids) != n_genes or len(indptr) != n_spots + 1:
             raise ValueError(f"inconsistent shapes: shape {shape}, {len(barcodes)} barcodes, {len(ids)} features, "
                              f"indptr of {len(indptr)}")
-        X = sp.csc_matrix((data, indices, indptr), shape=(n_genes, n_spots)).T.tocsr()
+        X = sp.csc_matrix((data, indices, indptr), shape=(n_genes, n_spots))
+        try:  # scipy trusts the arrays: a corrupt file would fail later, far from its name
+            X.check_format(full_check=True)
+        except ValueError as exc:
+            raise ValueError(f"corrupt sparse matrix: {exc}") from exc
+        X = X.T.tocsr()
     return X, barcodes, names, ids, types
 
 
