@@ -16,6 +16,16 @@ than one slide:
    (``pp.pca_project``); writes ``OUT/preprocess/slides/<slide>.h5ad`` (the model's input).
 
 Every output is written atomically (temp file + rename) and is keyed by a content hash (see ``jobs.pipeline``).
+
+Worker failures: a task whose worker process dies (killed, out of memory) is a Ray system failure; Ray Data retries
+it, here at most ``TASK_MAX_RETRIES`` times (explicit ``max_retries`` on the map; Ray Data's own default is
+unlimited, which would hang the stage on a slide that kills its worker every time). A retried task first deletes
+the temp files its killed attempt left (``_util.remove_stale_temps``), then rewrites the same output. A slide whose
+task still fails after the retries is dropped by Ray Data (``DataContext.max_errored_blocks``) and comes back from
+:func:`run_map` as a failed row naming the slide: it fails alone, the cohort goes on.
+
+Fault injection for the tests (off by default, see ``jobs._util``): ``read_and_prepare`` calls
+``fault_point("prepare.<slide>")`` once the prepared h5ad is written to its temp file, before the rename.
 """
 
 from __future__ import annotations
@@ -23,12 +33,18 @@ from __future__ import annotations
 import functools
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._util import PeakSampler, atomic_write_with, error_text, peak_rss_mb, release_memory, short_traceback
+from ._util import PeakSampler, atomic_write_with, error_text, fault_point, peak_rss_mb, release_memory, \
+    remove_stale_temps, short_traceback
+
+#: Ray Data retries of a per-slide task whose worker process died (system failures; a slide's own errors are
+#: caught in the task and never retried)
+TASK_MAX_RETRIES = 3
 
 
 # ------------------------------------------------------------------------------------------- one slide
@@ -82,10 +98,11 @@ def read_and_prepare(row: dict[str, Any]) -> dict[str, Any]:
            "status": "ok", "error": None, "traceback": None, "path": None, "n_spots": 0, "n_genes": 0,
            "hist_dim": 0, "has_labels": False, "seconds": 0.0, "peak_rss_mb": 0.0}
     try:
+        path = Path(row["out_path"])
+        remove_stale_temps(path)  # a killed earlier attempt of this task
         adata = read_slide(slide)
         prepare_slide(adata, row["cfg"])
-        path = Path(row["out_path"])
-        atomic_write_with(path, lambda tmp: adata.write_h5ad(tmp, compression=None))
+        atomic_write_with(path, functools.partial(_write_prepared, adata, slide["slide_id"]))
         out.update(path=str(path), n_spots=int(adata.n_obs), n_genes=int(adata.n_vars),
                    hist_dim=int(adata.obsm["X_hist"].shape[1]) if "X_hist" in adata.obsm else 0,
                    has_labels=bool("label" in adata.obs and adata.obs.get("label_scored", np.ones(1)).any()))
@@ -95,6 +112,11 @@ def read_and_prepare(row: dict[str, Any]) -> dict[str, Any]:
     out["seconds"] = time.perf_counter() - t0
     out["peak_rss_mb"] = peak_rss_mb()
     return out
+
+
+def _write_prepared(adata, slide_id: str, tmp: Path) -> None:
+    adata.write_h5ad(tmp, compression=None)
+    fault_point(f"prepare.{slide_id}")  # tests only: a no-op unless SENCA_FAULT_PIDDIR is set (jobs._util)
 
 
 # ------------------------------------------------------------------------------------------- shared basis
@@ -170,6 +192,7 @@ def project_slide(row: dict[str, Any]) -> dict[str, Any]:
     out = {"slide_id": row["slide_id"], "status": "ok", "error": None, "traceback": None, "path": None,
            "seconds": 0.0, "peak_rss_mb": 0.0}
     try:
+        remove_stale_temps(row["out_path"])  # a killed earlier attempt of this task
         adata = ad.read_h5ad(row["prepared_path"])
         genes = np.load(row["genes_file"], allow_pickle=False)
         state = _load_state(row["state_file"])
@@ -204,11 +227,13 @@ def _load_state(path: str | Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------- Ray Data driver
 def run_map(rows: list[dict[str, Any]], fn, *, concurrency: int, num_cpus: float, progress: bool = True,
-            ) -> list[dict[str, Any]]:
+            max_retries: int = TASK_MAX_RETRIES) -> list[dict[str, Any]]:
     """Ray Data: ``from_items`` (one block per row) → ``map(fn)`` with at most ``concurrency`` tasks at once.
 
     Rows travel as JSON text (one column), so optional fields (``None`` here, a path there) never meet Arrow's
-    schema unification; results come back in input order.
+    schema unification; results come back in input order, one per row. A task whose worker process dies is retried
+    up to ``max_retries`` times; a row whose task still failed (Ray Data drops its block) comes back as
+    ``{"slide_id", "status": "failed", "error", ...}`` (see :func:`_lost_row`).
     """
     import ray.data
 
@@ -217,12 +242,36 @@ def run_map(rows: list[dict[str, Any]], fn, *, concurrency: int, num_cpus: float
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = bool(progress)
     ctx.print_on_execution_start = bool(progress)
-    items = [{"i": i, "payload": json.dumps(r, default=str)} for i, r in enumerate(rows)]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(functools.partial(_json_call, fn), num_cpus=num_cpus,
-                compute=ray.data.TaskPoolStrategy(size=max(1, min(int(concurrency), len(items)))))
-    out = sorted(ds.take_all(), key=lambda r: r["i"])
-    return [json.loads(r["result"]) for r in out]
+    saved_errored = ctx.max_errored_blocks
+    ctx.max_errored_blocks = len(rows)  # a row whose task failed after its retries is dropped, not fatal
+    try:
+        items = [{"i": i, "payload": json.dumps(r, default=str)} for i, r in enumerate(rows)]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        with warnings.catch_warnings():  # Ray 2.60 has no named parameter for max_retries yet: ray_remote_args
+            warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
+            ds = ds.map(functools.partial(_json_call, fn), num_cpus=num_cpus,
+                        compute=ray.data.TaskPoolStrategy(size=max(1, min(int(concurrency), len(items)))),
+                        max_retries=int(max_retries))
+        out = {r["i"]: json.loads(r["result"]) for r in ds.take_all()}
+    finally:
+        ctx.max_errored_blocks = saved_errored
+    return [out[i] if i in out else _lost_row(row, int(max_retries)) for i, row in enumerate(rows)]
+
+
+def _lost_row(row: dict[str, Any], max_retries: int) -> dict[str, Any]:
+    """The result of a row whose task failed ``1 + max_retries`` times outside the slide's own code (the worker
+    process died each time: killed, out of memory): a failed row naming the slide, as the stages expect."""
+    slide = row.get("slide") if isinstance(row.get("slide"), dict) else {}
+    sid = row.get("slide_id") or slide.get("slide_id")
+    out = {k: v for k, v in (("patient_id", slide.get("patient_id") or row.get("patient_id")),
+                             ("key", row.get("key"))) if v is not None}
+    error = (f"its task failed {1 + max_retries} time(s) outside the slide's code (the worker process died: "
+             "killed or out of memory); see the Ray logs")
+    out.update(slide_id=sid, status="failed", error=f"slide {sid!r}: {error}" if sid else error, traceback=None,
+               path=None, seconds=0.0, peak_rss_mb=0.0)
+    if row.get("out_path"):  # the last killed attempt's temp file (no retry will clean it)
+        remove_stale_temps(row["out_path"])
+    return out
 
 
 def _json_call(fn, row: dict[str, Any]) -> dict[str, Any]:

@@ -6,12 +6,19 @@ single-process loop, ``senca_core.model.train_step``, on a ``DistributedDataPara
 ``find_unused_parameters=True`` (a slide without an image skips the image branch). Loss parts are averaged over
 the workers every epoch; rank 0 writes a checkpoint every epoch (``model.pt`` in ``senca_core.model.save_model``
 format + ``train_state.pt`` with the optimiser, epoch and history) and reports it with the epoch's metrics.
-A restarted worker group (``FailureConfig``) or a resumed run continues from the latest checkpoint.
+A restarted worker group (``FailureConfig``: a worker process died, up to ``max_failures`` times) or a resumed
+run continues from the latest checkpoint: weights, optimiser, the next epoch and the history so far, so that no
+epoch is lost or repeated in the history; every epoch record of a restored attempt carries
+``restored_from_epoch`` (the checkpoint's epoch; absent in a run that started from scratch).
 
 When ``cfg["eval"]["metric"]`` is set (Tune), rank 0 also computes the objective every ``eval["every"]`` epochs and
 on the last one: embeddings of every slide, regions on the pooled embeddings (``senca_core.tl.cluster``), then the
 mean ARI over labelled slides, the mean silhouette, or the validation loss. Between evaluations the last value is
 carried, so every report holds the metric (ASHA needs it at its milestones).
+
+Fault injection for the tests (off by default, see ``jobs._util``): every worker calls
+``fault_point("train.rank<r>.epoch<e>")`` after the epoch's optimiser steps, before the metrics are gathered
+and the checkpoint written.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ def evaluate(model, adatas: list, metric: str, ev: dict[str, Any]) -> dict[str, 
     import numpy as np
     import torch
     from senca_core import metrics, tl
-    from senca_core.model import embed, make_batch
+    from senca_core.model import make_batch, readout
 
     core = getattr(model, "module", model)
     was_training = core.training
@@ -56,11 +63,13 @@ def evaluate(model, adatas: list, metric: str, ev: dict[str, Any]) -> dict[str, 
                 n += a.n_obs
         out["objective"] = total / max(n, 1)
     else:
-        for a in adatas:
-            a.obsm["X_senca"] = embed(core, a)
+        for a in adatas:  # the region readout, clustered as the infer stage clusters it
+            a.obsm["X_senca"] = readout(core, a)[1].astype(np.float32)
         k = ev.get("k")
+        align = ev.get("align", "matched")
         tl.cluster(adatas, k=None if k in (None, "auto") else int(k), method=ev.get("method", "gmm"),
-                   refine=bool(ev.get("refine", True)), seed=int(ev.get("seed", 0)))
+                   refine=bool(ev.get("refine", True)), seed=int(ev.get("seed", 0)),
+                   align=None if align in (None, "none") else align)
         if metric == "ari":
             scores = [metrics.ari(a) for a in adatas if "label" in a.obs]
             out["objective"] = float(np.nanmean(scores)) if scores else float("nan")
@@ -88,7 +97,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         train_step
     from senca_core.model import _train as core_train  # prototype_warmup / init_prototypes: fit's own schedule
 
-    from ._util import peak_rss_mb
+    from ._util import fault_point, peak_rss_mb
 
     torch.set_num_threads(int(cfg.get("threads") or 1))
     ctx = ray.train.get_context()
@@ -110,7 +119,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     torch.manual_seed(config.seed)  # same initial weights on every rank (DDP broadcasts rank 0's anyway)
     model = SencaModel(config, n_expr=int(cfg["n_expr"]), n_hist=int(cfg["n_hist"])).to(device)
     optimizer = make_optimizer(model, config)
-    start, history, last_eval = 0, [], {}
+    start, history, last_eval, restored_from = 0, [], {}, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -119,6 +128,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             state = torch.load(Path(d) / "train_state.pt", map_location="cpu", weights_only=False)
             optimizer.load_state_dict(state["optimizer"])
             start, history, last_eval = int(state["epoch"]) + 1, list(state["history"]), dict(state["last_eval"])
+            restored_from = int(state["epoch"])
     ddp = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True}) \
         if world > 1 else model
     core = getattr(ddp, "module", ddp)
@@ -142,6 +152,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             parts = train_step(ddp, batches[i], optimizer, generator=generator, use_prototypes=epoch >= warmup)
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
+        fault_point(f"train.rank{rank}.epoch{epoch}")  # tests only: a no-op unless SENCA_FAULT_PIDDIR is set
         means = {k: v / len(batches) for k, v in sums.items()}
         if world > 1 and dist.is_initialized():  # parts differ by slide ("align" needs an image): gather dicts
             gathered: list = [None] * world
@@ -152,6 +163,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         metrics["epoch"] = epoch
         metrics["world_size"] = world
         metrics["peak_rss_mb"] = peak_rss_mb()
+        if restored_from is not None:
+            metrics["restored_from_epoch"] = restored_from
         last = epoch == config.epochs - 1
         if metric and rank == 0 and ((epoch + 1) % every == 0 or last):
             if eval_adatas is None:
