@@ -1,13 +1,14 @@
 """Stage 4, inference and summaries: embeddings, cohort-wide regions, per-slide and per-patient summaries.
 
-1. ``embed_slide`` (Ray Data ``map``, one task per slide): the trained model's embedding of one slide
-   (``senca_core.model.embed``), saved as ``OUT/infer/embeddings/<slide>.npy``.
+1. ``embed_slide`` (Ray Data ``map``, one task per slide): the trained model's region readout of one slide
+   (``senca_core.model.readout``), saved as ``OUT/infer/embeddings/<slide>.npy``, and its fused embedding ``z`` as
+   ``OUT/infer/latent/<slide>.npy``.
 2. ``cluster_cohort`` (driver): regions on the POOLED embeddings of all slides (``senca_core.tl.cluster`` on a
    list), so "region 3" means the same in every patient; only the embeddings and neighbour indices are loaded.
 3. ``summarise_slide`` (Ray Data ``map``): for one slide, ARI/NMI against the labels (scored spots), silhouette,
    heterogeneity indices, micro-environment composition, top marker genes per region (``senca_core.tl``), the
    region map over the H&E thumbnail (``senca_core.pl.region_map``, PNG) and the slide's h5ad with ``obs["region"]``
-   and ``obsm["X_senca"]`` (``OUT/slides/<slide>.h5ad``).
+   and ``obsm["X_senca"]`` (readout) + ``obsm["X_senca_latent"]`` (z) (``OUT/slides/<slide>.h5ad``).
 4. ``patient_table`` (driver): one row per patient (proportions pooled over the patient's spots; other indices the
    spot-weighted mean over the patient's slides).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -38,11 +40,19 @@ def _model(path: str):
 
 
 # ------------------------------------------------------------------------------------------- 1. embeddings
+def latent_path_of(emb_path: str | Path) -> Path:
+    """``OUT/infer/latent/<slide>.npy`` next to ``OUT/infer/embeddings/<slide>.npy``."""
+    emb_path = Path(emb_path)
+    return emb_path.parent.parent / "latent" / emb_path.name
+
+
 def embed_slide(row: dict[str, Any]) -> dict[str, Any]:
-    """Ray Data task: embed one slide with the trained model; never raises (errors recorded)."""
+    """Ray Data task: one slide through the trained model (``senca_core.model.readout``, as ``tl.senca`` writes
+    it): the region readout ``[x, D_e(z), w*D_h(z)]`` (what regions are clustered on, float32) to ``emb_path`` and
+    the fused embedding ``z`` to ``OUT/infer/latent/<slide>.npy``; never raises (errors recorded)."""
     import anndata as ad
     import torch
-    from senca_core.model import embed
+    from senca_core.model import readout
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -50,12 +60,15 @@ def embed_slide(row: dict[str, Any]) -> dict[str, Any]:
            "emb_path": None, "n_spots": 0, "seconds": 0.0, "peak_rss_mb": 0.0}
     try:
         adata = ad.read_h5ad(row["path"])
-        Z = embed(_model(row["model_path"]), adata)
-        if not np.isfinite(Z).all():
+        latent, R = readout(_model(row["model_path"]), adata)
+        R = R.astype(np.float32)
+        if not (np.isfinite(R).all() and np.isfinite(latent).all()):
             raise ValueError("the embedding has NaN/inf values")
         path = Path(row["emb_path"])
-        atomic_write_with(path, lambda tmp: np.save(open(tmp, "wb"), Z))
-        out.update(emb_path=str(path), n_spots=int(adata.n_obs))
+        atomic_write_with(path, lambda tmp: np.save(open(tmp, "wb"), R))
+        latent_path = latent_path_of(path)
+        atomic_write_with(latent_path, lambda tmp: np.save(open(tmp, "wb"), latent))
+        out.update(emb_path=str(path), latent_path=str(latent_path), n_spots=int(adata.n_obs))
     except Exception as err:  # noqa: BLE001
         out.update(status="failed", error=error_text(err, row["slide_id"]), traceback=short_traceback(err))
     out["seconds"] = time.perf_counter() - t0
@@ -74,7 +87,9 @@ def _read_obsm(path: str, key: str) -> np.ndarray | None:
 
 
 def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regions_dir: str | Path) -> dict[str, Any]:
-    """Regions on the pooled embeddings; writes ``regions_dir/<slide>.npy`` (int labels). Returns k + paths."""
+    """Regions on the pooled embeddings; writes ``regions_dir/<slide>.npy`` (int labels) and the fitted
+    ``senca_core.tl.RegionModel`` as ``regions_dir/../region_model.pkl`` (what ``predict`` re-assigns new slides
+    with). Returns k, categories and the paths."""
     import scipy.sparse as sp
     from anndata import AnnData
     from senca_core import tl
@@ -90,8 +105,12 @@ def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regio
         a.uns["senca"] = {"slide_id": r["slide_id"]}
         slims.append(a)
     k = clustering.get("k", "auto")
-    k_used = tl.cluster(slims, k=None if k in (None, "auto") else int(k), method=clustering.get("method", "gmm"),
-                        refine=bool(clustering.get("refine", True)), seed=int(clustering.get("seed", 0)))
+    align = clustering.get("align", "matched")
+    region_model = tl.cluster(slims, k=None if k in (None, "auto") else int(k),
+                              method=clustering.get("method", "gmm"), refine=bool(clustering.get("refine", True)),
+                              align=None if align in (None, "none") else align,
+                              seed=int(clustering.get("seed", 0)), return_model=True)
+    k_used = int(region_model.k_requested)
     categories = [str(c) for c in slims[0].obs["region"].cat.categories]
     regions_dir = Path(regions_dir)
     paths = {}
@@ -100,7 +119,9 @@ def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regio
         p = regions_dir / f"{r['slide_id']}.npy"
         atomic_write_with(p, lambda tmp, labels=labels: np.save(open(tmp, "wb"), labels))
         paths[r["slide_id"]] = str(p)
-    return {"k": int(k_used), "categories": categories, "region_paths": paths}
+    model_path = atomic_write_with(regions_dir.parent / "region_model.pkl",
+                                   lambda tmp: tmp.write_bytes(pickle.dumps(region_model)))
+    return {"k": int(k_used), "categories": categories, "region_paths": paths, "region_model_path": str(model_path)}
 
 
 # ------------------------------------------------------------------------------------------- 3. per slide
@@ -173,6 +194,8 @@ def summarise_slide(row: dict[str, Any]) -> dict[str, Any]:
     try:
         adata = ad.read_h5ad(row["path"])
         adata.obsm["X_senca"] = np.load(row["emb_path"])
+        if latent_path_of(row["emb_path"]).exists():
+            adata.obsm["X_senca_latent"] = np.load(latent_path_of(row["emb_path"]))
         labels = np.load(row["region_path"])
         adata.obs["region"] = pd.Categorical(labels.astype(str), categories=list(row["categories"]))
         present = adata.obs["region"].value_counts()

@@ -68,6 +68,7 @@ def run_tuning(cfg: dict[str, Any], tuning: dict[str, Any], *, storage_path: str
     """
     import ray.tune as tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
 
     storage_path = Path(storage_path)
     if storage_path.exists():
@@ -92,6 +93,8 @@ def run_tuning(cfg: dict[str, Any], tuning: dict[str, Any], *, storage_path: str
         param_space=param_space,
         tune_config=tune.TuneConfig(metric="objective", mode=mode, num_samples=int(tuning.get("num_samples", 1)),
                                     scheduler=scheduler,
+                                    # the sampled configs follow the spec's seed: a rerun tries the same trials
+                                    search_alg=BasicVariantGenerator(random_state=int(cfg["model"].get("seed", 0))),
                                     max_concurrent_trials=tuning.get("max_concurrent_trials")),
         run_config=tune.RunConfig(name="search", storage_path=str(storage_path),
                                   verbose=1 if progress else 0),

@@ -149,7 +149,7 @@ def test_synthetic_cohort_is_tracked_in_mlflow(synthetic_run):
     Z = pyfunc.predict({"X_pca": a.obsm["X_pca"].astype(np.float32),
                         "X_hist": a.obsm["X_hist"].astype(np.float32),
                         "spatial_neighbors": a.obsm["spatial_neighbors"].astype(np.int64)})
-    assert np.allclose(Z, a.obsm["X_senca"], atol=1e-5)
+    assert np.allclose(Z, a.obsm["X_senca_latent"], atol=1e-5)  # the fused embedding z
 
 
 def test_rerun_through_the_cli_reuses_every_stage(synthetic_run):
@@ -246,6 +246,9 @@ def test_her2st_cohort_end_to_end(tmp_path, her2st_root):
     text = example_yaml(root=str(her2st_root), name="her2st-test", output_dir="out", epochs=24, tuning=True,
                         tune_epochs=24)
     text = text.replace("grace_period: 2", "grace_period: 8\n  eval_every: 8")
+    # FIFO: both trials run their whole budget, so the best one does not depend on which trial reported first
+    # (ASHA's stops do; the synthetic cohort test covers ASHA)
+    text = text.replace("scheduler: asha ", "scheduler: fifo ")
     text = text.replace("resources_per_worker: {CPU: 1}", "resources_per_worker: {CPU: 0.5}")
     text = text.replace("  k: auto ", "  k: 6    ")  # the cohort's 6 classes (undetermined left out)
     spec_path = tmp_path / "cohort.yaml"
@@ -270,12 +273,8 @@ def test_her2st_cohort_end_to_end(tmp_path, her2st_root):
     # GaussianMixture at the same pooled k, mean of 3 seeds): computed here, not copied from a table.
     baseline = _cohort_baseline_ari(her2st_root, k=6)
     print({sid: (round(slides[sid]["ari"], 3), round(baseline[sid], 3)) for sid in slides})
-    for sid in ("A1", "B1"):
+    for sid in ("A1", "B1", "C1"):
         assert slides[sid]["ari"] > baseline[sid], (sid, slides[sid]["ari"], baseline[sid])
-    # C1 (176 spots, 3 classes) is NOT yet above the pooled-k baseline in this short (24-epoch) cohort run
-    # (measured 0.107 vs 0.157); single-section runs at the section's k are (bench/bench_regions.py: 0.227 vs
-    # 0.154). Open in issue 5; the value is still checked to be a real score.
-    assert -0.1 < slides["C1"]["ari"] < 1.0
     assert summary["registered_model_version"] == 1
     table = pd.read_parquet(summary["tables"]["patients_parquet"])
     assert sorted(table["patient_id"]) == ["A", "B", "C"] and table["ari"].notna().all()

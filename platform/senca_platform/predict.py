@@ -8,11 +8,11 @@ SAME regions. So a model version comes with its **model state** (``model_state/`
 | ``genes.npy`` | the shared gene panel (str) | ``OUT/preprocess/genes.npy`` |
 | ``pca_state.npz`` | the cohort's PCA basis (``senca_core.pp.pca`` state) | ``OUT/preprocess/pca_state.npz`` |
 | ``preprocess.json`` | the spec's ``preprocess`` section (HVGs, patches, encoder) | the resolved spec |
-| ``region_model.pkl`` | the cohort's fitted clustering (reducer, GMM / k-means, region ids) | ``OUT/infer/`` |
+| ``region_model.pkl`` | the cohort's fitted ``senca_core.tl.RegionModel`` (slide aligner, reducer, estimator, ids) | ``OUT/infer/region_model.pkl`` |
 | ``manifest.json`` | format, cohort, model sha256, k, categories, per-slide reproduction check | |
 
-The region model is refitted on the run's pooled embeddings (``OUT/infer/embeddings``) exactly as
-``senca_core.tl.cluster`` fits them, and checked against the run's regions (``OUT/infer/regions``).
+The region model is the one the infer stage fitted (``senca_core.tl.cluster(..., return_model=True)``), checked
+against the run's regions (``OUT/infer/regions``) before it is shipped.
 
 Where predict finds it, in order: the model version's own artifacts (a ``model_state`` directory logged with the
 pyfunc), the training run's ``model_state/`` artifacts, else it is built from the training run's output directory
@@ -21,8 +21,8 @@ pyfunc), the training run's ``model_state/`` artifacts, else it is built from th
 
 Per slide (in this process; no Ray needed): read + ``jobs.preprocess.prepare_slide`` with the training
 ``preprocess`` settings → subset to the shared panel and ``senca_core.pp.pca_project`` on the cohort basis → the
-registered model's embedding (``senca_core.model.embed`` on the SencaModel inside the registered pyfunc, as the
-pipeline's infer stage does) → regions with the region model → ``jobs.infer.summarise_slide`` (ARI/NMI when labels,
+registered model's region readout (``senca_core.model.readout`` on the SencaModel inside the registered pyfunc, as
+the pipeline's infer stage does) → regions with the region model → ``jobs.infer.summarise_slide`` (ARI/NMI when labels,
 heterogeneity, micro-environment, markers, region map, ``slides/<slide>.h5ad``) → per-patient table.
 For a slide of the training cohort this reproduces the training run's regions exactly (tested).
 
@@ -35,7 +35,6 @@ training run's experiment unless ``--experiment``) with the tables, region maps 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import pickle
 import shutil
@@ -50,7 +49,7 @@ import numpy as np
 
 from .registry import ModelRef, _explain, client, get_version, parse_model_uri, redact_uri
 
-STATE_FORMAT = "senca-model-state/1"
+STATE_FORMAT = "senca-model-state/2"  # 2: region_model.pkl is a senca_core.tl.RegionModel
 STATE_DIR = "model_state"
 STATE_FILES = ("genes.npy", "pca_state.npz", "preprocess.json", "region_model.pkl", "manifest.json")
 
@@ -60,107 +59,10 @@ class PredictError(RuntimeError):
 
 
 # ============================================================================================ region model
-def _cluster_defaults() -> dict[str, Any]:
-    """``senca_core.tl.cluster``'s defaults that the pipeline does not pass (n_pcs), read from its signature."""
-    from senca_core import tl
-
-    params = inspect.signature(tl.cluster).parameters
-    return {"n_pcs": params["n_pcs"].default}
-
-
-def _refine(labels: np.ndarray, neighbors: np.ndarray | None, refine: bool) -> np.ndarray:
-    if not refine or neighbors is None:
-        return labels
-    from senca_core.tl._cluster import refine_labels  # the very function tl.cluster uses
-
-    return refine_labels(labels, np.asarray(neighbors))
-
-
-def fit_region_model(embeddings: list[np.ndarray], neighbors: list[np.ndarray | None], *, k: int,
-                     method: str = "gmm", refine: bool = True, seed: int = 0, n_pcs: int | None = None
-                     ) -> dict[str, Any]:
-    """Fit the cohort's clustering as ``senca_core.tl.cluster`` does on the pooled embeddings (same reducer, same
-    estimator settings, same seed, same order), keeping the fitted objects so that new slides can be assigned.
-
-    Returns a plain dict (picklable): ``method``, ``k``, ``refine``, ``reducer`` (sklearn PCA or ``{"mean": ...}``),
-    ``estimator`` (GaussianMixture / KMeans; for leiden a kNN classifier on the final regions, approximate),
-    ``remap`` (raw estimator label → region id, by decreasing pooled size), ``categories``.
-    """
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
-    from sklearn.mixture import GaussianMixture
-
-    n_pcs = _cluster_defaults()["n_pcs"] if n_pcs is None else n_pcs
-    X = np.vstack([np.asarray(z, dtype=np.float64) for z in embeddings])
-    if n_pcs is None or n_pcs >= X.shape[1]:
-        reducer: Any = {"mean": X.mean(0)}
-        Xr = X - reducer["mean"]
-    else:
-        reducer = PCA(n_components=n_pcs, random_state=seed)
-        Xr = reducer.fit_transform(X)
-    state: dict[str, Any] = {"format": STATE_FORMAT, "method": method, "k": int(k), "refine": bool(refine),
-                             "seed": int(seed), "n_pcs": n_pcs, "reducer": reducer, "exact": method != "leiden"}
-    if method == "gmm":
-        est = GaussianMixture(n_components=int(k), covariance_type="full", reg_covar=1e-4, n_init=3,
-                              random_state=seed)
-        raw = est.fit_predict(Xr)
-    elif method == "kmeans":
-        est = KMeans(int(k), n_init=10, random_state=seed)
-        raw = est.fit_predict(Xr)
-    elif method == "leiden":
-        est = None
-        raw = None
-    else:
-        raise PredictError(f"unknown clustering method {method!r}")
-    state["estimator"] = est
-    if raw is not None:
-        start, parts = 0, []
-        for z, nb in zip(embeddings, neighbors):
-            parts.append(_refine(raw[start:start + len(z)], nb, refine))
-            start += len(z)
-        pooled = np.concatenate(parts)
-        ids, counts = np.unique(pooled, return_counts=True)
-        order = ids[np.lexsort((ids, -counts))]
-        state["remap"] = {int(old): int(new) for new, old in enumerate(order)}
-        state["categories"] = [str(i) for i in range(len(order))]
-    return state
-
-
-def fit_leiden_assigner(state: dict[str, Any], embeddings: list[np.ndarray], regions: list[np.ndarray]) -> None:
-    """Leiden has no ``predict``: a 15-nearest-neighbour classifier on the training regions (approximate)."""
-    from sklearn.neighbors import KNeighborsClassifier
-
-    X = np.vstack([np.asarray(z, dtype=np.float64) for z in embeddings])
-    y = np.concatenate(regions).astype(int)
-    Xr = _reduce(state, X)
-    state["estimator"] = KNeighborsClassifier(n_neighbors=min(15, len(y))).fit(Xr, y)
-    state["remap"] = {int(c): int(c) for c in np.unique(y)}
-    state["categories"] = [str(i) for i in range(int(y.max()) + 1)]
-
-
-def _reduce(state: dict[str, Any], X: np.ndarray) -> np.ndarray:
-    red = state["reducer"]
-    return X - red["mean"] if isinstance(red, dict) else red.transform(X)
-
-
-def assign_regions(state: dict[str, Any], embedding: np.ndarray, neighbors: np.ndarray | None) -> np.ndarray:
-    """Region ids (ints, the training cohort's ids) of one slide's spots."""
-    X = _reduce(state, np.asarray(embedding, dtype=np.float64))
-    est = state["estimator"]
-    remap = state["remap"]
-    if state["method"] == "leiden":
-        return _refine(est.predict(X).astype(int), neighbors, state["refine"])
-    known = np.array(sorted(remap), dtype=int)
-    if state["method"] == "gmm":
-        raw = est.predict(X)
-        if not np.isin(raw, known).all():  # a component that held no spot in training: next most likely one
-            proba = est.predict_proba(X)[:, known]
-            raw = known[proba.argmax(1)]
-    else:
-        d = est.transform(X)[:, known]
-        raw = known[d.argmin(1)]
-    raw = _refine(raw.astype(int), neighbors, state["refine"])
-    return np.array([remap[int(r)] for r in raw], dtype=int)
+def assign_regions(region_model, embedding: np.ndarray, neighbors: np.ndarray | None) -> np.ndarray:
+    """Region ids (ints, the training cohort's ids) of one slide's spots: ``senca_core.tl.RegionModel.labels``
+    (the slide aligned onto the cohort like at fit time, reduced, the fitted estimator, refined)."""
+    return np.asarray(region_model.labels(np.asarray(embedding, dtype=np.float64), neighbors), dtype=int)
 
 
 # ============================================================================================ model state
@@ -184,8 +86,8 @@ def build_model_state(output_dir: str | Path, dest: str | Path, *, preprocess: d
 
     ``preprocess`` / ``clustering`` are the resolved spec's sections; ``k`` the number of regions used and
     ``slides`` the cohort's slide ids in spec order (the pooling order of the clustering) — both default to
-    ``OUT/cohort_summary.json``. The region model is refitted on the run's pooled embeddings and checked against
-    the run's regions: ``manifest["reproduced"]`` is the fraction of spots of each training slide that get their
+    ``OUT/cohort_summary.json``. The region model is the infer stage's ``OUT/infer/region_model.pkl``, checked
+    against the run's regions: ``manifest["reproduced"]`` is the fraction of spots of each training slide that get their
     training region back (1.0 = exact). Callable before the summary exists (pass ``k`` and ``slides``).
     """
     out = Path(output_dir)
@@ -211,23 +113,26 @@ def build_model_state(output_dir: str | Path, dest: str | Path, *, preprocess: d
     nbs = [_read_obsm(out / "preprocess" / "slides" / f"{s}.h5ad", "spatial_neighbors")
            if (out / "preprocess" / "slides" / f"{s}.h5ad").exists() else None for s in slides]
     method = clustering.get("method", "gmm")
-    state = fit_region_model(Z, nbs, k=k, method=method, refine=bool(clustering.get("refine", True)),
-                             seed=int(clustering.get("seed", 0)))
-    if method == "leiden":
-        fit_leiden_assigner(state, Z, regions)
-    reproduced = {s: float(np.mean(assign_regions(state, z, nb) == r)) for s, z, nb, r in zip(slides, Z, nbs, regions)}
-    state["categories"] = [str(i) for i in range(max(len(state["categories"]),
-                                                     int(max(r.max() for r in regions)) + 1))]
-    with open(dest / "region_model.pkl", "wb") as fh:
-        pickle.dump(state, fh)
+    src = out / "infer" / "region_model.pkl"
+    if not src.exists():
+        raise PredictError(f"{src} is missing: the run's infer stage predates the saved region model; rerun it "
+                           "(senca-platform run --fresh)")
+    with open(src, "rb") as fh:
+        region_model = pickle.load(fh)  # noqa: S301 - written by this run's infer stage
+    reproduced = {s: float(np.mean(assign_regions(region_model, z, nb) == r))
+                  for s, z, nb, r in zip(slides, Z, nbs, regions)}
+    categories = [str(i) for i in range(max(int(region_model.k), int(max(r.max() for r in regions)) + 1))]
+    shutil.copyfile(src, dest / "region_model.pkl")
     (dest / "preprocess.json").write_text(json.dumps(preprocess, indent=2, default=str))
     genes = np.load(dest / "genes.npy", allow_pickle=False)
     with np.load(dest / "pca_state.npz", allow_pickle=False) as z:
         n_comps = int(z["n_comps"])
     manifest = {"format": STATE_FORMAT, "cohort": cohort or summary.get("cohort"), "model_sha256": model_sha256,
-                "k": k, "method": method, "refine": state["refine"], "seed": state["seed"],
-                "categories": state["categories"], "n_genes_panel": int(len(genes)), "n_pca": n_comps,
-                "training_slides": slides, "reproduced": reproduced, "exact": bool(state["exact"]),
+                "k": k, "method": method, "refine": bool(region_model.refine),
+                "seed": int(clustering.get("seed", 0)), "align": clustering.get("align", "matched"),
+                "categories": categories, "n_genes_panel": int(len(genes)), "n_pca": n_comps,
+                "training_slides": slides, "reproduced": reproduced, "exact": bool(method != "leiden" and reproduced
+                                                                             and min(reproduced.values()) == 1.0),
                 "files": {n: _sha256(dest / n) for n in STATE_FILES if n != "manifest.json"},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -316,7 +221,7 @@ class ModelState:
     genes: np.ndarray
     pca_state: dict[str, Any]
     preprocess: dict[str, Any]
-    region_model: dict[str, Any]
+    region_model: Any  # senca_core.tl.RegionModel
     source: str = ""
 
 
@@ -338,6 +243,9 @@ def load_state_dir(path: str | Path, source: str = "") -> ModelState:
     if missing:
         raise PredictError(f"model state at {source or path} is incomplete: missing {', '.join(missing)}")
     manifest = json.loads((path / "manifest.json").read_text())
+    if manifest.get("format") != STATE_FORMAT:
+        raise PredictError(f"model state at {source or path} has format {manifest.get('format')!r}, this version "
+                           f"reads {STATE_FORMAT!r}: rebuild it with `senca-platform models attach-state`")
     for name, sha in (manifest.get("files") or {}).items():
         if _sha256(path / name) != sha:
             raise PredictError(f"model state file {name} at {source or path} does not match its manifest")
@@ -434,9 +342,9 @@ def predict_cohort(model_uri: str, slides_path: str | Path, *, tracking_uri: str
     import torch
 
     from jobs._util import atomic_write_json, atomic_write_with, error_text, short_traceback
-    from jobs.infer import summarise_slide
+    from jobs.infer import latent_path_of, summarise_slide
     from jobs.preprocess import read_and_prepare
-    from senca_core.model import embed
+    from senca_core.model import readout
 
     echo = echo or (lambda m: print(f"[senca-platform] {m}", file=sys.stderr, flush=True))
     t0 = time.perf_counter()
@@ -476,7 +384,7 @@ def predict_cohort(model_uri: str, slides_path: str | Path, *, tracking_uri: str
             raise PredictError(f"{name} version {version} is not a SENCA-st pyfunc (no .model inside)")
         state = resolve_model_state(mc, tracking_uri, mv, model_dir, work, echo)
         echo(f"model state: {state.source} (panel {len(state.genes)} genes, PCA {state.pca_state['n_comps']}, "
-             f"{state.region_model['method']} k={state.region_model['k']})")
+             f"{state.manifest['method']} k={state.manifest['k']})")
         if state.manifest.get("model_sha256") and (mv.tags or {}).get("senca.model_sha256") and \
                 state.manifest["model_sha256"] != mv.tags["senca.model_sha256"]:
             raise PredictError("the model state was built for another model (sha256 differs from the version's)")
@@ -485,7 +393,7 @@ def predict_cohort(model_uri: str, slides_path: str | Path, *, tracking_uri: str
             raise PredictError(f"the model expects {n_expr} PCA components, the model state has "
                                f"{state.pca_state['n_comps']}")
         pp_cfg = dict(state.preprocess)
-        categories = list(state.region_model["categories"])
+        categories = list(state.manifest["categories"])
 
         torch.set_num_threads(1)  # as the pipeline's infer stage: bit-identical embeddings
         slides = []
@@ -521,11 +429,13 @@ def predict_cohort(model_uri: str, slides_path: str | Path, *, tracking_uri: str
                                        f"model expects {n_hist} (same encoder / patch settings as training?)")
                 if "X_hist" in adata.obsm and not n_hist:
                     del adata.obsm["X_hist"]  # the model has no image branch
-                Z = embed(net, adata)
-                if not np.isfinite(Z).all():
+                latent, Z = readout(net, adata)  # what the infer stage clusters (float32 as stored there)
+                Z = Z.astype(np.float32)
+                if not (np.isfinite(Z).all() and np.isfinite(latent).all()):
                     raise PredictError("the embedding has NaN/inf values")
                 emb_path = out / "infer" / "embeddings" / f"{sid}.npy"
                 atomic_write_with(emb_path, lambda tmp, Z=Z: np.save(open(tmp, "wb"), Z))
+                atomic_write_with(latent_path_of(emb_path), lambda tmp, z=latent: np.save(open(tmp, "wb"), z))
                 labels = assign_regions(state.region_model, Z, np.asarray(adata.obsm["spatial_neighbors"]))
                 reg_path = out / "infer" / "regions" / f"{sid}.npy"
                 atomic_write_with(reg_path, lambda tmp, labels=labels: np.save(open(tmp, "wb"), labels))
@@ -561,7 +471,7 @@ def predict_cohort(model_uri: str, slides_path: str | Path, *, tracking_uri: str
                       "cohort": state.manifest.get("cohort"), "model_state": state.source,
                       "training_regions_reproduced": state.manifest.get("reproduced")},
             "slides_spec": str(Path(slides_path).resolve()), "output_dir": str(out), "n_slides": len(rows),
-            "n_failed": n_failed, "slides": rows, "k": state.region_model["k"], "categories": categories,
+            "n_failed": n_failed, "slides": rows, "k": state.manifest["k"], "categories": categories,
             "mean_ari": float(np.mean(aris)) if aris else None, "tables": tables, "mlflow_run_id": None,
             "seconds": None}
         if track:
@@ -673,5 +583,5 @@ def _log_predict_run(mc, mv, ref: ModelRef, summary: dict[str, Any], slides_path
 
 
 __all__ = ["ModelState", "PredictError", "PredictResult", "assign_regions", "attach_model_state",
-           "build_model_state", "fit_region_model", "load_slides", "load_state_dir", "predict_cohort",
+           "build_model_state", "load_slides", "load_state_dir", "predict_cohort",
            "resolve_model_state"]
