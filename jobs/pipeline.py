@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 from ._util import StageCache, atomic_write_json, atomic_write_with, clean_float, file_fingerprint, stable_hash
 
 #: bump when a stage's outputs change meaning (invalidates every cache entry)
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: infer clusters the region readout, slides aligned
 _SLIDE_FILES = ("counts", "spots", "labels", "image", "path")
 
 
@@ -49,6 +50,37 @@ class PipelineError(RuntimeError):
     def __init__(self, stage: str, message: str):
         self.stage = stage
         super().__init__(f"stage {stage!r}: {message}")
+
+
+#: the output directory's folders the pipeline (and the control plane's tracking journal) write into
+OUTPUT_DIRS = ("preprocess", "train", "tune", "infer", "slides", "maps", "tables", "cache", "tracking")
+#: temp names of ``_util.atomic_write_with`` (``.<stem>.XXXXXXXX<suffix>``) and ``atomic_write_bytes``
+#: (``.<name>.XXXXXXXX.tmp``): a dot, the target's name, tempfile's 8 random characters, a suffix
+_TEMP_NAME = re.compile(r"^\.(?P<base>.+)\.[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9]+)?$")
+
+
+def partial_files(out: str | Path) -> list[Path]:
+    """Temp files of atomic writes under the output directory (its top level and :data:`OUTPUT_DIRS`; not
+    ``ray/`` nor ``mlartifacts/``, which Ray and MLflow own): what a killed run leaves half-written."""
+    out = Path(out)
+    found = [p for p in out.glob(".*") if p.is_file() and _TEMP_NAME.match(p.name)]
+    for name in OUTPUT_DIRS:
+        if (out / name).is_dir():
+            found += [p for p in (out / name).rglob(".*") if p.is_file() and _TEMP_NAME.match(p.name)]
+    return sorted(found)
+
+
+def sweep_partial_files(out: str | Path) -> list[Path]:
+    """Delete :func:`partial_files` (a run killed between writing a temp file and renaming it never cleans up).
+    Only while no other process writes into ``out`` (the runner holds the output directory's lock)."""
+    removed = []
+    for path in partial_files(out):
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def _slide_key(slide: dict[str, Any], pp_cfg: dict[str, Any]) -> str:
@@ -165,7 +197,7 @@ def stage_preprocess(plan: dict[str, Any], cache: StageCache, tracker: Tracker, 
 def _eval_cfg(plan: dict[str, Any], metric: str | None, every: int) -> dict[str, Any]:
     c = plan["clustering"]
     return {"metric": metric, "every": every, "k": c.get("k"), "method": c.get("method", "gmm"),
-            "refine": c.get("refine", True), "seed": c.get("seed", 0)}
+            "refine": c.get("refine", True), "align": c.get("align", "matched"), "seed": c.get("seed", 0)}
 
 
 def resolve_metric(plan: dict[str, Any], status: dict[str, dict]) -> str:
@@ -193,6 +225,8 @@ def stage_train(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tr
     if hit is None:
         tracker.progress(f"{stage}: Ray Train, {t['num_workers']} worker(s), {cfg['model']['epochs']} epochs, "
                          f"{len(paths)} slide(s)")
+        if resume:
+            _check_train_snapshot(out / "ray" / "train" / f"{stage}-{key[:12]}", tracker)
         try:
             res = run_training(cfg, out_dir=out / stage, name=f"{stage}-{key[:12]}",
                                storage_path=out / "ray" / "train", num_workers=int(t["num_workers"]),
@@ -214,6 +248,26 @@ def stage_train(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tr
             "history": history, "model_path": hit["model_path"]}
     tracker.stage(stage, info)
     return {"key": key, "model_path": hit["model_path"], "history": history, "info": info}
+
+
+def _check_train_snapshot(run_dir: Path, tracker: Tracker) -> None:
+    """Before resuming a Ray Train run: its ``checkpoint_manager_snapshot.json`` (Ray writes it in place, not
+    atomically) must be whole, and name a checkpoint that exists; a driver killed while Ray wrote it leaves it cut
+    off, and Ray Train would fail on it. Then it is removed: training starts over (the checkpoints stay)."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    if not snapshot.exists():
+        return
+    try:
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+        name = latest.get("checkpoint_dir_name")
+        if name is None or (run_dir / name / "model.pt").exists():
+            if name is not None:
+                tracker.progress(f"train: resuming from the checkpoint {name} of the interrupted run")
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    tracker.progress(f"train: the interrupted run's checkpoint index {snapshot} is incomplete: training starts over")
+    snapshot.unlink(missing_ok=True)
 
 
 def stage_tune(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tracker: Tracker,

@@ -1,6 +1,8 @@
 """``senca-platform``: a thin typed command line over :mod:`senca_platform` (spec, runner, demo).
 
-Exit codes: 0 every slide finished; 1 a slide (or a stage) failed, see the summary; 2 the spec is invalid.
+Exit codes of ``run``: 0 every slide finished (and is tracked); 1 a slide (or a stage) failed, see the summary;
+2 the spec is invalid; 3 nothing ran (the tracking server cannot be reached, or the output directory is in use);
+4 every slide finished but MLflow tracking failed mid-run (results on disk: ``senca-platform sync OUTPUT_DIR``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def _err(msg: str) -> None:
 
 
 def _run(spec_path: Path, out: Optional[Path], fresh: bool, as_json: bool, resume: bool) -> int:
-    from .runner import run_cohort
+    from .runner import EXIT_NOT_STARTED, RunNotStarted, run_cohort
     from .spec import SpecError, load_spec
 
     try:
@@ -34,8 +36,12 @@ def _run(spec_path: Path, out: Optional[Path], fresh: bool, as_json: bool, resum
         _err(str(err))
         return 2
     with stdout_to_stderr(as_json):
-        result = run_cohort(spec, output_dir=out, fresh=fresh, resume=resume, progress=not as_json,
-                            spec_path=spec_path)
+        try:
+            result = run_cohort(spec, output_dir=out, fresh=fresh, resume=resume, progress=not as_json,
+                                spec_path=spec_path)
+        except RunNotStarted as err:  # nothing ran: one line, no traceback
+            _err(f"error: {err}")
+            return EXIT_NOT_STARTED
     if as_json:
         typer.echo(json.dumps(result.summary, indent=2))
     else:
@@ -66,11 +72,38 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (overrides the spec's)"),
     fresh: bool = typer.Option(False, "--fresh", help="ignore cached stage outputs, recompute everything"),
     as_json: bool = typer.Option(False, "--json", help="print the cohort summary as JSON on stdout (logs: stderr)"),
-    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run (its MLflow run and the "
-                                                        "training run's last checkpoint)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run: cached stages are kept, "
+                                                        "training goes on from its last checkpoint, the same "
+                                                        "MLflow parent run is continued"),
 ) -> None:
     """Run the cohort: preprocess (Ray Data), train (Ray Train) or tune (Ray Tune), infer + summaries, MLflow."""
     raise typer.Exit(_run(spec, out, fresh, as_json, resume))
+
+
+@app.command()
+def sync(
+    output_dir: Path = typer.Argument(..., help="the output directory of a finished `run`", show_default=False),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="log into this MLflow tracking URI "
+                                               "(default: the one the run used)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
+) -> None:
+    """Log a run's results from its output directory into MLflow (after the tracking server was unreachable, or to
+    another server). Idempotent: runs, stages and model versions already there are not logged twice."""
+    from .sync import SyncError, sync_output
+
+    try:
+        with stdout_to_stderr(as_json):
+            res = sync_output(output_dir, tracking_uri, echo=lambda m: _err(f"[senca-platform] {m}"))
+    except SyncError as err:
+        _err(f"error: {err}")
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    model = res.get("model") or {}
+    typer.echo(f"{'synced' if res['synced'] else 'already in sync'}: MLflow run {res['run_id']} at "
+               f"{res['tracking_uri']}" + (f"; model {model.get('name')} version {model.get('version')}"
+                                           if model.get("version") is not None else ""))
 
 
 @app.command()

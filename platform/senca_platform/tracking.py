@@ -17,15 +17,19 @@ What is logged:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import re
+import socket
 import tempfile
 import time
+import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -105,20 +109,127 @@ def model_example(slide_h5ad: str | Path, n: int = 64) -> dict[str, np.ndarray]:
     return {"X_pca": np.asarray(a.obsm["X_pca"][:n], dtype=np.float32), "X_hist": hist, "spatial_neighbors": nb}
 
 
+class TrackingUnavailable(RuntimeError):
+    """The tracking server cannot be used at the start of a run (one line naming the URI, credentials removed)."""
+
+
+#: MLflow's HTTP retry settings for a cohort run, unless the environment sets them: a server that goes away
+#: mid-run costs one call ~10 s (not MLflow's default of minutes), then tracking stops for the run (``sync``)
+#: (and MLflow does not print "View run ... at <tracking URI>", which would show a URI's user:password)
+RUN_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+#: ... and for the probe at the start (one quick try: a server that is not there is reported in seconds)
+PROBE_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def is_remote(uri: str) -> bool:
+    return uri.split(":", 1)[0].lower() in ("http", "https", "databricks")
+
+
+@contextlib.contextmanager
+def http_settings(values: dict[str, str], *, override: bool) -> Iterator[None]:
+    """Set MLflow's HTTP env settings for the duration (``override=False``: only those the user did not set)."""
+    saved = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if override or saved[k] is None:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def probe_tracking(uri: str, what: str = "starting the cohort run") -> None:
+    """Fail fast (seconds) when a tracking server does not answer: one request with one retry, before any work.
+
+    Local stores (``sqlite:``, ``file:``, paths) are not probed. Raises :class:`TrackingUnavailable`."""
+    if not is_remote(uri):
+        return
+    from mlflow.tracking import MlflowClient
+
+    from .registry import _explain
+
+    with http_settings(PROBE_HTTP, override=True):
+        try:
+            MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+        except Exception as err:  # noqa: BLE001 - any failure here means: do not start
+            raise TrackingUnavailable(str(_explain(err, uri, what))) from None
+
+
+_TEXT_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]+@")
+_TEXT_SECRET_LINE = re.compile(r"(?im)^(\s*-?\s*[\"']?[\w.-]*(?:password|passwd|secret|token|credential|api[_-]?key)"
+                               r"[\w.-]*[\"']?\s*:\s*)(\S.*)$")
+
+
+def redact_uris(text: str) -> str:
+    """``text`` (a message) with the ``user:password@`` of every URI in it removed."""
+    return _TEXT_USERINFO.sub(r"\1***@", text)
+
+
+def redact_text(text: str) -> str:
+    """The original YAML text safe to log: values of secret-looking keys and URI ``user:password@`` removed."""
+    text = _TEXT_USERINFO.sub(r"\1***@", text)
+    return _TEXT_SECRET_LINE.sub(lambda m: m.group(1) + '"***"', text)
+
+
+def _proc_start(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()[19]
+
+
+def driver_id() -> str:
+    """``host:pid:start`` of this process (the start time tells a reused pid apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_proc_start(os.getpid()) or 0}"
+
+
+def driver_alive(tag: str | None) -> bool | None:
+    """Is the driver named by a ``senca.driver`` tag still running? ``None``: unknown (another host, no tag)."""
+    try:
+        host, pid, start = (tag or "").rsplit(":", 2)
+    except ValueError:
+        return None
+    if host != socket.gethostname():
+        return None
+    return _proc_start(int(pid)) == start
+
+
 class MlflowTracker:
-    """The pipeline's tracker (``jobs.pipeline.Tracker`` interface) writing to MLflow."""
+    """The pipeline's tracker (``jobs.pipeline.Tracker`` interface) writing to MLflow.
+
+    Parent run: created, or continued. ``resume=True`` continues the newest parent run of this cohort and output
+    directory that did not finish (its driver was killed or crashed; not one whose driver still runs): same run
+    id, its finished stage child runs are kept and not logged again, child runs cut off mid-logging are deleted.
+    ``run_id`` / ``run_key`` (``senca-platform sync``): continue that run when it exists at this URI, else the run
+    created by an earlier sync of the same attempt (tag ``senca.run_key``), else create one. A new parent run marks
+    every unfinished parent of the same cohort + output directory whose driver is gone (same host) as ``FAILED``
+    with the tag ``senca.superseded_by`` = the new run id.
+    """
 
     def __init__(self, spec: CohortSpec, *, spec_path: str | Path | None = None, resume: bool = False,
-                 echo=None):
+                 echo=None, spec_text: str | None = None, spec_name: str | None = None, run_key: str | None = None,
+                 run_id: str | None = None):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         import mlflow
         from mlflow.tracking import MlflowClient
 
         self.spec = spec
         self.uri = spec.tracking_uri()
-        self.out = Path(spec.output_dir)
+        self.out = Path(spec.output_dir).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.echo = echo or (lambda msg: None)
+        self.run_key = run_key or uuid.uuid4().hex
+        if spec_text is None and spec_path is not None and Path(spec_path).exists():
+            spec_text = Path(spec_path).read_text()
+        self.spec_text = None if spec_text is None else redact_text(spec_text)
+        self.spec_name = spec_name or (Path(spec_path).name if spec_path is not None else "cohort.yaml")
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
@@ -130,20 +241,96 @@ class MlflowTracker:
             self.experiment_id = self.client.create_experiment(spec.experiment_name, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
+        self.children: dict[str, str] = {}
+        self._done: dict[str, str] = {}  # stage -> its FINISHED child run of a continued parent
         self.run_id = None
-        if resume:
-            runs = self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = 'parent' and "
-                                           f"tags.`senca.cohort` = '{spec.name}'", max_results=1,
-                                           order_by=["attributes.start_time DESC"])
-            if runs and runs[0].info.status != "FINISHED":
-                self.run_id = runs[0].info.run_id
-                self.client.update_run(self.run_id, status="RUNNING")
+        self.continued = False
+        self.complete = False  # a continued run that is already fully tracked (sync: nothing to do)
+        self.superseded: list[str] = []
+        prior = self._prior_parents()
+        if run_id is not None or run_key is not None:
+            self._continue_synced(run_id, prior)
+        elif resume:
+            for run in prior:
+                tags = run.data.tags
+                if tags.get("senca.tracking") != "complete" and "senca.superseded_by" not in tags \
+                        and not driver_alive(tags.get("senca.driver")):
+                    self._continue(run)
+                    break
         if self.run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                         tags={PARENT_TAG: "parent", "senca.cohort": spec.name})
+                                         tags={PARENT_TAG: "parent", "senca.cohort": spec.name,
+                                               "senca.output_dir": str(self.out), "senca.run_key": self.run_key,
+                                               "senca.driver": driver_id(),
+                                               **({"senca.synced_from": run_id} if run_id else {})})
             self.run_id = run.info.run_id
-            self._log_spec(spec_path)
-        self.children: dict[str, str] = {}
+            self._log_spec()
+        elif self.complete:  # sync of a fully tracked run: nothing changes
+            return
+        else:
+            self.client.set_tag(self.run_id, "senca.driver", driver_id())
+        for run in prior:  # attempts killed earlier, not continued: superseded by this run
+            if run.info.run_id != self.run_id and run.info.status == "RUNNING" \
+                    and driver_alive(run.data.tags.get("senca.driver")) is False:
+                self.client.set_tag(run.info.run_id, "senca.superseded_by", self.run_id)
+                self.client.set_terminated(run.info.run_id, "FAILED")
+                self.superseded.append(run.info.run_id)
+
+    # ------------------------------------------------------------------ continue / supersede
+    def _prior_parents(self) -> list:
+        """Parent runs of this cohort writing to this output directory, newest first."""
+        out = str(self.out).replace("'", "\\'")
+        return list(self.client.search_runs(
+            [self.experiment_id], f"tags.`{PARENT_TAG}` = 'parent' and tags.`senca.cohort` = '{self.spec.name}' "
+                                  f"and tags.`senca.output_dir` = '{out}'",
+            max_results=50, order_by=["attributes.start_time DESC"]))
+
+    def _continue(self, run) -> None:
+        self.run_id = run.info.run_id
+        self.run_key = run.data.tags.get("senca.run_key") or self.run_key
+        self.continued = True
+        self.complete = run.data.tags.get("senca.tracking") == "complete"
+        if not self.complete:
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, "senca.continued", str(int(run.data.tags.get("senca.continued", 0)) + 1))
+        self._adopt_children()
+        if not self.complete and not self.client.list_artifacts(self.run_id, "spec"):
+            self._log_spec()  # the earlier attempt was cut off before its spec was logged
+
+    def _continue_synced(self, run_id: str | None, prior: list) -> None:
+        run = None
+        if run_id is not None:
+            try:
+                run = self.client.get_run(run_id)
+            except Exception:  # noqa: BLE001 - not at this URI (another server): find or create
+                run = None
+            if run is not None and run.data.tags.get("senca.run_key") not in (None, self.run_key):
+                run = None
+        if run is None:
+            found = self.client.search_runs([self.experiment_id], f"tags.`senca.run_key` = '{self.run_key}' and "
+                                            f"tags.`{PARENT_TAG}` = 'parent'", max_results=1,
+                                            order_by=["attributes.start_time DESC"])
+            run = found[0] if found else None
+        if run is not None:
+            self._continue(run)
+
+    def _adopt_children(self) -> None:
+        """Keep the continued run's finished stage children (not logged again); delete those cut off mid-logging."""
+        kids = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.run_id}'",
+                                       max_results=1000, order_by=["attributes.start_time ASC"])
+        for kid in kids:
+            stage = kid.data.tags.get("senca.stage")
+            if kid.info.status == "FINISHED" and stage and stage not in self._done:
+                self._done[stage] = kid.info.run_id
+                self.children[stage] = kid.info.run_id
+            else:
+                self._delete_tree(kid.info.run_id)
+
+    def _delete_tree(self, run_id: str) -> None:
+        for kid in self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'",
+                                           max_results=1000):
+            self._delete_tree(kid.info.run_id)
+        self.client.delete_run(run_id)
 
     # ------------------------------------------------------------------ helpers
     def _params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -191,7 +378,7 @@ class MlflowTracker:
                                            "senca.cohort": self.spec.name, **(tags or {})})
         return run.info.run_id
 
-    def _log_spec(self, spec_path: str | Path | None) -> None:
+    def _log_spec(self) -> None:
         data = spec_to_dict(self.spec)
         patients = data.pop("patients")
         params = _flatten(data)
@@ -203,9 +390,9 @@ class MlflowTracker:
             resolved = Path(tmp) / "cohort.resolved.yaml"
             resolved.write_text(spec_to_yaml(self.spec))
             self.client.log_artifact(self.run_id, str(resolved), "spec")
-            if spec_path is not None and Path(spec_path).exists():
-                original = Path(tmp) / Path(spec_path).name
-                original.write_text(Path(spec_path).read_text())
+            if self.spec_text is not None:  # the YAML as written, secrets removed
+                original = Path(tmp) / self.spec_name
+                original.write_text(self.spec_text)
                 self.client.log_artifact(self.run_id, str(original), "spec")
 
     # ------------------------------------------------------------------ the Tracker interface
@@ -213,6 +400,9 @@ class MlflowTracker:
         self.echo(message)
 
     def stage(self, name: str, info: dict[str, Any]) -> None:
+        if name in self._done:  # a continued run: this stage was logged (completely) by the earlier attempt
+            self.children[name] = self._done[name]
+            return
         child = self._child(name, tags={"senca.stage": name, "senca.cached": str(bool(info.get("cached")))})
         self.children[name] = child
         self._params(child, info.get("params") or {})
@@ -271,6 +461,14 @@ class MlflowTracker:
         from mlflow.models import infer_signature
 
         name = self.spec.model_name
+        sha = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
+        registered = self._registered_with(name, sha) if self.spec.tracking.register_model else None
+        if registered is not None:  # the same weights are registered already (a cached re-run): reuse
+            self.client.set_registered_model_alias(name, self.spec.tracking.alias, str(registered.version))
+            self.client.set_tag(self.run_id, "senca.model_version_reused", str(registered.version))
+            return {"name": name, "uri": registered.source, "version": int(registered.version),
+                    "alias": self.spec.tracking.alias, "registered_uri": f"models:/{name}@{self.spec.tracking.alias}",
+                    "reused": True}
         example = model_example(example_slide)
         import torch
         from senca_core.model import load_model
@@ -286,35 +484,26 @@ class MlflowTracker:
         for spec in signature.inputs.inputs:
             if getattr(spec, "name", None) == "X_hist":
                 spec._shape = (-1, -1)
-        sha = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
-        registered = self._registered_with(name, sha) if self.spec.tracking.register_model else None
-        if registered is not None:  # the same weights are registered already (a cached re-run): reuse
-            self.client.set_registered_model_alias(name, self.spec.tracking.alias, str(registered.version))
-            self.client.set_tag(self.run_id, "senca.model_version_reused", str(registered.version))
-            return {"name": name, "uri": registered.source, "version": int(registered.version),
-                    "alias": self.spec.tracking.alias, "registered_uri": f"models:/{name}@{self.spec.tracking.alias}",
-                    "reused": True}
         with mlflow.start_run(run_id=self.run_id), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=_pyfunc_class()(), artifacts={"model": str(model_path)},
                 signature=signature,
-                registered_model_name=name if self.spec.tracking.register_model else None,
                 pip_requirements=["torch", "anndata", "numpy", "scipy", "senca-platform"],
-                await_registration_for=60,
             )
+        self.client.update_run(self.run_id, status="RUNNING")  # leaving start_run() ended it: finish() does
         result = {"name": name, "uri": info.model_uri, "version": None, "alias": None}
         if self.spec.tracking.register_model:
-            version = getattr(info, "registered_model_version", None)
-            if version is None:
-                versions = self.client.search_model_versions(f"name = '{name}' and run_id = '{self.run_id}'")
-                version = max(int(v.version) for v in versions) if versions else None
-            if version is not None:
-                self.client.set_registered_model_alias(name, self.spec.tracking.alias, str(version))
-                self.client.set_model_version_tag(name, str(version), "senca.cohort", self.spec.name)
-                self.client.set_model_version_tag(name, str(version), "senca.model_sha256", sha)
-                result.update(version=int(version), alias=self.spec.tracking.alias,
-                              registered_uri=f"models:/{name}@{self.spec.tracking.alias}")
+            # registered with its identifying tags in one request: a version never exists without its sha256, so a
+            # re-run / resume / sync after a kill at any point finds it and never registers the weights twice
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mv = mlflow.register_model(info.model_uri, name, await_registration_for=60,
+                                           tags={"senca.cohort": self.spec.name, "senca.model_sha256": sha})
+            version = int(mv.version)
+            self.client.set_registered_model_alias(name, self.spec.tracking.alias, str(version))
+            result.update(version=version, alias=self.spec.tracking.alias,
+                          registered_uri=f"models:/{name}@{self.spec.tracking.alias}")
         return result
 
     def _registered_with(self, name: str, sha: str):
@@ -338,7 +527,15 @@ class MlflowTracker:
             self.client.set_tag(self.run_id, "senca.error", summary["error"][:5000])
         self.client.set_tag(self.run_id, "senca.status", summary["status"])
         self.client.log_artifact(self.run_id, str(summary_path))
+        self.client.set_tag(self.run_id, "senca.tracking", "complete")
         self.client.set_terminated(self.run_id, "FAILED" if summary["status"] == "failed" else "FINISHED")
+
+    def model_state_attached(self, model_info: dict[str, Any]) -> bool:
+        """Does the registered version already carry its model state (``senca.model_state`` tag)?"""
+        if model_info.get("version") is None:
+            return True
+        mv = self.client.get_model_version(model_info["name"], str(model_info["version"]))
+        return bool((mv.tags or {}).get("senca.model_state"))
 
     def fail(self, message: str) -> None:
         self.client.set_tag(self.run_id, "senca.error", message[:5000])
