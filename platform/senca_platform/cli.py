@@ -170,16 +170,10 @@ def demo(
     raise typer.Exit(code)
 
 
-from .cli_cluster import register as _register_cluster; _register_cluster(app)  # noqa: E402,E702 - cluster/registry
-
-
 # the cluster / registry commands (submit, jobs, models, runs, predict, job-run) live in cli_cluster.py
-try:
-    from .cli_cluster import register as _register_cluster
-except ImportError:  # pragma: no cover - the local commands work without them
-    _register_cluster = None
-if _register_cluster is not None:
-    _register_cluster(app)
+from .cli_cluster import register as _register_cluster  # noqa: E402
+
+_register_cluster(app)
 
 
 def main() -> None:  # pragma: no cover
