@@ -122,7 +122,7 @@ def stage_preprocess(plan: dict[str, Any], cache: StageCache, tracker: Tracker, 
         if hit is not None:
             prepared_rows.append(dict(hit, cached=True))
         else:
-            todo.append({"slide": slide, "cfg": pp_cfg, "key": key,
+            todo.append({"slide": slide, "cfg": pp_cfg, "key": key, "cache_root": str(cache.root),
                          "out_path": str(out / "preprocess" / "prepared" / f"{sid}.h5ad")})
     tracker.progress(f"preprocess: {len(todo)} slide(s) to read ({len(prepared_rows)} cached)")
     results = run_map(todo, read_and_prepare, concurrency=_default_concurrency(plan),

@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from ._util import PeakSampler, atomic_write_with, error_text, fault_point, peak_rss_mb, release_memory, \
-    remove_stale_temps, short_traceback
+from ._util import PeakSampler, StageCache, atomic_write_with, error_text, fault_point, peak_rss_mb, \
+    release_memory, remove_stale_temps, short_traceback
 
 #: Ray Data retries of a per-slide task whose worker process died (system failures; a slide's own errors are
 #: caught in the task and never retried)
@@ -111,6 +111,10 @@ def read_and_prepare(row: dict[str, Any]) -> dict[str, Any]:
         out.update(status="failed", error=error_text(err, slide["slide_id"]), traceback=short_traceback(err))
     out["seconds"] = time.perf_counter() - t0
     out["peak_rss_mb"] = peak_rss_mb()
+    if out["status"] == "ok" and row.get("cache_root"):
+        # the slide's own cache entry, written as soon as it is done: a driver killed before the map returns
+        # does not lose it (``--resume`` reuses every slide finished before the kill)
+        StageCache(row["cache_root"]).put(f"prepare/{slide['slide_id']}", row["key"], out)
     return out
 
 

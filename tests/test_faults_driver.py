@@ -219,3 +219,58 @@ def test_a_second_run_on_a_busy_output_directory_is_refused(tmp_path):
         f"error: {out} is in use by another senca-platform run (pid {os.getpid()}): wait for it to end, or choose "
         "another --out"]
     assert "Traceback" not in res.stderr and sorted(p.name for p in out.iterdir()) == ["run.lock"]
+
+
+@pytest.fixture(scope="module")
+def killed_in_preprocess(tmp_path_factory):
+    """Run 1 of a 3-slide cohort, each slide task held 6 s at its last write (the fault hook, before the rename)
+    on a 2-CPU embedded Ray: killed (SIGKILL to its process group) as soon as one slide's own cache entry exists,
+    while other slides are still being read; then `run --resume` without the hook."""
+    root = tmp_path_factory.mktemp("killpre")
+    spec = tiny_cohort(root, name=NAME + "-pre", n_patients=3, n_spots=200, seed=5, epochs=2)
+    out = root / "results"
+    raytmp = ray_tmpdir()
+    piddir = root / "pids"
+    piddir.mkdir()
+    state: dict = {"out": out}
+    run1 = Cli("run", str(spec), "--json", cwd=root, name="run1",
+               env=service_env(RAY_TMPDIR=str(raytmp), SENCA_FAULT_PIDDIR=str(piddir), SENCA_FAULT_SLOW_S="6"))
+    try:
+        def one_slide_done():
+            if not run1.running():
+                raise AssertionError(f"run 1 ended (rc {run1.proc.returncode}) before it could be killed: "
+                                     f"{run1.stderr[-3000:]}")
+            return sorted(p.stem for p in (out / "cache" / "prepare").glob("*.json")) or None
+
+        wait_until(one_slide_done, timeout=300, what="a slide's own cache entry in run 1")
+        run1.kill_group()
+        state["done_at_kill"] = sorted(p.stem for p in (out / "cache" / "prepare").glob("*.json"))
+        state["basis_at_kill"] = (out / "cache" / "basis.json").exists()
+        state["prepared_at_kill"] = _files(out / "preprocess" / "prepared")
+    finally:
+        state["still_alive_after_cleanup"] = run1.kill_all()
+    try:
+        res = cli("run", str(spec), "--resume", "--json", env=service_env(RAY_TMPDIR=str(raytmp)), timeout=500,
+                  cwd=root)
+        assert res.returncode == 0, res.stderr[-4000:]
+        state["summary"], state["stderr"] = json.loads(res.stdout), res.stderr
+    finally:
+        shutil.rmtree(raytmp, ignore_errors=True)
+    return state
+
+
+@pytest.mark.timeout(900)
+def test_slides_finished_before_a_kill_in_preprocessing_are_not_read_again(killed_in_preprocess):
+    st = killed_in_preprocess
+    assert st["still_alive_after_cleanup"] == []
+    done = st["done_at_kill"]
+    assert 1 <= len(done) < 3 and not st["basis_at_kill"], st  # killed in the middle of the slide map
+    print(f"\nslides finished at the kill: {done}; resumed: {3 - len(done)} slide(s) read again")
+    assert f"preprocess: {3 - len(done)} slide(s) to read ({len(done)} cached)" in st["stderr"]
+    after = _files(st["out"] / "preprocess" / "prepared")
+    for sid in done:  # the same file, not rewritten (inode and mtime)
+        assert after[f"{sid}.h5ad"] == st["prepared_at_kill"][f"{sid}.h5ad"]
+    s = st["summary"]
+    assert s["status"] == "ok" and len(s["slides"]) == 3 and all(x["status"] == "ok" for x in s["slides"])
+    leftovers = [p for p in st["out"].rglob(".*") if p.is_file() and (p.suffix in (".tmp", ".h5ad"))]
+    assert leftovers == []  # the slide cut off mid-write left no temp file behind
