@@ -164,13 +164,7 @@ def fit_shared_basis(paths: list[str], *, n_comps: int, seed: int = 0) -> tuple[
         a.uns["senca"] = dict(senca) if isinstance(senca, dict) else {}
         slims.append(a)
     common = pp.common_genes(slims)
-    if len(slims) > 1:
-        from senca_core.pp._pca import _select_genes  # pp.pca's own rule for a list, applied to var only
-
-        selected = _select_genes(slims, True)
-    else:
-        var = metas[0][0]
-        selected = np.asarray(var.index[var["highly_variable"].to_numpy(dtype=bool)], dtype=str)
+    selected = pp.pca_genes(slims)  # pp.pca's own rule (one slide: its HVGs; a list: ranked common HVGs)
     del slims
     # 2. the pooled fit on the selected genes only; every selected gene is marked (rank = order) so pca keeps them
     parts = []

@@ -93,9 +93,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
     import torch.distributed as dist
-    from senca_core.model import SencaConfig, SencaModel, make_batch, make_optimizer, save_model, seed_everything, \
-        train_step
-    from senca_core.model import _train as core_train  # prototype_warmup / init_prototypes: fit's own schedule
+    from senca_core.model import SencaConfig, SencaModel, init_prototypes, make_batch, make_optimizer, \
+        prototype_warmup, save_model, seed_everything, train_step
 
     from ._util import fault_point, peak_rss_mb
 
@@ -138,11 +137,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     metric = ev.get("metric")
     every = max(1, int(ev.get("every", 1)))
     eval_adatas = None
-    warmup = core_train.prototype_warmup(config)
+    warmup = prototype_warmup(config)  # fit's own schedule
 
     for epoch in range(start, config.epochs):
         if config.hierarchical and config.w_proto > 0 and epoch == warmup:
-            core_train.init_prototypes(core, batches, generator)
+            init_prototypes(core, batches, generator)
             if world > 1 and dist.is_initialized():
                 dist.broadcast(core.prototypes.data, src=0)
         order = list(range(len(batches)))

@@ -354,3 +354,27 @@ def test_preprocess_reproduces_peers_scanpy_gmm_baseline(her2st_root, section):
         aris.append(adjusted_rand_score(y, g[scored]))
     print(section, np.round(aris, 3), np.mean(aris))
     assert abs(np.mean(aris) - PEERS_ARI[section]) <= 0.06, aris
+
+
+def test_pca_genes_ranks_the_common_genes_by_how_many_slides_find_them_variable():
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+    from anndata import AnnData
+
+    from senca_core import pp
+    from senca_core.errors import SlideError
+
+    def slide(genes, hv, rank):
+        var = pd.DataFrame({"highly_variable": hv, "highly_variable_rank": rank}, index=genes)
+        return AnnData(X=sp.csr_matrix((3, len(genes)), dtype=np.float32), var=var)
+
+    a = slide(["g1", "g2", "g3", "g4", "only_a"], [True, False, False, True, True], [1.0, np.nan, np.nan, 0.0, 2.0])
+    b = slide(["g4", "g3", "g2", "g1"], [True, True, False, False], [0.0, 1.0, np.nan, np.nan])
+    genes = list(pp.pca_genes([a, b]))
+    assert len(genes) == 3  # as many as the largest HVG set (a: 3)
+    assert "g4" in genes  # variable on both slides: always kept
+    assert "only_a" not in genes and "g2" not in genes  # not on every slide / variable nowhere
+    assert list(pp.pca_genes(a)) == ["g1", "g4", "only_a"]  # one slide: its HVGs
+    with pytest.raises(SlideError, match="highly variable"):
+        pp.pca_genes(slide(["g1"], [False], [np.nan]))

@@ -5,8 +5,9 @@ from ._config import ABLATIONS, SencaConfig
 from ._io import load_model, save_model
 from ._network import NeighbourhoodCrossAttention, SencaModel
 from ._readout import readout
-from ._train import build_model, embed, fit, make_optimizer, run_epoch, seed_everything, train_step
+from ._train import (build_model, embed, fit, init_prototypes, make_optimizer, prototype_warmup, run_epoch,
+                     seed_everything, train_step)
 
 __all__ = ["ABLATIONS", "SencaConfig", "SencaModel", "SlideBatch", "NeighbourhoodCrossAttention", "make_batch",
            "build_model", "make_optimizer", "run_epoch", "seed_everything", "train_step", "fit", "embed",
-           "save_model", "load_model", "readout"]
+           "save_model", "load_model", "readout", "prototype_warmup", "init_prototypes"]

@@ -8,9 +8,9 @@ from ._common_genes import common_genes
 from ._hvg import hvg
 from ._neighbors import GRID_K, spatial_neighbors
 from ._normalize import normalize_log
-from ._pca import PcaState, pca, pca_project
+from ._pca import PcaState, pca, pca_genes, pca_project
 from ._preprocess import preprocess
 from ._qc import qc
 
-__all__ = ["qc", "hvg", "normalize_log", "pca", "pca_project", "PcaState", "spatial_neighbors",
+__all__ = ["qc", "hvg", "normalize_log", "pca", "pca_genes", "pca_project", "PcaState", "spatial_neighbors",
            "GRID_K", "common_genes", "preprocess"]

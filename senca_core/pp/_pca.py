@@ -71,7 +71,7 @@ def pca(
         raise ConfigError("target_sum", f"slides were normalised to different totals {sorted(target_sums)}")
     target_sum = target_sums.pop()
 
-    genes = _select_genes(adatas, use_hvg)
+    genes = pca_genes(adatas, use_hvg)
     blocks = []
     for a in adatas:
         idx = a.var_names.get_indexer(genes)
@@ -145,7 +145,12 @@ def pca_project(adata: AnnData, state: PcaState | AnnData, *, max_missing: float
 
 # ----------------------------------------------------------------------------------------------
 
-def _select_genes(adatas: list[AnnData], use_hvg: bool) -> np.ndarray:
+def pca_genes(adatas: AnnData | list[AnnData], use_hvg: bool = True) -> np.ndarray:
+    """The genes :func:`pca` fits on: one slide's highly variable genes; for a list, the genes common to every
+    slide, ranked by the number of slides where they are highly variable (then by median HVG rank), the first as
+    many as the largest HVG set, returned in the common genes' order. Needs only ``var`` (``highly_variable``, ``highly_variable_rank``), so a driver can decide the
+    cohort's panel from slides read without their matrices."""
+    adatas = [adatas] if isinstance(adatas, AnnData) else list(adatas)
     if len(adatas) == 1:
         a = adatas[0]
         if use_hvg:
