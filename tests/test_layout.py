@@ -39,3 +39,17 @@ def test_imports_point_one_way():
         assert banned not in core, f"senca_core imports {banned} in {core.get(banned)}"
     jobs = _imported_roots(REPO / "jobs")
     assert "senca_platform" not in jobs, f"jobs imports the control plane in {jobs.get('senca_platform')}"
+
+
+def test_jobs_and_platform_use_only_the_public_senca_core_api():
+    """``senca_core`` is a library: its private modules (``senca_core.tl._cluster``) may change; the data and
+    control planes import the namespaces (``senca_core.tl``) only."""
+    private = []
+    for folder in (REPO / "jobs", REPO / "platform" / "senca_platform"):
+        for path in folder.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+                private += [f"{path.relative_to(REPO)}: {n}" for n in names
+                            if n.startswith("senca_core") and any(p.startswith("_") for p in n.split(".")[1:])]
+    assert private == []
