@@ -81,3 +81,19 @@ def test_validate_with_real_files_is_clean(tmp_path, her2st_root):
     res = _invoke("validate", "--strict", str(path))
     assert res.exit_code == 0, res.output
     assert "warning" not in res.stderr
+
+
+def test_job_run_with_an_unreachable_tracking_server_is_one_line_and_exit_3(tmp_path):
+    """What a cluster job sees when its MLflow server is down: nothing runs, one line naming the URI, exit 3."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    spec = tmp_path / "cohort.yaml"
+    assert runner.invoke(app, ["init", str(spec)]).exit_code == 0
+    spec.write_text(spec.read_text().replace("tracking:", f"tracking:\n  uri: http://127.0.0.1:{port}", 1))
+    res = runner.invoke(app, ["job-run", str(spec)])
+    assert res.exit_code == 3, res.output
+    assert f"cannot reach the MLflow tracking server at http://127.0.0.1:{port}" in res.output
+    assert "Traceback" not in res.output

@@ -42,6 +42,7 @@ def _guard() -> Iterator[None]:
     """Expected problems → one line + exit code; anything else → one line too (traceback with SENCA_DEBUG=1)."""
     from .predict import PredictError
     from .registry import RegistryError
+    from .runner import EXIT_NOT_STARTED, RunNotStarted
     from .spec import SpecError
     from .submit import ClusterError, scrub
 
@@ -55,6 +56,9 @@ def _guard() -> Iterator[None]:
     except (ClusterError, RegistryError, PredictError) as err:
         _err(f"error: {scrub(str(err))}")
         raise typer.Exit(1)
+    except RunNotStarted as err:  # job-run: the tracking server is unreachable / the output directory is busy
+        _err(f"error: {scrub(str(err))}")
+        raise typer.Exit(EXIT_NOT_STARTED)
     except KeyboardInterrupt:
         _err("interrupted")
         raise typer.Exit(130)
