@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import sys
@@ -64,29 +65,41 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], Any]) -> Path:
     return path
 
 
+#: the temp names of :func:`atomic_write_with` (``.<stem>.XXXXXXXX<suffix>``) and :func:`atomic_write_bytes`
+#: (``.<name>.XXXXXXXX.tmp``): a dot, the target's name, tempfile's 8 random characters, a suffix
+TEMP_NAME = re.compile(r"^\.(?P<base>.+)\.[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9]+)?$")
+
+
+def is_temp_of(name: str, target: Path | None = None) -> bool:
+    """Is ``name`` a temp file of an atomic write (of ``target`` when given)?"""
+    m = TEMP_NAME.match(name)
+    if m is None or target is None:
+        return m is not None
+    return (m["base"], m["suffix"] or "") in ((target.stem, target.suffix), (target.name, ".tmp"))
+
+
+def unlink_all(paths: Iterable[Path]) -> list[Path]:
+    """Delete ``paths`` (one already gone is skipped); returns those removed."""
+    removed = []
+    for path in paths:
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def remove_stale_temps(path: str | Path) -> list[Path]:
     """Delete the temp files that an earlier, killed attempt at writing ``path`` left next to it.
 
-    The temp names of :func:`atomic_write_with` (``.<stem>.XXXXXXXX<suffix>``) and :func:`atomic_write_bytes`
-    (``.<name>.XXXXXXXX.tmp``). A process killed between creating its temp file and the rename never runs its
-    ``finally``; the retried task calls this first. Only for outputs with one writer at a time (one task per slide).
-    Returns the files removed.
+    A process killed between creating its temp file and the rename never runs its ``finally``; the retried task
+    calls this first. Only for outputs with one writer at a time (one task per slide). Returns the files removed.
     """
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    from glob import escape
-
-    removed = []
-    rand = "?" * 8  # tempfile's random part
-    for pattern in (f".{escape(path.stem)}.{rand}{escape(path.suffix)}", f".{escape(path.name)}.{rand}.tmp"):
-        for stale in path.parent.glob(pattern):
-            try:
-                stale.unlink()
-                removed.append(stale)
-            except FileNotFoundError:
-                pass
-    return removed
+    return unlink_all(p for p in path.parent.glob(".*") if is_temp_of(p.name, path))
 
 
 # ----------------------------------------------------------------------------------------- fault injection

@@ -86,6 +86,15 @@ def _read_obsm(path: str, key: str) -> np.ndarray | None:
         return None if f"obsm/{key}" not in f else np.asarray(read_elem(f[f"obsm/{key}"]))
 
 
+def cluster_args(clustering: dict[str, Any]) -> dict[str, Any]:
+    """The spec's ``clustering`` section (``k``: int | "auto", ``align``: ... | "none") as ``tl.cluster`` keywords;
+    the infer stage and the Tune objective cluster alike."""
+    k, align = clustering.get("k", "auto"), clustering.get("align", "matched")
+    return {"k": None if k in (None, "auto") else int(k), "method": clustering.get("method", "gmm"),
+            "refine": bool(clustering.get("refine", True)), "align": None if align in (None, "none") else align,
+            "seed": int(clustering.get("seed", 0))}
+
+
 def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regions_dir: str | Path) -> dict[str, Any]:
     """Regions on the pooled embeddings; writes ``regions_dir/<slide>.npy`` (int labels) and the fitted
     ``senca_core.tl.RegionModel`` as ``regions_dir/../region_model.pkl`` (what ``predict`` re-assigns new slides
@@ -104,12 +113,7 @@ def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regio
             a.obsm["spatial_neighbors"] = nb
         a.uns["senca"] = {"slide_id": r["slide_id"]}
         slims.append(a)
-    k = clustering.get("k", "auto")
-    align = clustering.get("align", "matched")
-    region_model = tl.cluster(slims, k=None if k in (None, "auto") else int(k),
-                              method=clustering.get("method", "gmm"), refine=bool(clustering.get("refine", True)),
-                              align=None if align in (None, "none") else align,
-                              seed=int(clustering.get("seed", 0)), return_model=True)
+    region_model = tl.cluster(slims, **cluster_args(clustering), return_model=True)
     k_used = int(region_model.k_requested)
     categories = [str(c) for c in slims[0].obs["region"].cat.categories]
     regions_dir = Path(regions_dir)

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
 
-from ._util import StageCache, atomic_write_json, atomic_write_with, clean_float, file_fingerprint, stable_hash
+from ._util import StageCache, atomic_write_json, atomic_write_with, clean_float, file_fingerprint, is_temp_of, \
+    stable_hash, unlink_all
 
 #: bump when a stage's outputs change meaning (invalidates every cache entry)
 PIPELINE_VERSION = 2  # 2: infer clusters the region readout, slides aligned
@@ -54,33 +54,24 @@ class PipelineError(RuntimeError):
 
 #: the output directory's folders the pipeline (and the control plane's tracking journal) write into
 OUTPUT_DIRS = ("preprocess", "train", "tune", "infer", "slides", "maps", "tables", "cache", "tracking")
-#: temp names of ``_util.atomic_write_with`` (``.<stem>.XXXXXXXX<suffix>``) and ``atomic_write_bytes``
-#: (``.<name>.XXXXXXXX.tmp``): a dot, the target's name, tempfile's 8 random characters, a suffix
-_TEMP_NAME = re.compile(r"^\.(?P<base>.+)\.[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9]+)?$")
 
 
 def partial_files(out: str | Path) -> list[Path]:
-    """Temp files of atomic writes under the output directory (its top level and :data:`OUTPUT_DIRS`; not
-    ``ray/`` nor ``mlartifacts/``, which Ray and MLflow own): what a killed run leaves half-written."""
+    """Temp files of atomic writes (``_util.TEMP_NAME``) under the output directory (its top level and
+    :data:`OUTPUT_DIRS`; not ``ray/`` nor ``mlartifacts/``, which Ray and MLflow own): what a killed run leaves
+    half-written."""
     out = Path(out)
-    found = [p for p in out.glob(".*") if p.is_file() and _TEMP_NAME.match(p.name)]
+    found = [p for p in out.glob(".*") if p.is_file() and is_temp_of(p.name)]
     for name in OUTPUT_DIRS:
         if (out / name).is_dir():
-            found += [p for p in (out / name).rglob(".*") if p.is_file() and _TEMP_NAME.match(p.name)]
+            found += [p for p in (out / name).rglob(".*") if p.is_file() and is_temp_of(p.name)]
     return sorted(found)
 
 
 def sweep_partial_files(out: str | Path) -> list[Path]:
     """Delete :func:`partial_files` (a run killed between writing a temp file and renaming it never cleans up).
     Only while no other process writes into ``out`` (the runner holds the output directory's lock)."""
-    removed = []
-    for path in partial_files(out):
-        try:
-            path.unlink()
-            removed.append(path)
-        except FileNotFoundError:
-            pass
-    return removed
+    return unlink_all(partial_files(out))
 
 
 def _slide_key(slide: dict[str, Any], pp_cfg: dict[str, Any]) -> str:
@@ -127,10 +118,8 @@ def stage_preprocess(plan: dict[str, Any], cache: StageCache, tracker: Tracker, 
     tracker.progress(f"preprocess: {len(todo)} slide(s) to read ({len(prepared_rows)} cached)")
     results = run_map(todo, read_and_prepare, concurrency=_default_concurrency(plan),
                       num_cpus=float(pp_cfg.get("cpus_per_slide", 1.0)), progress=progress)
-    for r in results:
+    for r in results:  # each finished slide's cache entry is written by its own task (``cache_root``)
         r["cached"] = False
-        if r["status"] == "ok":
-            cache.put(f"prepare/{r['slide_id']}", r["key"], {k: v for k, v in r.items() if k != "cached"})
         prepared_rows.append(r)
     order = {s["slide_id"]: i for i, s in enumerate(plan["slides"])}
     prepared_rows.sort(key=lambda r: order[r["slide_id"]])

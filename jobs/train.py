@@ -48,6 +48,8 @@ def evaluate(model, adatas: list, metric: str, ev: dict[str, Any]) -> dict[str, 
     from senca_core import metrics, tl
     from senca_core.model import make_batch, readout
 
+    from .infer import cluster_args
+
     core = getattr(model, "module", model)
     was_training = core.training
     out: dict[str, float] = {}
@@ -65,11 +67,7 @@ def evaluate(model, adatas: list, metric: str, ev: dict[str, Any]) -> dict[str, 
     else:
         for a in adatas:  # the region readout, clustered as the infer stage clusters it
             a.obsm["X_senca"] = readout(core, a)[1].astype(np.float32)
-        k = ev.get("k")
-        align = ev.get("align", "matched")
-        tl.cluster(adatas, k=None if k in (None, "auto") else int(k), method=ev.get("method", "gmm"),
-                   refine=bool(ev.get("refine", True)), seed=int(ev.get("seed", 0)),
-                   align=None if align in (None, "none") else align)
+        tl.cluster(adatas, **cluster_args(ev))
         if metric == "ari":
             scores = [metrics.ari(a) for a in adatas if "label" in a.obs]
             out["objective"] = float(np.nanmean(scores)) if scores else float("nan")

@@ -364,14 +364,21 @@ def _h5_bytes() -> bytes:
 H5 = _h5_bytes()
 
 
+def _damaged(data: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:
+    """``data`` with a few bytes XOR-ed (``flips``: (offset, mask)), or, without flips, cut at ``cut``."""
+    out = bytearray(data)
+    for i, x in flips:
+        out[i] ^= x
+    if not flips:
+        del out[cut:]
+    return bytes(out)
+
+
 @settings(FUZZ, max_examples=60)
 @given(cut=st.integers(0, len(H5) - 1), flips=st.lists(st.tuples(st.integers(0, len(H5) - 1),
                                                                   st.integers(1, 255)), max_size=2))
 def test_visium_h5(cut, flips, tmp_path_factory):
     """A truncated 10x HDF5 matrix, or one with a few bytes changed inside its data (not its B-trees)."""
-    data = bytearray(H5)
-    for i, x in flips:
-        data[i] ^= x
     d = tmp_path_factory.getbasetemp() / "fuzz_h5"
     if d.exists():
         shutil.rmtree(d)
@@ -380,9 +387,7 @@ def test_visium_h5(cut, flips, tmp_path_factory):
         if rel.startswith("spatial/"):
             (d / rel).parent.mkdir(parents=True, exist_ok=True)
             (d / rel).write_bytes(content)
-    if not flips:
-        del data[cut:]
-    (d / "filtered_feature_bc_matrix.h5").write_bytes(bytes(data))
+    (d / "filtered_feature_bc_matrix.h5").write_bytes(_damaged(H5, cut, flips))
     _slide_outcome(lambda: read_visium(d, slide_id="V1"))
 
 
@@ -476,11 +481,6 @@ H5AD = _h5ad_bytes()
 def test_h5ad_bytes(cut, flips, tmp_path_factory):
     from senca_core.io import read_h5ad
 
-    data = bytearray(H5AD)
-    for i, x in flips:
-        data[i] ^= x
-    if not flips:
-        del data[cut:]
     path = tmp_path_factory.getbasetemp() / "fuzz_bytes.h5ad"
-    path.write_bytes(bytes(data))
+    path.write_bytes(_damaged(H5AD, cut, flips))
     _slide_outcome(lambda: read_h5ad(path, slide_id="H1"))

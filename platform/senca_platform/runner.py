@@ -283,7 +283,6 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
     from jobs._util import atomic_write_json
     from jobs.pipeline import Tracker, run_pipeline
 
-    from .registry import redact_uri
     from .sync import Journal
 
     t0 = time.perf_counter()
@@ -342,12 +341,7 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
                    "markers_csv": result["tables"].get("markers_csv_path")},
         "model_path": result.get("model_path"),
         "stages": result.get("stages", {}),
-        "mlflow": None if tracker is None else {
-            "tracking_uri": redact_uri(tracker.uri), "experiment": spec.experiment_name,
-            "experiment_id": tracker.experiment_id, "run_id": tracker.run_id,
-            "child_runs": tracker.children, "continued": tracker.continued,
-            "superseded": tracker.superseded,
-            "ui": f"mlflow ui --backend-store-uri {redact_uri(tracker.uri)}"},
+        "mlflow": None if tracker is None else tracker.summary_info(),
         "mlflow_run_id": None if tracker is None else tracker.run_id,
         "registered_model": model_info,
         "registered_model_version": model_info.get("version"),

@@ -830,7 +830,9 @@ def missing_files(spec: CohortSpec, *, read: bool = True) -> list[SpecIssue]:
     return check_inputs(spec, read=read)
 
 
-_SECRET_KEY = re.compile(r"(password|passwd|secret|token|credential|api[_-]?key)", re.I)
+#: what makes a key secret-looking (its value is never logged); ``tracking.redact_text`` uses it on raw YAML too
+SECRET_WORDS = r"(?:password|passwd|secret|token|credential|api[_-]?key)"
+_SECRET_KEY = re.compile(SECRET_WORDS, re.I)
 _URI_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)([^/@]+)@")
 
 

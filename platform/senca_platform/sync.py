@@ -206,10 +206,7 @@ def sync_output(output_dir: str | Path, tracking_uri: str | None = None, *,
                 echo(f"model: {model_info['name']} version {model_info.get('version')}"
                      f"{' (already registered)' if model_info.get('reused') else ''}")
             summary.update({
-                "mlflow": {"tracking_uri": redact_uri(uri), "experiment": spec.experiment_name,
-                           "experiment_id": tracker.experiment_id, "run_id": tracker.run_id,
-                           "child_runs": tracker.children, "continued": tracker.continued,
-                           "superseded": tracker.superseded, "ui": f"mlflow ui --backend-store-uri {redact_uri(uri)}"},
+                "mlflow": tracker.summary_info(),
                 "mlflow_run_id": tracker.run_id, "registered_model": model_info,
                 "registered_model_version": model_info.get("version"),
                 "tracking": {"status": "complete", "synced": {"tracking_uri": redact_uri(uri),

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .spec import CohortSpec, redact, spec_to_dict, spec_to_yaml
+from .spec import SECRET_WORDS, CohortSpec, redact, spec_to_dict, spec_to_yaml
 
 PARENT_TAG = "senca.role"
 _MAX_PARAM = 6000
@@ -162,8 +162,7 @@ def probe_tracking(uri: str, what: str = "starting the cohort run") -> None:
 
 
 _TEXT_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]+@")
-_TEXT_SECRET_LINE = re.compile(r"(?im)^(\s*-?\s*[\"']?[\w.-]*(?:password|passwd|secret|token|credential|api[_-]?key)"
-                               r"[\w.-]*[\"']?\s*:\s*)(\S.*)$")
+_TEXT_SECRET_LINE = re.compile(r"(?im)^(\s*-?\s*[\"']?[\w.-]*" + SECRET_WORDS + r"[\w.-]*[\"']?\s*:\s*)(\S.*)$")
 
 
 def redact_uris(text: str) -> str:
@@ -515,6 +514,15 @@ class MlflowTracker:
             if (v.tags or {}).get("senca.model_sha256") == sha:
                 return v
         return None
+
+    def summary_info(self) -> dict[str, Any]:
+        """The ``mlflow`` block of ``cohort_summary.json`` (credentials removed from the URI)."""
+        from .registry import redact_uri
+
+        uri = redact_uri(self.uri)
+        return {"tracking_uri": uri, "experiment": self.spec.experiment_name, "experiment_id": self.experiment_id,
+                "run_id": self.run_id, "child_runs": self.children, "continued": self.continued,
+                "superseded": self.superseded, "ui": f"mlflow ui --backend-store-uri {uri}"}
 
     def finish(self, summary: dict[str, Any], summary_path: str | Path) -> None:
         slides = summary.get("slides", [])

@@ -74,7 +74,7 @@ def read_h5ad(path: str | Path, *, slide_id: str | None = None, patient_id: str 
     senca.setdefault("platform", "h5ad")
     file = display(path)
 
-    _check_senca(senca, slide=slide, file=display(path))
+    _check_senca(senca, slide=slide, file=file)
 
     if "spatial" not in adata.obsm:
         raise SlideError("missing obsm['spatial'] (spot x, y pixel coordinates)", slide=slide, file=file,
