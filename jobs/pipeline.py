@@ -25,31 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._util import StageCache, atomic_write_json, atomic_write_with, clean_float, file_fingerprint, is_temp_of, \
-    stable_hash, unlink_all
+from ._stage import PIPELINE_VERSION, PipelineError, StageClock, Tracker, _model_cfg  # noqa: F401 - re-exported
+from ._util import StageCache, atomic_write_with, file_fingerprint, is_temp_of, stable_hash, unlink_all
+from .stage_model import _eval_cfg, resolve_metric, stage_train, stage_tune  # noqa: F401 - re-exported
 
-#: bump when a stage's outputs change meaning (invalidates every cache entry)
-PIPELINE_VERSION = 2  # 2: infer clusters the region readout, slides aligned
 _SLIDE_FILES = ("counts", "spots", "labels", "image", "path")
-
-
-class Tracker:
-    """Receives the pipeline's results as it goes; the base class ignores them (no tracking)."""
-
-    def stage(self, name: str, info: dict[str, Any]) -> None:  # noqa: D401 - an event
-        """A stage finished: ``info`` has status, cached, seconds, params, metrics and stage-specific data
-        (``history`` per epoch, ``trials``, ``slides``, ``artifacts``)."""
-
-    def progress(self, message: str) -> None:
-        """A short human-readable progress line."""
-
-
-class PipelineError(RuntimeError):
-    """The cohort cannot go on (no slide left, training failed); names the stage."""
-
-    def __init__(self, stage: str, message: str):
-        self.stage = stage
-        super().__init__(f"stage {stage!r}: {message}")
 
 
 #: the output directory's folders the pipeline (and the control plane's tracking journal) write into
@@ -89,12 +69,6 @@ def _default_concurrency(plan: dict[str, Any]) -> int:
     return int(plan["preprocess"].get("concurrency") or plan.get("num_cpus") or 1)
 
 
-def _model_cfg(plan: dict[str, Any], epochs: int | None = None) -> dict[str, Any]:
-    t = plan["training"]
-    return dict(plan.get("model") or {}, epochs=int(epochs or t["epochs"]), seed=int(t["seed"]),
-                device="cuda" if t.get("use_gpu") else "cpu")
-
-
 # ----------------------------------------------------------------------------------------------- stage 1
 def stage_preprocess(plan: dict[str, Any], cache: StageCache, tracker: Tracker, status: dict[str, dict],
                      progress: bool) -> dict[str, Any]:
@@ -104,7 +78,7 @@ def stage_preprocess(plan: dict[str, Any], cache: StageCache, tracker: Tracker, 
 
     out = Path(plan["output_dir"])
     pp_cfg = dict(plan["preprocess"])
-    t0 = time.perf_counter()
+    clock = StageClock(tracker, "preprocess")
     prepared_rows, todo = [], []
     for slide in plan["slides"]:
         sid = slide["slide_id"]
@@ -162,11 +136,10 @@ def stage_preprocess(plan: dict[str, Any], cache: StageCache, tracker: Tracker, 
     final = {p["slide_id"]: p["path"] for p in hit["slides"] if p["status"] == "ok"}
     if not final:
         raise PipelineError("preprocess", "no slide could be projected on the shared basis")
-    seconds = time.perf_counter() - t0
     info = {
         "status": "ok" if len(final) == len(plan["slides"]) else "partial",
         "cached": cached_basis and not results,
-        "seconds": seconds,
+        **clock.times(),
         "params": {k: v for k, v in pp_cfg.items() if v is not None},
         "metrics": {"n_slides_ok": len(final), "n_slides_failed": len(plan["slides"]) - len(final),
                     "n_shared_genes": hit["n_genes"], "n_pca": hit["n_comps"],
@@ -182,135 +155,6 @@ def stage_preprocess(plan: dict[str, Any], cache: StageCache, tracker: Tracker, 
             "worker_peak_rss_mb": [r.get("peak_rss_mb", 0.0) for r in results]}
 
 
-# ----------------------------------------------------------------------------------------------- stages 2/3
-def _eval_cfg(plan: dict[str, Any], metric: str | None, every: int) -> dict[str, Any]:
-    c = plan["clustering"]
-    return {"metric": metric, "every": every, "k": c.get("k"), "method": c.get("method", "gmm"),
-            "refine": c.get("refine", True), "align": c.get("align", "matched"), "seed": c.get("seed", 0)}
-
-
-def resolve_metric(plan: dict[str, Any], status: dict[str, dict]) -> str:
-    metric = plan["tuning"].get("metric", "auto")
-    if metric != "auto":
-        return metric
-    return "ari" if any(s.get("has_labels") and s["status"] == "ok" for s in status.values()) else "silhouette"
-
-
-def stage_train(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tracker: Tracker, *,
-                resume: bool, overrides: dict[str, Any] | None = None, stage: str = "train") -> dict[str, Any]:
-    from .train import run_training
-
-    out = Path(plan["output_dir"])
-    t = plan["training"]
-    paths = list(pre["paths"].values())
-    cfg = {"model": _model_cfg(plan), "overrides": dict(overrides or {}), "slide_paths": paths,
-           "n_expr": pre["n_expr"], "n_hist": pre["n_hist"], "eval": _eval_cfg(plan, None, 1), "threads": 1}
-    key = stable_hash({"v": PIPELINE_VERSION, "pre": pre["key"], "cfg": {k: v for k, v in cfg.items()
-                                                                         if k != "slide_paths"},
-                       "scaling": {k: t[k] for k in ("num_workers", "use_gpu", "resources_per_worker")}})
-    t0 = time.perf_counter()
-    hit = cache.get(stage, key)
-    cached = hit is not None
-    if hit is None:
-        tracker.progress(f"{stage}: Ray Train, {t['num_workers']} worker(s), {cfg['model']['epochs']} epochs, "
-                         f"{len(paths)} slide(s)")
-        if resume:
-            _check_train_snapshot(out / "ray" / "train" / f"{stage}-{key[:12]}", tracker)
-        try:
-            res = run_training(cfg, out_dir=out / stage, name=f"{stage}-{key[:12]}",
-                               storage_path=out / "ray" / "train", num_workers=int(t["num_workers"]),
-                               use_gpu=bool(t.get("use_gpu")), resources_per_worker=t.get("resources_per_worker"),
-                               max_failures=int(t.get("max_failures", 1)), resume=resume)
-        except Exception as err:  # noqa: BLE001 - a failed fit stops the cohort, with the reason
-            raise PipelineError(stage, f"{type(err).__name__}: {err}") from err
-        hit = {"model_path": res["model_path"], "history_file": str(out / stage / "history.json"),
-               "final": {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float))}}
-        cache.put(stage, key, hit)
-    history = json.loads(Path(hit["history_file"]).read_text())
-    info = {"status": "ok", "cached": cached, "seconds": time.perf_counter() - t0,
-            "params": {**{f"model.{k}": v for k, v in {**cfg["model"], **cfg["overrides"]}.items()},
-                       "num_workers": t["num_workers"], "use_gpu": t.get("use_gpu", False),
-                       "resources_per_worker": json.dumps(t.get("resources_per_worker")),
-                       "max_failures": t.get("max_failures", 1), "n_slides": len(paths)},
-            "metrics": {"final_loss": clean_float(history[-1].get("loss")) if history else None,
-                        "epochs": len(history)},
-            "history": history, "model_path": hit["model_path"]}
-    tracker.stage(stage, info)
-    return {"key": key, "model_path": hit["model_path"], "history": history, "info": info}
-
-
-def _check_train_snapshot(run_dir: Path, tracker: Tracker) -> None:
-    """Before resuming a Ray Train run: its ``checkpoint_manager_snapshot.json`` (Ray writes it in place, not
-    atomically) must be whole, and name a checkpoint that exists; a driver killed while Ray wrote it leaves it cut
-    off, and Ray Train would fail on it. Then it is removed: training starts over (the checkpoints stay)."""
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    if not snapshot.exists():
-        return
-    try:
-        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
-        name = latest.get("checkpoint_dir_name")
-        if name is None or (run_dir / name / "model.pt").exists():
-            if name is not None:
-                tracker.progress(f"train: resuming from the checkpoint {name} of the interrupted run")
-            return
-    except (OSError, ValueError, AttributeError):
-        pass
-    tracker.progress(f"train: the interrupted run's checkpoint index {snapshot} is incomplete: training starts over")
-    snapshot.unlink(missing_ok=True)
-
-
-def stage_tune(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tracker: Tracker,
-               status: dict[str, dict], *, progress: bool, resume: bool) -> dict[str, Any]:
-    from ._util import atomic_write_bytes
-    from .train import read_checkpoint
-    from .tune import run_tuning
-
-    out = Path(plan["output_dir"])
-    t, tuning = plan["training"], plan["tuning"]
-    metric = resolve_metric(plan, status)
-    epochs = int(tuning.get("epochs") or t["epochs"])
-    paths = list(pre["paths"].values())
-    cfg = {"model": _model_cfg(plan, epochs), "slide_paths": paths, "n_expr": pre["n_expr"],
-           "n_hist": pre["n_hist"], "eval": _eval_cfg(plan, metric, int(tuning.get("eval_every", 1))),
-           "threads": 1}
-    key = stable_hash({"v": PIPELINE_VERSION, "pre": pre["key"],
-                       "cfg": {k: v for k, v in cfg.items() if k != "slide_paths"}, "tuning": tuning,
-                       "scaling": {k: t[k] for k in ("num_workers", "use_gpu", "resources_per_worker")}})
-    t0 = time.perf_counter()
-    hit = cache.get("tune", key)
-    cached = hit is not None
-    if hit is None:
-        tracker.progress(f"tune: Ray Tune, {tuning['num_samples']} trial(s) x {epochs} epochs, metric {metric}")
-        try:
-            res = run_tuning(cfg, tuning, storage_path=out / "ray" / "tune", num_workers=int(t["num_workers"]),
-                             use_gpu=bool(t.get("use_gpu")), resources_per_worker=t.get("resources_per_worker"),
-                             max_failures=int(t.get("max_failures", 1)), progress=progress)
-        except Exception as err:  # noqa: BLE001
-            raise PipelineError("tune", f"{type(err).__name__}: {err}") from err
-        best = res["best"]
-        model_file, _ = read_checkpoint(best["checkpoint_path"])
-        atomic_write_bytes(out / "tune" / "model.pt", Path(model_file).read_bytes())
-        trials_file = atomic_write_json(out / "tune" / "trials.json", res)
-        hit = {"model_path": str(out / "tune" / "model.pt"), "trials_file": str(trials_file)}
-        cache.put("tune", key, hit)
-    res = json.loads(Path(hit["trials_file"]).read_text())
-    best = res["best"]
-    info = {"status": "ok", "cached": cached, "seconds": time.perf_counter() - t0,
-            "params": {"metric": metric, "mode": res["mode"], "num_samples": tuning["num_samples"],
-                       "scheduler": tuning.get("scheduler", "asha"), "epochs_per_trial": epochs,
-                       "search_space": json.dumps(tuning["search_space"]), "keep": tuning.get("keep", "checkpoint")},
-            "metrics": {"best_objective": best["objective"], "n_trials": len(res["trials"]),
-                        "n_trials_failed": sum(tr["status"] != "ok" for tr in res["trials"])},
-            "trials": res["trials"], "best": best, "model_path": hit["model_path"]}
-    tracker.stage("tune", info)
-    result = {"key": key, "model_path": hit["model_path"], "best": best, "metric": metric, "info": info,
-              "history": best["history"]}
-    if tuning.get("keep", "checkpoint") == "retrain":
-        trained = stage_train(plan, pre, cache, tracker, resume=resume, overrides=best["config"], stage="train")
-        result.update(model_path=trained["model_path"], key=trained["key"], history=trained["history"])
-    return result
-
-
 # ----------------------------------------------------------------------------------------------- stage 4
 def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any], cache: StageCache,
                 tracker: Tracker, status: dict[str, dict], progress: bool) -> dict[str, Any]:
@@ -323,7 +167,7 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
     patients = {s["slide_id"]: s["patient_id"] for s in plan["slides"]}
     key = stable_hash({"v": PIPELINE_VERSION, "pre": pre["key"], "model": _sha256(model["model_path"]),
                        "clustering": plan["clustering"]})
-    t0 = time.perf_counter()
+    clock = StageClock(tracker, "infer")
     hit = cache.get("infer", key)
     cached = hit is not None
     if hit is None:
@@ -381,7 +225,7 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
     ok = [s for s in hit["summaries"] if s["status"] == "ok"]
     aris = [s["ari"] for s in ok if s["ari"] is not None]
     info = {"status": "ok" if len(ok) == len(pre["paths"]) else "partial", "cached": cached,
-            "seconds": time.perf_counter() - t0,
+            **clock.times(),
             "params": {f"clustering.{k}": v for k, v in plan["clustering"].items()},
             "metrics": {"k": hit["k"], "mean_ari": sum(aris) / len(aris) if aris else None,
                         **{f"ari_{s['slide_id']}": s["ari"] for s in ok if s["ari"] is not None},
@@ -415,6 +259,7 @@ def run_pipeline(plan: dict[str, Any], *, tracker: Tracker | None = None, fresh:
         pre = stage_preprocess(plan, cache, tracker, status, progress)
         use_hist = (plan.get("model") or {}).get("use_hist", True)
         pre["n_hist"] = max((status[s].get("hist_dim", 0) for s in pre["paths"]), default=0) if use_hist else 0
+        pre["n_spots"] = sum(int(status[s].get("n_spots") or 0) for s in pre["paths"])
         with_image = [sid for sid in pre["paths"] if status[sid].get("hist_dim")]
         result["example_slide"] = pre["paths"][(with_image or list(pre["paths"]))[0]]
         result["stages"]["preprocess"] = _brief(pre["info"])
@@ -443,4 +288,8 @@ def run_pipeline(plan: dict[str, Any], *, tracker: Tracker | None = None, fresh:
 
 
 def _brief(info: dict[str, Any]) -> dict[str, Any]:
-    return {"status": info["status"], "cached": bool(info["cached"]), "seconds": round(float(info["seconds"]), 3)}
+    brief = {"status": info["status"], "cached": bool(info["cached"]), "seconds": round(float(info["seconds"]), 3)}
+    for k in ("workers_used", "launcher"):
+        if k in (info.get("params") or {}):
+            brief[k] = info["params"][k]
+    return brief

@@ -7,8 +7,26 @@ No Ray, no MLflow: every verb takes and returns AnnData and can be used from a n
     sc.pp.preprocess(adata)
 """
 
-from . import datasets, errors, hist, io, metrics, model, pl, pp, tl
+import importlib
+
+from . import errors
 from .errors import ConfigError, SencaError, SlideError
+
+_NAMESPACES = ("datasets", "hist", "io", "metrics", "model", "pl", "pp", "tl")
+
+
+def __getattr__(name: str):
+    """The namespaces load on first use (``sc.pp`` imports scanpy, ``sc.model`` torch): a program that needs one
+    verb, or only the error types, does not pay for all of them."""
+    if name in _NAMESPACES:
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_NAMESPACES))
 
 __all__ = ["datasets", "errors", "hist", "io", "metrics", "model", "pl", "pp", "tl",
            "SencaError", "SlideError", "ConfigError"]

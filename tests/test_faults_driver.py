@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import yaml
 
 from _procs import Cli, ray_tmpdir, wait_until
 from _services import cli, service_env, tiny_cohort
@@ -32,15 +33,20 @@ def _files(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def _checkpoint_history(out: Path) -> list[dict] | None:
-    """The per-epoch history of the latest checkpoint Ray Train has registered (its
-    ``checkpoint_manager_snapshot.json``, what a restarted run resumes from); None before the first."""
+    """The per-epoch history of the latest checkpoint training has written (what a resumed run continues from):
+    the one Ray Train registered (its ``checkpoint_manager_snapshot.json``), or the newest complete one of a
+    one-worker task (``checkpoint_<epoch>/``, renamed into place whole); None before the first."""
     for snapshot in (out / "ray" / "train").glob("*/checkpoint_manager_snapshot.json"):
         try:
             latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
             return json.loads((snapshot.parent / latest / "history.json").read_text())
         except (OSError, ValueError, KeyError, TypeError):  # being written
             return None
-    return None
+    solo = sorted((out / "ray" / "train").glob("*/checkpoint_*/history.json"))
+    try:
+        return json.loads(solo[-1].read_text()) if solo else None
+    except (OSError, ValueError):  # removed as a newer one arrived
+        return None
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +55,18 @@ def killed(tmp_path_factory):
     checkpoint; then `run --resume` (2) and `run --resume` again (3)."""
     root = tmp_path_factory.mktemp("killres")
     spec = tiny_cohort(root, name=NAME, n_patients=3, n_spots=300, seed=4, epochs=EPOCHS)
+    data = yaml.safe_load(spec.read_text())  # a checkpoint every epoch: there is one to resume from at the kill
+    data["training"].update(checkpoint_every_epochs=1, checkpoint_interval_s=0)
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
     out = root / "results"
     raytmp = ray_tmpdir()
     env = service_env(RAY_TMPDIR=str(raytmp))
     state: dict = {"spec": spec, "out": out, "root": root}
-    run1 = Cli("run", str(spec), "--json", cwd=root, env=env, name="run1")
+    # run 1's workers pause 1 s at each fault point (jobs._util.fault_point): an epoch then lasts long enough for
+    # the kill to land mid-training (an epoch of this cohort takes milliseconds)
+    slow = dict(env, SENCA_FAULT_PIDDIR=str(root / "pids"), SENCA_FAULT_SLOW_S="1.0")
+    (root / "pids").mkdir()
+    run1 = Cli("run", str(spec), "--json", cwd=root, env=slow, name="run1")
     try:
         def ready():
             if not run1.running():

@@ -32,6 +32,8 @@ pytestmark = [pytest.mark.slow]
 SLOW_S = 1.5  # the pause at a fault point: the window in which the killer acts ...
 FRESH_S = 1.0  # ... on a pid file younger than this (its process still paused there)
 N_SLIDES, N_SPOTS, EPOCHS = 3, 250, 7
+#: a checkpoint (and a report) after every epoch: the kill windows below need checkpoints to restart from
+EVERY_EPOCH = {"every_epochs": 1, "min_interval_s": 0.0, "report_interval_s": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +201,7 @@ def test_killed_train_worker_resumes_from_last_checkpoint(piddir, plan, referenc
     plan = dict(plan, output_dir=str(tmp_path))
     cfg = {"model": _model_cfg(plan), "overrides": {}, "slide_paths": list(pre["paths"].values()),
            "n_expr": pre["n_expr"], "n_hist": max(status[s].get("hist_dim", 0) for s in pre["paths"]),
-           "eval": _eval_cfg(plan, None, 1), "threads": 1}
+           "eval": _eval_cfg(plan, None, 1), "threads": 1, "checkpoint": EVERY_EPOCH}
     assert cfg["model"]["epochs"] == EPOCHS and cfg["n_hist"] > 0
     storage, name = tmp_path / "ray" / "train", "train-fault"
     run_dir = storage / name
@@ -243,6 +245,61 @@ def test_killed_train_worker_resumes_from_last_checkpoint(piddir, plan, referenc
     print(f"\nFAULT train-worker: killed pid {kill.pid} (rank 0) in epoch {killed_epoch} after {kill.seconds}s; "
           f"last registered checkpoint: epoch {registered}; restarted from checkpoint epoch {start}; "
           f"{len(history)}/{EPOCHS} epochs, none lost or repeated")
+
+
+# ------------------------------------------------------------------------------------------------ 2b. one task
+def _solo_cfg(plan, pre, status, live: Path) -> dict:
+    from jobs.pipeline import _eval_cfg, _model_cfg
+
+    return {"model": _model_cfg(plan), "overrides": {}, "slide_paths": list(pre["paths"].values()),
+            "n_expr": pre["n_expr"], "n_hist": max(status[s].get("hist_dim", 0) for s in pre["paths"]),
+            "eval": _eval_cfg(plan, None, 1), "threads": 1, "checkpoint": EVERY_EPOCH,
+            "live_path": str(live)}
+
+
+@pytest.mark.timeout(360)
+def test_killed_training_task_resumes_with_the_clean_result(piddir, plan, reference, tmp_path):
+    """One worker is enough for a small cohort: the loop runs as one Ray task (no Ray Train worker group). Its
+    process is killed mid-epoch; the task is retried in a new process, continues from its newest checkpoint
+    (weights, optimiser AND random generators) and ends with the model of the run that was never killed, bit for
+    bit, with every epoch in the history once."""
+    import torch
+
+    from jobs.train import run_training
+
+    _, pre, status = reference
+    plan = dict(plan, output_dir=str(tmp_path))
+    common = dict(num_workers=1, use_gpu=False, resources_per_worker={"CPU": 1.0}, max_failures=1)
+    clean = run_training(_solo_cfg(plan, pre, status, tmp_path / "clean.jsonl"), out_dir=tmp_path / "clean",
+                         name="solo-clean", storage_path=tmp_path / "ray", **common)
+    assert clean["launcher"] == "ray_task"
+
+    run_dir = tmp_path / "ray" / "solo-fault"
+    newest = lambda: max([int(p.name.split("_")[1]) for p in run_dir.glob("checkpoint_*")], default=-1)  # noqa: E731
+    killer = Killer(piddir, "train.rank0.epoch", timeout=300, fresh_s=FRESH_S,
+                    accept=lambda f: newest() >= 2, observe=lambda f: newest()).start()
+    res = run_training(_solo_cfg(plan, pre, status, tmp_path / "fault.jsonl"), out_dir=tmp_path / "fault",
+                       name="solo-fault", storage_path=tmp_path / "ray", **common)
+    [kill] = killer.kills()
+    killed_epoch = int(kill.point.rsplit("epoch", 1)[1])
+    assert kill.dead and is_ray_worker(kill.cmdline), kill
+    assert 2 <= kill.observed < killed_epoch
+
+    history = res["history"]
+    assert [h["epoch"] for h in history] == list(range(EPOCHS))
+    restored = [h for h in history if "restored_from_epoch" in h]
+    assert restored and restored[0]["epoch"] == restored[0]["restored_from_epoch"] + 1
+    strip = lambda rows: [{k: v for k, v in h.items() if k not in ("time", "restored_from_epoch", "peak_rss_mb")}
+                          for h in rows]  # noqa: E731
+    assert strip(history) == strip(clean["history"]), "a resumed run must compute what the clean run computed"
+    a = torch.load(clean["model_path"], weights_only=True)["state_dict"]
+    b = torch.load(res["model_path"], weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "final weights differ"
+    # the live records: every epoch reached the file the driver tails (the killed epoch never got there)
+    live = [json.loads(line)["epoch"] for line in (tmp_path / "fault.jsonl").read_text().splitlines()]
+    assert sorted(set(live)) == list(range(EPOCHS)), live
+    print(f"\nFAULT train-task: killed pid {kill.pid} in epoch {killed_epoch}; resumed from checkpoint "
+          f"{restored[0]['restored_from_epoch']}; final weights identical to the clean run")
 
 
 # ------------------------------------------------------------------------------------------------ 3. exhausted

@@ -38,7 +38,7 @@ def _run(spec_path: Path, out: Optional[Path], fresh: bool, as_json: bool, resum
     with stdout_to_stderr(as_json):
         try:
             result = run_cohort(spec, output_dir=out, fresh=fresh, resume=resume, progress=not as_json,
-                                spec_path=spec_path)
+                                spec_path=spec_path, command=True)
         except RunNotStarted as err:  # nothing ran: one line, no traceback
             _err(f"error: {err}")
             return EXIT_NOT_STARTED

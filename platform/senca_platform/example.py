@@ -57,11 +57,14 @@ model:                            # senca_core.model.SencaConfig settings (defau
 
 training:                         # Ray Train: TorchTrainer, DDP over slides (each worker a shard of slides)
   epochs: {epochs}
-  num_workers: 2
+  num_workers: 2                  # at most; never more than the slides, nor one per min_spots_per_worker spots
+  min_spots_per_worker: 5000      # 0: always num_workers; one worker runs as one Ray task (no worker group)
   use_gpu: false
   resources_per_worker: {{CPU: 1}}
   seed: 0
-  max_failures: 1                 # restarts from the last per-epoch checkpoint
+  max_failures: 1                 # restarts from the last checkpoint
+  checkpoint_every_epochs: 10     # a checkpoint every N epochs, at most one per checkpoint_interval_s, + the last
+  checkpoint_interval_s: 30
 
 tuning:                           # Ray Tune around the trainer (enabled: false = train once with `model:`)
   enabled: {tuning}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .ray_local import ray_session, start_local_ray
 from .spec import CohortSpec, load_spec, spec_to_dict
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -31,108 +32,6 @@ class CohortResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-#: Ray's switch for "this machine may join a multi-node cluster"; off, every Ray server of the node binds the
-#: loopback interface (127.0.0.1) instead of all interfaces (ray/_private/services.py get_node_ip_address)
-_RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-@contextlib.contextmanager
-def _loopback_node() -> Iterator[None]:
-    """While starting an embedded Ray: its node IP is 127.0.0.1, so that the GCS, raylet, object manager, workers,
-    dashboard, dashboard agent and metrics endpoints listen on 127.0.0.1 only (nothing can join an embedded
-    single-machine cluster anyway). The process-wide setting is restored afterwards, so that a later
-    ``ray.init(address=...)`` to a real cluster in the same process advertises a reachable IP."""
-    import ray._private.ray_constants as ray_constants
-
-    saved_flag = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
-    saved_env = os.environ.get(_RAY_CLUSTER_ENV)
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    os.environ[_RAY_CLUSTER_ENV] = "0"  # the Ray processes started now (dashboard, raylet -> workers) agree
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        if saved_env is None:
-            os.environ.pop(_RAY_CLUSTER_ENV, None)
-        else:
-            os.environ[_RAY_CLUSTER_ENV] = saved_env
-
-
-def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, logging_level: str = "WARNING") -> str:
-    """Start an embedded local Ray bound to 127.0.0.1 (dashboard included: Ray Train V2 needs it) and return its
-    GCS address.
-
-    Every server of the embedded node (GCS, raylet, workers, dashboard on 127.0.0.1:8265 or the next free port,
-    dashboard agent, metrics) listens on 127.0.0.1 only (:func:`_loopback_node`), and so does the DDP rendezvous
-    store of Ray Train's workers and their Gloo connections (``senca_platform._loopback``, the workers' setup
-    hook, and ``GLOO_SOCKET_IFNAME=lo``); Ray's token authentication (on by default in Ray 2.60) applies too.
-
-    The GCS port is chosen here so that the cluster's own workers get ``RAY_ADDRESS`` pointing at it (job
-    ``runtime_env``): Ray Train V2 helpers (the placement-group cleaner) look the cluster up by address and fail
-    with "Found multiple active Ray instances" when another Ray runs on the same machine. The worker-group start timeout is raised (``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``, 600 s)
-    for busy small machines.
-    """
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    with _loopback_node():
-        port = _free_port()
-        ip = ray.util.get_node_ip_address()
-        env = {"RAY_ADDRESS": f"{ip}:{port}", "RAY_USAGE_STATS_ENABLED": "0", _RAY_CLUSTER_ENV: "0",
-               "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S",
-                                                                        "600")}
-        if sys.platform.startswith("linux"):  # torch.distributed's Gloo connections between the DDP workers
-            env["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
-        saved = os.environ.get("RAY_GCS_SERVER_PORT")
-        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
-        outer_address = os.environ.pop("RAY_ADDRESS", None)  # the spec has no address: embedded, whatever the shell says
-        try:
-            ray.init(include_dashboard=True, dashboard_host="127.0.0.1", num_cpus=num_cpus,
-                     log_to_driver=log_to_driver, logging_level=logging_level,
-                     runtime_env={"env_vars": env,
-                                  "worker_process_setup_hook": "senca_platform._loopback.torch_store_on_loopback"})
-        finally:
-            if saved is None:
-                os.environ.pop("RAY_GCS_SERVER_PORT", None)
-            else:
-                os.environ["RAY_GCS_SERVER_PORT"] = saved
-            if outer_address is not None:
-                os.environ["RAY_ADDRESS"] = outer_address
-    return ray.get_runtime_context().gcs_address
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None, *, quiet: bool = False) -> Iterator[dict]:
-    """Connect to ``address`` or start an embedded local Ray (dashboard on 127.0.0.1); reuse one already up.
-
-    Only a session started here is shut down here. Yields ``{"address", "embedded", "num_cpus"}``.
-    """
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    started = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=not quiet, logging_level="WARNING")
-        else:
-            start_local_ray(num_cpus, log_to_driver=not quiet)
-        started = True
-    try:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        yield {"address": address, "embedded": started and not address, "num_cpus": cpus}
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def build_plan(spec: CohortSpec, num_cpus: int) -> dict[str, Any]:
@@ -214,21 +113,35 @@ class TrackingGuard:
         try:
             value = fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - tracking never stops the cohort
-            from .registry import _explain
-            from .tracking import redact_uris
-
-            self.error = redact_uris(str(_explain(err, self.uri, f"logging {item}")))
+            self._failed(item, err)
             self.pending.append(item)
-            self.echo(f"warning: MLflow tracking failed ({self.error}); the run goes on without it: results stay "
-                      "on disk, `senca-platform sync OUTPUT_DIR` logs them later")
             return None
         self.logged.append(item)
         return value
 
+    def attempt(self, item: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """A preliminary call (a stage's start) whose item the later :meth:`call` of the same item books as
+        logged or pending: a failure here stops tracking like any other, without booking the item twice."""
+        if self.error is not None:
+            return None
+        try:
+            return fn(*args)
+        except Exception as err:  # noqa: BLE001
+            self._failed(item, err)
+            return None
+
+    def _failed(self, item: str, err: Exception) -> None:
+        from .registry import _explain
+        from .tracking import redact_uris
+
+        self.error = redact_uris(str(_explain(err, self.uri, f"logging {item}")))
+        self.echo(f"warning: MLflow tracking failed ({self.error}); the run goes on without it: results stay "
+                  "on disk, `senca-platform sync OUTPUT_DIR` logs them later")
+
 
 def run_cohort(spec: CohortSpec | str | Path, *, output_dir: str | Path | None = None, fresh: bool = False,
                resume: bool = False, progress: bool = True, echo: Callable[[str], None] | None = None,
-               track: bool = True, spec_path: str | Path | None = None) -> CohortResult:
+               track: bool = True, spec_path: str | Path | None = None, command: bool = False) -> CohortResult:
     """Run every stage of the cohort. Writes ``cohort_summary.json``; returns it with the exit code.
 
     Raises :class:`RunNotStarted` (before any work) when the output directory is locked by another run or the
@@ -253,17 +166,75 @@ def run_cohort(spec: CohortSpec | str | Path, *, output_dir: str | Path | None =
         if removed:
             echo(f"removed {len(removed)} partial file(s) an interrupted run left behind")
         return _run_locked(spec, out, spec_path=spec_path, fresh=fresh, resume=resume, progress=progress,
-                           echo=echo, track=track)
+                           echo=echo, track=track, command=command)
 
 
-def _open_tracker(spec: CohortSpec, spec_path: Path | None, resume: bool, echo: Callable[[str], None]):
+class _Background:
+    """``fn()`` in a thread (start-up work overlapped with Ray's start); ``result()`` joins and re-raises."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        import threading
+
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self.thread = threading.Thread(target=self._run, args=(fn,), name="senca-startup", daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.value = fn()
+        except BaseException as err:  # noqa: BLE001 - handed to result()
+            self.error = err
+        self.seconds = time.perf_counter() - t0
+
+    def result(self) -> Any:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def result_or_none(self) -> Any:
+        self.thread.join()
+        return self.value
+
+
+def _background(fn: Callable[[], Any]) -> _Background:
+    return _Background(fn)
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux ``/proc``; 0 elsewhere): the command's own start-up is part of
+    what a user waits for."""
+    try:
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, ticks after boot
+        return max(0.0, float(Path("/proc/uptime").read_text().split()[0]) - started)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _probe(spec: CohortSpec, echo: Callable[[str], None]) -> str:
+    """Says where the run is tracked and checks that the server answers (:class:`RunNotStarted` if not)."""
     from .registry import redact_uri
-    from .tracking import MlflowTracker, TrackingUnavailable, probe_tracking, redact_uris
+    from .tracking import TrackingUnavailable, probe_tracking
 
     uri = spec.tracking_uri()
     echo(f"MLflow: {redact_uri(uri)} (experiment {spec.experiment_name!r})")
     try:
         probe_tracking(uri)
+    except TrackingUnavailable as err:
+        raise RunNotStarted(str(err)) from None
+    return uri
+
+
+def _open_tracker(spec: CohortSpec, spec_path: Path | None, resume: bool, echo: Callable[[str], None], *,
+                  probed: bool = False):
+    from .tracking import MlflowTracker, TrackingUnavailable, redact_uris
+
+    uri = spec.tracking_uri() if probed else _probe(spec, echo)
+    try:
         tracker = MlflowTracker(spec, spec_path=spec_path, resume=resume, echo=echo)
     except TrackingUnavailable as err:
         raise RunNotStarted(str(err)) from None
@@ -279,19 +250,39 @@ def _open_tracker(spec: CohortSpec, spec_path: Path | None, resume: bool, echo: 
 
 
 def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: bool, resume: bool, progress: bool,
-                echo: Callable[[str], None], track: bool) -> CohortResult:
+                echo: Callable[[str], None], track: bool, command: bool = False) -> CohortResult:
+    from jobs import warmup
     from jobs._util import atomic_write_json
     from jobs.pipeline import Tracker, run_pipeline
 
     from .sync import Journal
 
     t0 = time.perf_counter()
-    tracker = _open_tracker(spec, spec_path, resume, echo) if track else None
-    guard = TrackingGuard(echo, tracker.uri if tracker is not None else "")
+    timing: dict[str, float] = {}
+    uri = _probe(spec, echo) if track else None  # an unreachable server: nothing starts, not even Ray
+    def startup_work():  # while Ray starts: the MLflow run is opened, then the driver's stage imports load
+        t = time.perf_counter()
+        opened = _open_tracker(spec, spec_path, resume, echo, probed=True) if track else None
+        timing["tracking_setup_s"] = time.perf_counter() - t
+        warmup.import_driver()
+        return opened
+
+    # the command's own imports, spec parsing and output lock (``command``: this process is `senca-platform run`)
+    timing["before_run_s"] = max(0.0, _process_age() - (time.perf_counter() - t0)) if command else 0.0
+    opening = _background(startup_work)
+    tracker = None
+    guard = TrackingGuard(echo, uri or "")
     journal = Journal(out)
-    journal.start(spec, spec_path=spec_path, tracker=tracker)
 
     class _Both(Tracker):
+        def stage_started(self, name, started_at):
+            if tracker is not None:
+                guard.attempt(f"stage:{name}", tracker.stage_started, name, started_at)
+
+        def epoch(self, stage, record):
+            if tracker is not None and not guard.failed:
+                tracker.epoch(stage, record)  # never raises: a failure resurfaces at the stage's end
+
         def stage(self, name, info):
             echo(f"{name}: {info['status']}{' (cached)' if info.get('cached') else ''} in {info['seconds']:.1f}s")
             journal.stage(name, info)
@@ -304,10 +295,23 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
     model_info: dict[str, Any] = {"name": spec.model_name, "version": None, "alias": None}
     try:
         with ray_session(spec.ray.address, spec.ray.num_cpus, quiet=not progress) as session:
-            echo(f"Ray: {'embedded local' if session['embedded'] else 'connected'} ({session['num_cpus']} CPUs); "
-                 f"{sum(len(p.slides) for p in spec.patients)} slide(s) of {len(spec.patients)} patient(s)")
+            timing["ray_start_s"] = time.perf_counter() - t0
+            n_slides = sum(len(p.slides) for p in spec.patients)
+            warm = warmup.start(min(session["num_cpus"], n_slides)) if session["embedded"] else None
+            tracker = opening.result()
+            journal.start(spec, spec_path=spec_path, tracker=tracker)
+            if warm is not None:
+                timing["warmup_s"] = warm.wait()
+            timing["startup_s"] = time.perf_counter() - t0 + timing["before_run_s"]
+            echo(f"Ray: {'embedded local' if session['embedded'] else 'connected'} ({session['num_cpus']} CPUs"
+                 f"{', dashboard ' + session['dashboard'] if session.get('dashboard') else ''}); "
+                 f"{sum(len(p.slides) for p in spec.patients)} slide(s) of {len(spec.patients)} patient(s); "
+                 f"start-up {timing['startup_s']:.1f}s")
             plan = build_plan(spec, session["num_cpus"])
+            t_stages = time.perf_counter()
             result = run_pipeline(plan, tracker=_Both(), fresh=fresh, resume=resume, progress=progress)
+            timing["pipeline_s"] = time.perf_counter() - t_stages
+        t_model = time.perf_counter()
         if result.get("model_path") and result.get("error") is None:
             journal.model(result["model_path"], result["example_slide"])
             if tracker is not None:
@@ -316,8 +320,11 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
                     model_info = logged
                     echo(f"model registered: {model_info.get('name')} version {model_info.get('version')} "
                          f"(alias {model_info.get('alias')})")
-    except Exception as err:  # noqa: BLE001 - a crash of the platform itself: record it, then raise
-        if tracker is not None:
+        timing["model_logging_s"] = time.perf_counter() - t_model
+    except BaseException as err:  # a crash of the platform itself: record it, then raise
+        if tracker is None:
+            tracker = opening.result_or_none()
+        if tracker is not None and isinstance(err, Exception) and not isinstance(err, RunNotStarted):
             guard.call("fail", tracker.fail, f"{type(err).__name__}: {err}")
         raise
     slides = result["slides"]
@@ -348,6 +355,7 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
         "tracking": {"status": "off"} if tracker is None else {"status": "complete"},
         "tracking_error": None,
         "seconds": round(time.perf_counter() - t0, 2),
+        "timing": {k: round(v, 3) for k, v in timing.items()},
     }
     summary_path = out / "cohort_summary.json"
     if guard.failed:

@@ -112,6 +112,12 @@ class TrainingSpec(_Base):
     resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
     seed: int = 0
     max_failures: int = Field(1, ge=0, description="worker-group restarts from the last checkpoint")
+    min_spots_per_worker: int = Field(5000, ge=0, description="fewer spots per worker: fewer workers (0: off)")
+    launcher: Literal["auto", "ray_train"] = Field(
+        "auto", description="auto: one Ray task when one worker is enough, Ray Train (DDP) otherwise")
+    checkpoint_every_epochs: int = Field(10, ge=1, description="a checkpoint at most every N epochs ...")
+    checkpoint_interval_s: float = Field(30.0, ge=0, description="... and at most one per N seconds (+ the last)")
+    report_interval_s: float = Field(10.0, ge=0, description="metrics to Ray at least this often")
 
     @field_validator("resources_per_worker")
     @classmethod

@@ -397,8 +397,11 @@ def prepare_submission(spec_path: str | Path, *, out: str | None = None, trackin
         import shlex
 
         sub.entrypoint = " ".join(shlex.quote(x) for x in entry)
+        from .ray_local import TRAIN_POLL_S
+
         env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
-                    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+                    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+                    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_POLL_S}  # report latency (see ray_local)
         for item in env or []:
             key, sep, value = item.partition("=")
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):

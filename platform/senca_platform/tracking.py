@@ -13,191 +13,31 @@ What is logged:
 - child runs: ``preprocess`` (slide table), ``train`` (per-epoch metrics, ``step`` = epoch), ``tune`` with one
   grandchild run per trial (its config as params, per-epoch metrics), ``infer`` (per-patient summary table as
   ``log_table`` + Parquet + CSV, the slide table, region maps as PNG artifacts).
+
+Times are real: a stage's child run is created when the stage starts (``stage_started``) and ends when it ended
+(``info["ended_at"]``); the training curve (child metrics and the parent's ``train_loss``) is sent live, epoch by
+epoch, each point at the time its epoch ended (:class:`~senca_platform.tracking_log.LiveLog`, at most one send per
+half second); rows logged later (a cached stage, ``sync``) keep their recorded ``time``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import math
 import os
-import re
-import socket
 import tempfile
 import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
-
-from .spec import SECRET_WORDS, CohortSpec, redact, spec_to_dict, spec_to_yaml
+from .spec import CohortSpec, spec_to_dict, spec_to_yaml
+from .tracking_conn import (PROBE_HTTP, RUN_HTTP_DEFAULTS, TrackingUnavailable, driver_alive, driver_id,  # noqa: F401
+                            http_settings, is_remote, probe_tracking, redact_text, redact_uris)
+from .tracking_log import LiveLog, _flatten, history_items, log_items, log_metrics, log_params, ms, now_ms
+from .tracking_model import _pyfunc_class, model_example  # noqa: F401 - importable from here too
 
 PARENT_TAG = "senca.role"
-_MAX_PARAM = 6000
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    else:
-        out[prefix] = d
-    return out
-
-
-def _param_value(v: Any) -> str:
-    text = json.dumps(v) if isinstance(v, (dict, list)) else str(v)
-    return text if len(text) <= _MAX_PARAM else text[: _MAX_PARAM - 3] + "..."
-
-
-def _finite(v: Any) -> float | None:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def _pyfunc_class():
-    import mlflow.pyfunc
-
-    class SencaEmbedder(mlflow.pyfunc.PythonModel):
-        """SENCA-st as an MLflow pyfunc: preprocessed features of one slide → fused embedding (n, embed_dim).
-
-        Input (a dict of arrays, one slide): ``X_pca`` float32 (n, n_pca) in the cohort's shared PCA basis,
-        ``X_hist`` float32 (n, F) histology features (width 0 when the slide has no image), ``spatial_neighbors``
-        int64 (n, k+1), column 0 = the spot itself.
-        """
-
-        def load_context(self, context):
-            from senca_core.model import load_model
-
-            self.model = load_model(context.artifacts["model"], device="cpu")
-
-        def predict(self, context, model_input, params=None):
-            import scipy.sparse as sp
-            from anndata import AnnData
-            from senca_core.model import embed
-
-            X = np.asarray(model_input["X_pca"], dtype=np.float32)
-            a = AnnData(X=sp.csr_matrix((X.shape[0], 0), dtype=np.float32))
-            a.obsm["X_pca"] = X
-            a.obsm["spatial_neighbors"] = np.asarray(model_input["spatial_neighbors"], dtype=np.int64)
-            hist = model_input.get("X_hist") if hasattr(model_input, "get") else None
-            if hist is not None and np.asarray(hist).ndim == 2 and np.asarray(hist).shape[1] > 0:
-                a.obsm["X_hist"] = np.asarray(hist, dtype=np.float32)
-            a.uns["senca"] = {"slide_id": "pyfunc"}
-            return embed(self.model, a)
-
-    return SencaEmbedder
-
-
-def model_example(slide_h5ad: str | Path, n: int = 64) -> dict[str, np.ndarray]:
-    """A small input example cut from one preprocessed slide (neighbours re-indexed into the cut)."""
-    import anndata as ad
-
-    a = ad.read_h5ad(slide_h5ad)
-    n = min(n, a.n_obs)
-    nb = np.asarray(a.obsm["spatial_neighbors"][:n], dtype=np.int64)
-    nb = np.where(nb < n, nb, np.arange(n)[:, None])
-    hist = np.asarray(a.obsm["X_hist"][:n], dtype=np.float32) if "X_hist" in a.obsm \
-        else np.zeros((n, 0), dtype=np.float32)
-    return {"X_pca": np.asarray(a.obsm["X_pca"][:n], dtype=np.float32), "X_hist": hist, "spatial_neighbors": nb}
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking server cannot be used at the start of a run (one line naming the URI, credentials removed)."""
-
-
-#: MLflow's HTTP retry settings for a cohort run, unless the environment sets them: a server that goes away
-#: mid-run costs one call ~10 s (not MLflow's default of minutes), then tracking stops for the run (``sync``)
-#: (and MLflow does not print "View run ... at <tracking URI>", which would show a URI's user:password)
-RUN_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
-#: ... and for the probe at the start (one quick try: a server that is not there is reported in seconds)
-PROBE_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
-              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-
-
-def is_remote(uri: str) -> bool:
-    return uri.split(":", 1)[0].lower() in ("http", "https", "databricks")
-
-
-@contextlib.contextmanager
-def http_settings(values: dict[str, str], *, override: bool) -> Iterator[None]:
-    """Set MLflow's HTTP env settings for the duration (``override=False``: only those the user did not set)."""
-    saved = {k: os.environ.get(k) for k in values}
-    for k, v in values.items():
-        if override or saved[k] is None:
-            os.environ[k] = v
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def probe_tracking(uri: str, what: str = "starting the cohort run") -> None:
-    """Fail fast (seconds) when a tracking server does not answer: one request with one retry, before any work.
-
-    Local stores (``sqlite:``, ``file:``, paths) are not probed. Raises :class:`TrackingUnavailable`."""
-    if not is_remote(uri):
-        return
-    from mlflow.tracking import MlflowClient
-
-    from .registry import _explain
-
-    with http_settings(PROBE_HTTP, override=True):
-        try:
-            MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
-        except Exception as err:  # noqa: BLE001 - any failure here means: do not start
-            raise TrackingUnavailable(str(_explain(err, uri, what))) from None
-
-
-_TEXT_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]+@")
-_TEXT_SECRET_LINE = re.compile(r"(?im)^(\s*-?\s*[\"']?[\w.-]*" + SECRET_WORDS + r"[\w.-]*[\"']?\s*:\s*)(\S.*)$")
-
-
-def redact_uris(text: str) -> str:
-    """``text`` (a message) with the ``user:password@`` of every URI in it removed."""
-    return _TEXT_USERINFO.sub(r"\1***@", text)
-
-
-def redact_text(text: str) -> str:
-    """The original YAML text safe to log: values of secret-looking keys and URI ``user:password@`` removed."""
-    text = _TEXT_USERINFO.sub(r"\1***@", text)
-    return _TEXT_SECRET_LINE.sub(lambda m: m.group(1) + '"***"', text)
-
-
-def _proc_start(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rfind(")") + 2:].split()[19]
-
-
-def driver_id() -> str:
-    """``host:pid:start`` of this process (the start time tells a reused pid apart)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_proc_start(os.getpid()) or 0}"
-
-
-def driver_alive(tag: str | None) -> bool | None:
-    """Is the driver named by a ``senca.driver`` tag still running? ``None``: unknown (another host, no tag)."""
-    try:
-        host, pid, start = (tag or "").rsplit(":", 2)
-    except ValueError:
-        return None
-    if host != socket.gethostname():
-        return None
-    return _proc_start(int(pid)) == start
 
 
 class MlflowTracker:
@@ -264,10 +104,11 @@ class MlflowTracker:
                                                **({"senca.synced_from": run_id} if run_id else {})})
             self.run_id = run.info.run_id
             self._log_spec()
-        elif self.complete:  # sync of a fully tracked run: nothing changes
-            return
-        else:
+        elif not self.complete:
             self.client.set_tag(self.run_id, "senca.driver", driver_id())
+        self.live = LiveLog(self.client, self.run_id, continued=self.continued)
+        if self.complete:  # sync of a fully tracked run: nothing changes
+            return
         for run in prior:  # attempts killed earlier, not continued: superseded by this run
             if run.info.run_id != self.run_id and run.info.status == "RUNNING" \
                     and driver_alive(run.data.tags.get("senca.driver")) is False:
@@ -333,46 +174,18 @@ class MlflowTracker:
 
     # ------------------------------------------------------------------ helpers
     def _params(self, run_id: str, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+        log_params(self.client, run_id, params)
 
-        items = [Param(str(k)[:250], _param_value(v)) for k, v in redact(params).items() if v is not None]
-        for i in range(0, len(items), 100):
-            try:
-                self.client.log_batch(run_id, params=items[i:i + 100])
-            except Exception:  # noqa: BLE001 - a resumed run: params already set (MLflow refuses changes)
-                for item in items[i:i + 100]:
-                    try:
-                        self.client.log_batch(run_id, params=[item])
-                    except Exception:  # noqa: BLE001
-                        self.client.set_tag(run_id, f"senca.param_changed.{item.key}"[:250], item.value[:5000])
+    def _metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0, timestamp: int | None = None) -> None:
+        log_metrics(self.client, run_id, metrics, step, timestamp)
 
-    def _metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
-        from mlflow.entities import Metric
+    def _history(self, run_id: str, history: list[dict[str, Any]], now: int | None = None) -> None:
+        """Per-epoch rows, each at its own ``time`` when it has one (else ``now``, default: the current time)."""
+        log_items(self.client, run_id, history_items(history, now))
 
-        now = int(time.time() * 1000)
-        items = [Metric(str(k), v, now, step) for k, v in ((k, _finite(v)) for k, v in metrics.items())
-                 if v is not None]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i:i + 1000])
-
-    def _history(self, run_id: str, history: list[dict[str, Any]]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = []
-        for i, row in enumerate(history):
-            step = int(row.get("epoch", i))
-            for k, v in row.items():
-                if k in ("epoch", "checkpoint_path", "training_iteration"):
-                    continue
-                v = _finite(v)
-                if v is not None:
-                    items.append(Metric(str(k), v, now, step))
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i:i + 1000])
-
-    def _child(self, name: str, parent: str | None = None, tags: dict | None = None) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name,
+    def _child(self, name: str, parent: str | None = None, tags: dict | None = None,
+               start_time: int | None = None) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, start_time=start_time,
                                      tags={"mlflow.parentRunId": parent or self.run_id, PARENT_TAG: "stage",
                                            "senca.cohort": self.spec.name, **(tags or {})})
         return run.info.run_id
@@ -398,16 +211,49 @@ class MlflowTracker:
     def progress(self, message: str) -> None:
         self.echo(message)
 
+    def stage_started(self, name: str, started_at: float) -> None:
+        """Create the stage's child run now, started at ``started_at``. Never raises: a failure is raised by
+        :meth:`stage` (the tracking guard records it there)."""
+        with self.live.lock:
+            if name in self._done or name in self.live.open or self.live.error is not None:
+                return
+            try:
+                child = self._child(name, tags={"senca.stage": name}, start_time=ms(started_at))
+            except Exception as err:  # noqa: BLE001 - never into the pipeline
+                self.live.fail(err)
+                return
+            self.live.open[name] = self.children[name] = child
+
+    def epoch(self, stage: str, record: dict[str, Any]) -> None:
+        """One epoch, live: its metrics on the stage's child run (``step`` = epoch, at the record's ``time``), and in
+        ``train`` its loss as the parent's ``train_loss``. Tuning trials are logged at the stage's end. Never raises."""
+        if "trial" in record or stage in self._done:
+            return
+        self.live.record(stage, record, parent_key="train_loss" if stage == "train" else None)
+
+    def flush(self) -> None:
+        """Send the live metrics buffered so far (raises the first failure of live logging)."""
+        self.live.flush()
+
     def stage(self, name: str, info: dict[str, Any]) -> None:
+        """The stage ended: its child run gets params, metrics, the history rows not sent live (each at its own
+        ``time``) and ends at ``info["ended_at"]``; created now when the stage did not announce its start."""
         if name in self._done:  # a continued run: this stage was logged (completely) by the earlier attempt
             self.children[name] = self._done[name]
             return
-        child = self._child(name, tags={"senca.stage": name, "senca.cached": str(bool(info.get("cached")))})
+        child = self.live.close(name)  # raises what went wrong while the stage ran
+        cached = {"senca.cached": str(bool(info.get("cached")))}
+        if child is None:  # no stage_started (a cached stage, a sync): created now, with the recorded times
+            child = self._child(name, tags={"senca.stage": name, **cached}, start_time=ms(info.get("started_at")))
+        else:
+            self.client.set_tag(child, "senca.cached", cached["senca.cached"])
         self.children[name] = child
+        end = ms(info.get("ended_at"))
+        stamp = now_ms() if end is None else end
         self._params(child, info.get("params") or {})
-        self._metrics(child, {**(info.get("metrics") or {}), "seconds": info.get("seconds")})
-        if info.get("history"):
-            self._history(child, info["history"])
+        self._metrics(child, {**(info.get("metrics") or {}), "seconds": info.get("seconds")}, timestamp=stamp)
+        history = self.live.unsent(name, info.get("history") or [])
+        self._history(child, history, stamp)
         if name == "preprocess" and info.get("slides"):
             import pandas as pd
 
@@ -416,29 +262,34 @@ class MlflowTracker:
             mlflow.log_table(pd.DataFrame(info["slides"]), artifact_file="tables/preprocess_slides.json",
                              run_id=child)
         if name == "tune":
-            for trial in info.get("trials", []):
-                tid = self._child(f"trial-{trial['trial_id']}", parent=child,
-                                  tags={"senca.stage": "tune-trial", "senca.trial_status": trial["status"]})
-                self._params(tid, trial["config"])
-                if trial.get("error"):
-                    self.client.set_tag(tid, "senca.error", trial["error"][:5000])
-                self._history(tid, trial.get("history") or [])
-                self._metrics(tid, {"objective": trial.get("objective"), "epochs": trial.get("epochs")})
-                self.client.set_terminated(tid, "FINISHED" if trial["status"] == "ok" else "FAILED")
-            best = info.get("best") or {}
-            self._params(self.run_id, {f"best.{k}": v for k, v in (best.get("config") or {}).items()})
-            self._history(self.run_id, [{"epoch": h.get("epoch", i), "train_loss": h.get("loss"),
-                                         "tune_objective": h.get("objective")}
-                                        for i, h in enumerate(best.get("history") or [])])
-            self._metrics(self.run_id, {"tune_best_objective": best.get("objective")})
-        if name == "train" and info.get("history"):
-            self._history(self.run_id, [{"epoch": h.get("epoch", i), "train_loss": h.get("loss")}
-                                        for i, h in enumerate(info["history"])])
+            self._log_tune(child, info, stamp)
+        if name == "train":  # the epochs not sent live
+            log_items(self.client, self.run_id, self.live.parent_items(
+                "train_loss", ((h["epoch"], h.get("time"), h.get("loss")) for h in history), stamp))
         if name == "infer":
-            self._log_infer(child, info)
-        self.client.set_terminated(child, "FINISHED" if info.get("status") in ("ok", "partial") else "FAILED")
+            self._log_infer(child, info, stamp)
+        self.client.set_terminated(child, "FINISHED" if info.get("status") in ("ok", "partial") else "FAILED",
+                                   end_time=end)
 
-    def _log_infer(self, child: str, info: dict[str, Any]) -> None:
+    def _log_tune(self, child: str, info: dict[str, Any], stamp: int) -> None:
+        for trial in info.get("trials", []):
+            tid = self._child(f"trial-{trial['trial_id']}", parent=child,
+                              tags={"senca.stage": "tune-trial", "senca.trial_status": trial["status"]})
+            self._params(tid, trial["config"])
+            if trial.get("error"):
+                self.client.set_tag(tid, "senca.error", trial["error"][:5000])
+            self._history(tid, trial.get("history") or [], stamp)
+            self._metrics(tid, {"objective": trial.get("objective"), "epochs": trial.get("epochs")}, timestamp=stamp)
+            self.client.set_terminated(tid, "FINISHED" if trial["status"] == "ok" else "FAILED")
+        best = info.get("best") or {}
+        self._params(self.run_id, {f"best.{k}": v for k, v in (best.get("config") or {}).items()})
+        rows = [(int(h.get("epoch", i)), h.get("time"), h) for i, h in enumerate(best.get("history") or [])]
+        for key, source in (("train_loss", "loss"), ("tune_objective", "objective")):
+            log_items(self.client, self.run_id,
+                      self.live.parent_items(key, ((e, t, h.get(source)) for e, t, h in rows), stamp))
+        self._metrics(self.run_id, {"tune_best_objective": best.get("objective")}, timestamp=stamp)
+
+    def _log_infer(self, child: str, info: dict[str, Any], stamp: int | None = None) -> None:
         import mlflow
 
         table = info.get("patient_table")
@@ -451,7 +302,7 @@ class MlflowTracker:
         for path in info.get("region_maps", []):
             if path and Path(path).exists():
                 self.client.log_artifact(self.run_id, path, "region_maps")
-        self._metrics(self.run_id, info.get("metrics") or {})
+        self._metrics(self.run_id, info.get("metrics") or {}, timestamp=stamp)
 
     # ------------------------------------------------------------------ model + end
     def log_model(self, model_path: str | Path, example_slide: str | Path) -> dict[str, Any]:

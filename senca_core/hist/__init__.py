@@ -7,10 +7,20 @@
 * :class:`CNNEncoder` — ResNet-18 encoder with weights from a local file.
 """
 
-from ._cnn_encoder import CNNEncoder
 from ._extract_patches import extract_patches
 from ._morphology_features import morphology_features
 from ._open_slide import open_slide
 from ._patch_features import patch_features
+
+
+
+def __getattr__(name: str):
+    """:class:`CNNEncoder` (torch) loads on first use."""
+    if name == "CNNEncoder":
+        from ._cnn_encoder import CNNEncoder
+
+        return CNNEncoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["open_slide", "extract_patches", "morphology_features", "patch_features", "CNNEncoder"]

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import openslide
 from anndata import AnnData
 
 from ..errors import ConfigError
-from ._cnn_encoder import CNNEncoder
 from ._extract_patches import extract_patches
 from ._morphology_features import morphology_features
+
+if TYPE_CHECKING:  # torch loads only when a CNN encoder is used
+    from ._cnn_encoder import CNNEncoder
 
 __all__ = ["patch_features"]
 
@@ -60,12 +62,18 @@ def patch_features(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ConfigError("batch_size", f"must be a positive integer, got {batch_size!r}")
-    if isinstance(encoder, CNNEncoder):
+    if not isinstance(encoder, str):
+        from ._cnn_encoder import CNNEncoder
+
+        if not isinstance(encoder, CNNEncoder):
+            raise ConfigError("encoder", f"must be 'morphology', 'cnn' or a CNNEncoder, got {encoder!r}")
         cnn, enc_name = encoder, "cnn"
     elif encoder == "cnn":
         if weights is None:
             raise ConfigError("weights", "encoder='cnn' needs weights=<path to a local state_dict .pt>; "
                                          "nothing is downloaded")
+        from ._cnn_encoder import CNNEncoder
+
         cnn, enc_name = CNNEncoder(weights, device=device, batch_size=batch_size), "cnn"
     elif encoder == "morphology":
         cnn, enc_name = None, "morphology"

@@ -1,0 +1,200 @@
+"""Stages 2 and 3: training (``jobs.train``) or tuning (``jobs.tune``) on the preprocessed slides, with a cache.
+
+The number of workers is decided here from the cohort (``jobs.train.plan_workers``) and printed; each epoch's
+record reaches the tracker live (``jobs.live``); the stage's outputs are ``train/model.pt`` + ``train/history.json``
+or ``tune/model.pt`` + ``tune/trials.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ._stage import PIPELINE_VERSION, PipelineError, StageClock, Tracker, _model_cfg
+from ._util import StageCache, atomic_write_json, clean_float, stable_hash
+
+
+def _eval_cfg(plan: dict[str, Any], metric: str | None, every: int) -> dict[str, Any]:
+    c = plan["clustering"]
+    return {"metric": metric, "every": every, "k": c.get("k"), "method": c.get("method", "gmm"),
+            "refine": c.get("refine", True), "align": c.get("align", "matched"), "seed": c.get("seed", 0)}
+
+
+def resolve_metric(plan: dict[str, Any], status: dict[str, dict]) -> str:
+    metric = plan["tuning"].get("metric", "auto")
+    if metric != "auto":
+        return metric
+    return "ari" if any(s.get("has_labels") and s["status"] == "ok" for s in status.values()) else "silhouette"
+
+
+def _checkpoint_cfg(t: dict[str, Any]) -> dict[str, Any]:
+    return {"every_epochs": int(t.get("checkpoint_every_epochs", 10)),
+            "min_interval_s": float(t.get("checkpoint_interval_s", 30.0)),
+            "report_interval_s": float(t.get("report_interval_s", 10.0))}
+
+
+def train_workers(plan: dict[str, Any], pre: dict[str, Any]) -> tuple[int, str]:
+    """How many training workers this cohort is worth (``jobs.train.plan_workers``) and why."""
+    from .train import plan_workers
+
+    t = plan["training"]
+    return plan_workers(n_slides=len(pre["paths"]), n_spots=int(pre.get("n_spots", 0)),
+                        num_workers=int(t["num_workers"]),
+                        min_spots_per_worker=int(t.get("min_spots_per_worker", 0) or 0))
+
+
+def worker_resources(plan: dict[str, Any], workers: int) -> dict[str, float] | None:
+    """Resources per worker; one worker standing in for several holds their CPUs (capped by the cluster's)."""
+    t = plan["training"]
+    res = dict(t.get("resources_per_worker") or {"CPU": 1.0})
+    if workers == 1 and int(t["num_workers"]) > 1:
+        total = float(res.get("CPU", 1.0)) * int(t["num_workers"])
+        res["CPU"] = min(total, float(plan.get("num_cpus") or total))
+    return res
+
+
+@contextlib.contextmanager
+def live_epochs(out: Path, stage: str, tracker: Tracker):
+    """A fresh folder for this attempt's per-epoch JSON lines, tailed into ``tracker.epoch`` while it runs."""
+    from .live import tail
+
+    folder = out / stage / "live" / time.strftime("%Y%m%d-%H%M%S")
+    folder.mkdir(parents=True, exist_ok=True)
+    with tail(folder, lambda record: tracker.epoch(stage, record)):
+        yield folder
+
+
+def stage_train(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tracker: Tracker, *,
+                resume: bool, overrides: dict[str, Any] | None = None, stage: str = "train") -> dict[str, Any]:
+    from .train import run_training
+
+    out = Path(plan["output_dir"])
+    t = plan["training"]
+    paths = list(pre["paths"].values())
+    workers, why = train_workers(plan, pre)
+    resources = worker_resources(plan, workers)
+    cfg = {"model": _model_cfg(plan), "overrides": dict(overrides or {}), "slide_paths": paths,
+           "n_expr": pre["n_expr"], "n_hist": pre["n_hist"], "eval": _eval_cfg(plan, None, 1), "threads": 1,
+           "checkpoint": _checkpoint_cfg(t)}
+    key = stable_hash({"v": PIPELINE_VERSION, "pre": pre["key"],
+                       "cfg": {k: v for k, v in cfg.items() if k not in ("slide_paths", "checkpoint")},
+                       "scaling": {k: t[k] for k in ("num_workers", "use_gpu", "resources_per_worker")}})
+    clock = StageClock(tracker, stage)
+    hit = cache.get(stage, key)
+    cached = hit is not None
+    launcher = None
+    if hit is None:
+        launcher = "ray_train" if workers > 1 or t.get("launcher") == "ray_train" else "ray_task"
+        tracker.progress(f"{stage}: {why}; {cfg['model']['epochs']} epochs, {len(paths)} slide(s), "
+                         f"{pre.get('n_spots', 0)} spots, on "
+                         + ("Ray Train (DDP)" if launcher == "ray_train" else
+                            f"one Ray task ({resources.get('CPU', 1):g} CPU)"))
+        if resume:
+            _check_train_snapshot(out / "ray" / "train" / f"{stage}-{key[:12]}", tracker)
+        try:
+            with live_epochs(out, stage, tracker) as live:
+                res = run_training(dict(cfg, live_path=str(live / "rank0.jsonl")), out_dir=out / stage,
+                                   name=f"{stage}-{key[:12]}", storage_path=out / "ray" / "train",
+                                   num_workers=workers, use_gpu=bool(t.get("use_gpu")),
+                                   resources_per_worker=resources, max_failures=int(t.get("max_failures", 1)),
+                                   resume=resume, launcher=t.get("launcher", "auto"))
+        except Exception as err:  # noqa: BLE001 - a failed fit stops the cohort, with the reason
+            raise PipelineError(stage, f"{type(err).__name__}: {err}") from err
+        hit = {"model_path": res["model_path"], "history_file": str(out / stage / "history.json"),
+               "final": {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float))},
+               "launcher": res["launcher"], "workers": workers}
+        cache.put(stage, key, hit)
+    history = json.loads(Path(hit["history_file"]).read_text())
+    info = {"status": "ok", "cached": cached, **clock.times(),
+            "params": {**{f"model.{k}": v for k, v in {**cfg["model"], **cfg["overrides"]}.items()},
+                       "num_workers": t["num_workers"], "workers_used": hit.get("workers", workers),
+                       "launcher": hit.get("launcher", launcher), "use_gpu": t.get("use_gpu", False),
+                       "resources_per_worker": json.dumps(resources),
+                       "max_failures": t.get("max_failures", 1), "n_slides": len(paths),
+                       **{f"checkpoint.{k}": v for k, v in cfg["checkpoint"].items()}},
+            "metrics": {"final_loss": clean_float(history[-1].get("loss")) if history else None,
+                        "epochs": len(history)},
+            "history": history, "model_path": hit["model_path"]}
+    tracker.stage(stage, info)
+    return {"key": key, "model_path": hit["model_path"], "history": history, "info": info}
+
+
+def _check_train_snapshot(run_dir: Path, tracker: Tracker) -> None:
+    """Before resuming a Ray Train run: its ``checkpoint_manager_snapshot.json`` (Ray writes it in place, not
+    atomically) must be whole, and name a checkpoint that exists; a driver killed while Ray wrote it leaves it cut
+    off, and Ray Train would fail on it. Then it is removed: training starts over (the checkpoints stay)."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    if not snapshot.exists():
+        return
+    try:
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+        name = latest.get("checkpoint_dir_name")
+        if name is None or (run_dir / name / "model.pt").exists():
+            if name is not None:
+                tracker.progress(f"train: resuming from the checkpoint {name} of the interrupted run")
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    tracker.progress(f"train: the interrupted run's checkpoint index {snapshot} is incomplete: training starts over")
+    snapshot.unlink(missing_ok=True)
+
+
+def stage_tune(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tracker: Tracker,
+               status: dict[str, dict], *, progress: bool, resume: bool) -> dict[str, Any]:
+    from ._util import atomic_write_bytes
+    from .train import read_checkpoint
+    from .tune import run_tuning
+
+    out = Path(plan["output_dir"])
+    t, tuning = plan["training"], plan["tuning"]
+    metric = resolve_metric(plan, status)
+    epochs = int(tuning.get("epochs") or t["epochs"])
+    paths = list(pre["paths"].values())
+    workers, why = train_workers(plan, pre)
+    resources = worker_resources(plan, workers)
+    cfg = {"model": _model_cfg(plan, epochs), "slide_paths": paths, "n_expr": pre["n_expr"],
+           "n_hist": pre["n_hist"], "eval": _eval_cfg(plan, metric, int(tuning.get("eval_every", 1))),
+           "threads": 1, "checkpoint": _checkpoint_cfg(t)}
+    key = stable_hash({"v": PIPELINE_VERSION, "pre": pre["key"],
+                       "cfg": {k: v for k, v in cfg.items() if k not in ("slide_paths", "checkpoint")},
+                       "tuning": tuning,
+                       "scaling": {k: t[k] for k in ("num_workers", "use_gpu", "resources_per_worker")}})
+    clock = StageClock(tracker, "tune")
+    hit = cache.get("tune", key)
+    cached = hit is not None
+    if hit is None:
+        tracker.progress(f"tune: Ray Tune, {tuning['num_samples']} trial(s) x {epochs} epochs, metric {metric}; "
+                         f"each trial {why}")
+        try:
+            with live_epochs(out, "tune", tracker) as live:
+                res = run_tuning(cfg, tuning, storage_path=out / "ray" / "tune", num_workers=workers,
+                                 use_gpu=bool(t.get("use_gpu")), resources_per_worker=resources,
+                                 max_failures=int(t.get("max_failures", 1)), progress=progress,
+                                 launcher=t.get("launcher", "auto"), live_dir=live)
+        except Exception as err:  # noqa: BLE001
+            raise PipelineError("tune", f"{type(err).__name__}: {err}") from err
+        best = res["best"]
+        model_file, _ = read_checkpoint(best["checkpoint_path"])
+        atomic_write_bytes(out / "tune" / "model.pt", Path(model_file).read_bytes())
+        trials_file = atomic_write_json(out / "tune" / "trials.json", res)
+        hit = {"model_path": str(out / "tune" / "model.pt"), "trials_file": str(trials_file)}
+        cache.put("tune", key, hit)
+    res = json.loads(Path(hit["trials_file"]).read_text())
+    best = res["best"]
+    info = {"status": "ok", "cached": cached, **clock.times(),
+            "params": {"metric": metric, "mode": res["mode"], "num_samples": tuning["num_samples"],
+                       "scheduler": tuning.get("scheduler", "asha"), "epochs_per_trial": epochs,
+                       "search_space": json.dumps(tuning["search_space"]), "keep": tuning.get("keep", "checkpoint")},
+            "metrics": {"best_objective": best["objective"], "n_trials": len(res["trials"]),
+                        "n_trials_failed": sum(tr["status"] != "ok" for tr in res["trials"])},
+            "trials": res["trials"], "best": best, "model_path": hit["model_path"]}
+    tracker.stage("tune", info)
+    result = {"key": key, "model_path": hit["model_path"], "best": best, "metric": metric, "info": info,
+              "history": best["history"]}
+    if tuning.get("keep", "checkpoint") == "retrain":
+        trained = stage_train(plan, pre, cache, tracker, resume=resume, overrides=best["config"], stage="train")
+        result.update(model_path=trained["model_path"], key=trained["key"], history=trained["history"])
+    return result

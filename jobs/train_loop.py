@@ -1,0 +1,378 @@
+"""The SENCA-st training loop run by every training worker, whatever launched it.
+
+``run_loop(cfg, session)`` is Ray's ``train_loop_per_worker`` body. The *session* says who the worker is and where
+its checkpoints go: :class:`RayTrainSession` inside a Ray Train ``TorchTrainer`` (DDP over slides, several workers),
+:class:`SoloSession` inside one Ray task (one worker: ``jobs.train`` launches it when the cohort is too small for
+DDP to pay for its worker group). Both run the SAME step function as ``senca_core.model.fit``.
+
+Each worker holds a shard of the cohort's slides (round robin by rank, padded by cycling its own slides so that
+every worker takes the same number of steps per epoch, as DDP requires). Loss parts are averaged over the workers.
+
+What an epoch costs beyond its optimiser steps is kept small, because a full-batch epoch on a real section takes
+milliseconds (:class:`Policy`):
+
+- a checkpoint (``model.pt`` in ``senca_core.model.save_model`` format + ``train_state.pt`` with the optimiser,
+  the random generators, the epoch and the history) every ``checkpoint.every_epochs`` epochs but at most one per
+  ``checkpoint.min_interval_s`` seconds, and always after the last epoch;
+- a report to the launcher (Ray Train's ``report`` is a barrier across the workers) only with a checkpoint, an
+  evaluation, or when ``report_interval_s`` passed;
+- every epoch, rank 0 appends one JSON line (epoch, wall-clock ``time``, loss parts) to ``cfg["live_path"]``: the
+  driver tails that file and hands the records to the tracker while training runs (``jobs.live``).
+
+A restarted worker (its process died: Ray Train's ``FailureConfig`` or the task's retries) or a resumed run
+continues from the latest checkpoint: weights, optimiser, random generators, the next epoch and the history so far,
+so that no epoch is lost or repeated in the history; every epoch record of a restored attempt carries
+``restored_from_epoch``.
+
+Fault injection for the tests (off by default, see ``jobs._util``): every worker calls
+``fault_point("train.rank<r>.epoch<e>")`` after the epoch's optimiser steps, before the metrics are gathered.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+#: files of one checkpoint directory
+MODEL_FILE, STATE_FILE, HISTORY_FILE = "model.pt", "train_state.pt", "history.json"
+
+
+# ------------------------------------------------------------------------------------------ policy
+@dataclass(frozen=True)
+class Policy:
+    """When an epoch ends with a checkpoint or a report (see the module docstring)."""
+
+    every_epochs: int = 10
+    min_interval_s: float = 30.0
+    report_interval_s: float = 10.0
+
+    @classmethod
+    def from_cfg(cls, cfg: dict[str, Any]) -> "Policy":
+        c = dict(cfg.get("checkpoint") or {})
+        return cls(every_epochs=max(1, int(c.get("every_epochs", cls.every_epochs))),
+                   min_interval_s=max(0.0, float(c.get("min_interval_s", cls.min_interval_s))),
+                   report_interval_s=max(0.0, float(c.get("report_interval_s", cls.report_interval_s))))
+
+    def checkpoint_due(self, epoch: int, last: bool, since_checkpoint_s: float) -> bool:
+        return last or ((epoch + 1) % self.every_epochs == 0 and since_checkpoint_s >= self.min_interval_s)
+
+    def report_due(self, since_report_s: float) -> bool:
+        return since_report_s >= self.report_interval_s
+
+
+def shard(paths: list[str], rank: int, world: int) -> list[str]:
+    """Round-robin shard of ``paths`` for ``rank``, padded (cycling) to ``ceil(n / world)`` slides."""
+    n = len(paths)
+    steps = max(1, math.ceil(n / world))
+    mine = [paths[i] for i in range(rank, n, world)] or [paths[rank % n]]
+    return [mine[i % len(mine)] for i in range(steps)]
+
+
+# ------------------------------------------------------------------------------------------ sessions
+@contextmanager
+def local_dir(checkpoint) -> Iterator[Path | None]:
+    """A Ray ``Checkpoint`` as a local directory while the block runs (``None`` for no checkpoint)."""
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as d:
+        yield Path(d)
+
+
+class RayTrainSession:
+    """A worker of a Ray Train ``TorchTrainer``: rank, world size and device from Ray Train; checkpoints go
+    through ``ray.train.report`` (Ray Train keeps ``num_to_keep`` of them in the run's storage)."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def latest_checkpoint(self):
+        import ray.train
+
+        return local_dir(ray.train.get_checkpoint())
+
+    def prepare(self, model):
+        import ray.train.torch
+
+        if self.world == 1:
+            return model
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    def synced(self, flag: bool) -> bool:
+        """The same decision on every rank (rank 0's clock decides a time-based report; a barrier needs all)."""
+        import torch
+        import torch.distributed as dist
+
+        if self.world == 1 or not dist.is_initialized():
+            return flag
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+
+
+class SoloSession:
+    """The only worker, inside one Ray task: checkpoints are directories ``<run_dir>/checkpoint_<epoch>`` written
+    whole (temp directory + rename); the two newest are kept. A retried task finds the newest and continues."""
+
+    rank, world = 0, 1
+
+    def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
+        import torch
+
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(device)
+        self.last_metrics: dict[str, Any] = {}
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(p for p in self.run_dir.glob("checkpoint_*") if p.is_dir() and (p / HISTORY_FILE).exists())
+
+    @contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        found = self.checkpoints()
+        yield found[-1] if found else None
+
+    def prepare(self, model):
+        return model
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        self.last_metrics = dict(metrics)
+        if checkpoint_dir is None:
+            return
+        final = self.run_dir / f"checkpoint_{int(metrics['epoch']):06d}"
+        staging = self.run_dir / f".staging_{final.name}"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(checkpoint_dir, staging)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        for old in self.checkpoints()[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def synced(self, flag: bool) -> bool:
+        return flag
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
+    """Train on this worker's shard. ``cfg``: model (SencaConfig dict), overrides, slide_paths, n_expr, n_hist,
+    eval, threads, checkpoint (:class:`Policy`), live_path (optional). Returns the last metrics."""
+    import anndata as ad
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from senca_core.model import SencaConfig, SencaModel, init_prototypes, make_batch, make_optimizer, \
+        prototype_warmup, seed_everything, train_step
+
+    from ._util import fault_point, peak_rss_mb
+
+    torch.set_num_threads(max(1, int(cfg.get("threads") or 1)))
+    rank, world, device = session.rank, session.world, session.device
+    model_cfg = dict(cfg["model"], **cfg.get("overrides", {}))
+    model_cfg["device"] = "cuda" if device.type == "cuda" else "cpu"
+    config = SencaConfig.from_dict(model_cfg)
+    policy = Policy.from_cfg(cfg)
+
+    paths = list(cfg["slide_paths"])
+    cache: dict[str, Any] = {}
+    batches = []
+    for p in shard(paths, rank, world):
+        if p not in cache:
+            cache[p] = make_batch(ad.read_h5ad(p), config).to(device)
+        batches.append(cache[p])
+
+    torch.manual_seed(config.seed)  # same initial weights on every rank (DDP broadcasts rank 0's anyway)
+    model = SencaModel(config, n_expr=int(cfg["n_expr"]), n_hist=int(cfg["n_hist"])).to(device)
+    optimizer = make_optimizer(model, config)
+    generator = seed_everything(config.seed + 1000 * rank)
+    start, history, last_eval, restored_from = 0, [], {}, None
+    with session.latest_checkpoint() as d:
+        if d is not None:
+            start, history, last_eval, exact = _restore(d, model, optimizer, generator, rank)
+            restored_from = start - 1
+            if not exact:  # another rank (or an older checkpoint): a fresh stream for the epochs to come
+                generator = seed_everything(config.seed + 1000 * rank + start)
+    ddp = session.prepare(model)
+    core = getattr(ddp, "module", ddp)
+
+    ev = dict(cfg.get("eval") or {})
+    metric = ev.get("metric")
+    every = max(1, int(ev.get("every", 1)))
+    eval_adatas = None
+    warmup = prototype_warmup(config)  # fit's own schedule
+    live = LiveWriter(cfg.get("live_path") if rank == 0 else None, trial=cfg.get("trial"))
+    last_ckpt = last_report = time.monotonic()
+    metrics: dict[str, Any] = {}
+
+    for epoch in range(start, config.epochs):
+        if config.hierarchical and config.w_proto > 0 and epoch == warmup:
+            init_prototypes(core, batches, generator)
+            if world > 1 and dist.is_initialized():
+                dist.broadcast(core.prototypes.data, src=0)
+        order = list(range(len(batches)))
+        random.Random(config.seed * 7919 + epoch * 31 + rank).shuffle(order)
+        sums: dict[str, float] = {}
+        for i in order:
+            parts = train_step(ddp, batches[i], optimizer, generator=generator, use_prototypes=epoch >= warmup)
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        fault_point(f"train.rank{rank}.epoch{epoch}")  # tests only: a no-op unless SENCA_FAULT_PIDDIR is set
+        means = {k: v / len(batches) for k, v in sums.items()}
+        if world > 1 and dist.is_initialized():  # parts differ by slide ("align" needs an image): gather dicts
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, means)
+            means = {k: float(np.mean([g[k] for g in gathered if k in g]))
+                     for k in sorted({k for g in gathered for k in g})}
+        metrics = dict(means, epoch=epoch, epochs_done=epoch + 1, world_size=world, peak_rss_mb=peak_rss_mb())
+        if restored_from is not None:
+            metrics["restored_from_epoch"] = restored_from
+        last = epoch == config.epochs - 1
+        evaluated = bool(metric) and ((epoch + 1) % every == 0 or last)
+        if evaluated and rank == 0:
+            if eval_adatas is None:
+                eval_adatas = [ad.read_h5ad(p) for p in paths]
+            last_eval = evaluate(ddp, eval_adatas, metric, ev)
+        if metric:
+            metrics.update(last_eval or {"objective": float("nan")})
+        now = time.monotonic()
+        metrics["time"] = time.time()
+        history.append(dict(metrics))
+        live.write(metrics)
+        checkpoint = session.synced(policy.checkpoint_due(epoch, last, now - last_ckpt))
+        report = checkpoint or evaluated or session.synced(policy.report_due(now - last_report))
+        if not report:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt_dir = None
+            if checkpoint and rank == 0:
+                ckpt_dir = _save(Path(tmp), core, optimizer, generator, epoch, history, last_eval)
+            session.report({k: v for k, v in metrics.items() if k != "time"}, ckpt_dir)
+        last_report = time.monotonic()
+        if checkpoint:
+            last_ckpt = last_report
+    live.close()
+    return metrics
+
+
+def _save(d: Path, core, optimizer, generator, epoch: int, history: list, last_eval: dict) -> Path:
+    import numpy as np
+    import torch
+    from senca_core.model import save_model
+
+    save_model(core, d / MODEL_FILE)
+    torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "last_eval": last_eval,
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "np_random": np.random.get_state(), "py_random": random.getstate()}, d / STATE_FILE)
+    (d / HISTORY_FILE).write_text(json.dumps(history))
+    return d
+
+
+def _restore(d: Path, model, optimizer, generator, rank: int) -> tuple[int, list, dict, bool]:
+    """Weights, optimiser, history and (on rank 0, whose state the checkpoint holds) the random generators of
+    checkpoint ``d``. Returns (next epoch, history, last evaluation, whether the generators were restored)."""
+    import numpy as np
+    import torch
+
+    payload = torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(payload["state_dict"])
+    state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    restored = rank == 0 and "generator" in state
+    if restored:
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["np_random"])
+        random.setstate(state["py_random"])
+    return int(state["epoch"]) + 1, list(state["history"]), dict(state["last_eval"]), restored
+
+
+def read_checkpoint(checkpoint_dir: str | Path) -> tuple[Path, list[dict[str, Any]]]:
+    """(model file, per-epoch history) of a checkpoint directory written by the loop."""
+    d = Path(checkpoint_dir)
+    history = json.loads((d / HISTORY_FILE).read_text()) if (d / HISTORY_FILE).exists() else []
+    return d / MODEL_FILE, history
+
+
+class LiveWriter:
+    """Rank 0's per-epoch JSON lines (appended and flushed at once; the driver tails the file)."""
+
+    def __init__(self, path: str | None, trial: str | None = None) -> None:
+        self.fh = None
+        self.trial = trial
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(path, "a", encoding="utf-8")
+
+    def write(self, metrics: dict[str, Any]) -> None:
+        if self.fh is None:
+            return
+        record = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if self.trial:
+            record["trial"] = self.trial
+        self.fh.write(json.dumps(record) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def evaluate(model, adatas: list, metric: str, ev: dict[str, Any]) -> dict[str, float]:
+    """The tuning objective on every slide: ``ari`` (mean over labelled slides), ``silhouette`` or ``loss``."""
+    import numpy as np
+    import torch
+    from senca_core import metrics, tl
+    from senca_core.model import make_batch, readout
+
+    from .infer import cluster_args
+
+    core = getattr(model, "module", model)
+    was_training = core.training
+    out: dict[str, float] = {}
+    if metric == "loss":
+        core.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            device = next(core.parameters()).device
+            generator = torch.Generator().manual_seed(int(ev.get("seed", 0)))
+            for a in adatas:
+                loss, _ = core(make_batch(a, core.config).to(device), objective=True, generator=generator)
+                total += float(loss) * a.n_obs
+                n += a.n_obs
+        out["objective"] = total / max(n, 1)
+    else:
+        for a in adatas:  # the region readout, clustered as the infer stage clusters it
+            a.obsm["X_senca"] = readout(core, a)[1].astype(np.float32)
+        tl.cluster(adatas, **cluster_args(ev))
+        if metric == "ari":
+            scores = [metrics.ari(a) for a in adatas if "label" in a.obs]
+            out["objective"] = float(np.nanmean(scores)) if scores else float("nan")
+            for a, s in zip([a for a in adatas if "label" in a.obs], scores):
+                out[f"ari_{a.uns['senca']['slide_id']}"] = float(s)
+        else:
+            scores = [metrics.silhouette(a) for a in adatas]
+            out["objective"] = float(np.nanmean(scores))
+    if was_training:
+        core.train()
+    return out

@@ -1,0 +1,109 @@
+"""The tracking server as a cohort run uses it: MLflow's HTTP settings, the probe before any work, credentials kept
+out of logged text, and which driver process a parent run belongs to (``senca.driver``). Imported by (and
+re-exported from) :mod:`senca_platform.tracking`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Iterator
+
+from .spec import SECRET_WORDS
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server cannot be used at the start of a run (one line naming the URI, credentials removed)."""
+
+
+#: MLflow's HTTP retry settings for a cohort run, unless the environment sets them: a server that goes away
+#: mid-run costs one call ~10 s (not MLflow's default of minutes), then tracking stops for the run (``sync``)
+#: (and MLflow does not print "View run ... at <tracking URI>", which would show a URI's user:password)
+RUN_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+#: ... and for the probe at the start (one quick try: a server that is not there is reported in seconds)
+PROBE_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def is_remote(uri: str) -> bool:
+    return uri.split(":", 1)[0].lower() in ("http", "https", "databricks")
+
+
+@contextlib.contextmanager
+def http_settings(values: dict[str, str], *, override: bool) -> Iterator[None]:
+    """Set MLflow's HTTP env settings for the duration (``override=False``: only those the user did not set)."""
+    saved = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if override or saved[k] is None:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def probe_tracking(uri: str, what: str = "starting the cohort run") -> None:
+    """Fail fast (seconds) when a tracking server does not answer: one request with one retry, before any work.
+
+    Local stores (``sqlite:``, ``file:``, paths) are not probed. Raises :class:`TrackingUnavailable`."""
+    if not is_remote(uri):
+        return
+    from mlflow.tracking import MlflowClient
+
+    from .registry import _explain
+
+    with http_settings(PROBE_HTTP, override=True):
+        try:
+            MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+        except Exception as err:  # noqa: BLE001 - any failure here means: do not start
+            raise TrackingUnavailable(str(_explain(err, uri, what))) from None
+
+
+_TEXT_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]+@")
+_TEXT_SECRET_LINE = re.compile(r"(?im)^(\s*-?\s*[\"']?[\w.-]*" + SECRET_WORDS + r"[\w.-]*[\"']?\s*:\s*)(\S.*)$")
+
+
+def redact_uris(text: str) -> str:
+    """``text`` (a message) with the ``user:password@`` of every URI in it removed."""
+    return _TEXT_USERINFO.sub(r"\1***@", text)
+
+
+def redact_text(text: str) -> str:
+    """The original YAML text safe to log: values of secret-looking keys and URI ``user:password@`` removed."""
+    text = _TEXT_USERINFO.sub(r"\1***@", text)
+    return _TEXT_SECRET_LINE.sub(lambda m: m.group(1) + '"***"', text)
+
+
+def _proc_start(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()[19]
+
+
+def driver_id() -> str:
+    """``host:pid:start`` of this process (the start time tells a reused pid apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_proc_start(os.getpid()) or 0}"
+
+
+def driver_alive(tag: str | None) -> bool | None:
+    """Is the driver named by a ``senca.driver`` tag still running? ``None``: unknown (another host, no tag)."""
+    try:
+        host, pid, start = (tag or "").rsplit(":", 2)
+    except ValueError:
+        return None
+    if host != socket.gethostname():
+        return None
+    return _proc_start(int(pid)) == start
+
+
+__all__ = ["PROBE_HTTP", "RUN_HTTP_DEFAULTS", "TrackingUnavailable", "driver_alive", "driver_id", "http_settings",
+           "is_remote", "probe_tracking", "redact_text", "redact_uris"]
