@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 #: bump when a stage's outputs change meaning (invalidates every cache entry)
@@ -46,12 +47,8 @@ class StageClock:
     """A stage's wall clock: started now (``tracker.stage_started``); :meth:`times` gives its info fields."""
 
     def __init__(self, tracker: Tracker, name: str) -> None:
-        import time
-
         self.started_at, self._t0 = time.time(), time.perf_counter()
         tracker.stage_started(name, self.started_at)
 
     def times(self) -> dict[str, float]:
-        import time
-
         return {"seconds": time.perf_counter() - self._t0, "started_at": self.started_at, "ended_at": time.time()}

@@ -69,7 +69,7 @@ def live_epochs(out: Path, stage: str, tracker: Tracker):
 
 def stage_train(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tracker: Tracker, *,
                 resume: bool, overrides: dict[str, Any] | None = None, stage: str = "train") -> dict[str, Any]:
-    from .train import run_training
+    from .train import run_training, runs_as_task, task_cpus
 
     out = Path(plan["output_dir"])
     t = plan["training"]
@@ -87,11 +87,11 @@ def stage_train(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tr
     cached = hit is not None
     launcher = None
     if hit is None:
-        launcher = "ray_train" if workers > 1 or t.get("launcher") == "ray_train" else "ray_task"
+        task = runs_as_task(workers, t.get("launcher", "auto"))
+        launcher = "ray_task" if task else "ray_train"
         tracker.progress(f"{stage}: {why}; {cfg['model']['epochs']} epochs, {len(paths)} slide(s), "
                          f"{pre.get('n_spots', 0)} spots, on "
-                         + ("Ray Train (DDP)" if launcher == "ray_train" else
-                            f"one Ray task ({resources.get('CPU', 1):g} CPU)"))
+                         + (f"one Ray task ({task_cpus(resources)[0]:g} CPU)" if task else "Ray Train (DDP)"))
         if resume:
             _check_train_snapshot(out / "ray" / "train" / f"{stage}-{key[:12]}", tracker)
         try:

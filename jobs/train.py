@@ -41,6 +41,17 @@ def plan_workers(*, n_slides: int, n_spots: int, num_workers: int, min_spots_per
                      f"{min_spots_per_worker} per worker (training.min_spots_per_worker)")
 
 
+def runs_as_task(num_workers: int, launcher: str = "auto") -> bool:
+    """Whether the loop runs in one task (or one Tune trial's process) rather than a Ray Train worker group."""
+    return int(num_workers) == 1 and launcher == "auto"
+
+
+def task_cpus(resources_per_worker: dict[str, float] | None) -> tuple[float, int]:
+    """(CPUs the one-worker task reserves, its torch threads)."""
+    cpus = float((resources_per_worker or {}).get("CPU", 1.0))
+    return cpus, max(1, int(cpus))
+
+
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     """Ray Train's entry point on every worker."""
     run_loop(cfg, RayTrainSession())
@@ -82,7 +93,7 @@ def run_solo(cfg: dict[str, Any], *, run_dir: str | Path, cpus: float, use_gpu: 
     its worker process dies, each retry continuing from the newest checkpoint in ``run_dir``."""
     import ray
 
-    threads = max(1, int(cpus))
+    cpus, threads = task_cpus({"CPU": cpus})
     task = ray.remote(_solo).options(num_cpus=float(cpus), num_gpus=1 if use_gpu else 0,
                                      max_retries=int(max_failures), retry_exceptions=False)
     return ray.get(task.remote(dict(cfg, threads=threads), str(run_dir), "cuda" if use_gpu else "cpu"))
@@ -104,9 +115,9 @@ def run_training(cfg: dict[str, Any], *, out_dir: str | Path, name: str, storage
     run_dir = storage_path / name
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)
-    if int(num_workers) == 1 and launcher == "auto":
-        cpus = float((resources_per_worker or {}).get("CPU", 1.0))
-        res = run_solo(cfg, run_dir=run_dir, cpus=cpus, use_gpu=use_gpu, max_failures=max_failures)
+    if runs_as_task(num_workers, launcher):
+        res = run_solo(cfg, run_dir=run_dir, cpus=task_cpus(resources_per_worker)[0], use_gpu=use_gpu,
+                       max_failures=max_failures)
         checkpoint_dir, metrics, used = Path(res["checkpoint"]), res["metrics"], "ray_task"
     else:
         trainer = make_trainer(cfg, name=name, storage_path=storage_path, num_workers=num_workers,

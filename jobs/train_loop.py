@@ -130,19 +130,32 @@ class RayTrainSession:
         return bool(t.item())
 
 
-class SoloSession:
-    """The only worker, inside one Ray task: checkpoints are directories ``<run_dir>/checkpoint_<epoch>`` written
-    whole (temp directory + rename); the two newest are kept. A retried task finds the newest and continues."""
+class OneWorkerSession:
+    """What every one-worker session shares: rank 0 of 1, the plain model (no DDP), decisions needing no sync.
+    Subclasses say where checkpoints come from and go (``latest_checkpoint``, ``report``)."""
 
     rank, world = 0, 1
 
-    def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu") -> None:
         import torch
 
+        self.device = torch.device(device)
+
+    def prepare(self, model):
+        return model
+
+    def synced(self, flag: bool) -> bool:
+        return flag
+
+
+class SoloSession(OneWorkerSession):
+    """The only worker, inside one Ray task: checkpoints are directories ``<run_dir>/checkpoint_<epoch>`` written
+    whole (temp directory + rename); the two newest are kept. A retried task finds the newest and continues."""
+
+    def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
+        super().__init__(device)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.device = torch.device(device)
-        self.last_metrics: dict[str, Any] = {}
 
     def checkpoints(self) -> list[Path]:
         return sorted(p for p in self.run_dir.glob("checkpoint_*") if p.is_dir() and (p / HISTORY_FILE).exists())
@@ -152,11 +165,7 @@ class SoloSession:
         found = self.checkpoints()
         yield found[-1] if found else None
 
-    def prepare(self, model):
-        return model
-
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        self.last_metrics = dict(metrics)
         if checkpoint_dir is None:
             return
         final = self.run_dir / f"checkpoint_{int(metrics['epoch']):06d}"
@@ -167,9 +176,6 @@ class SoloSession:
         os.replace(staging, final)
         for old in self.checkpoints()[:-2]:
             shutil.rmtree(old, ignore_errors=True)
-
-    def synced(self, flag: bool) -> bool:
-        return flag
 
 
 # ------------------------------------------------------------------------------------------ the loop

@@ -17,6 +17,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .train import make_trainer, runs_as_task, task_cpus
+from .train_loop import OneWorkerSession, local_dir, read_checkpoint, run_loop
+
 
 def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The spec's search space (``{name: {type, values | low, high}}``) as Ray Tune domains."""
@@ -40,26 +43,14 @@ def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-class TuneSession:
+class TuneSession(OneWorkerSession):
     """The only worker of a one-worker trial, inside the Tune trial's own process: checkpoints and metrics go
     to ``ray.tune.report`` (the trial's checkpoint is what a restarted trial continues from)."""
-
-    rank, world = 0, 1
-
-    def __init__(self, device: str = "cpu") -> None:
-        import torch
-
-        self.device = torch.device(device)
 
     def latest_checkpoint(self):
         import ray.tune
 
-        from .train_loop import local_dir
-
         return local_dir(ray.tune.get_checkpoint())
-
-    def prepare(self, model):
-        return model
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         import ray.tune
@@ -67,24 +58,19 @@ class TuneSession:
         ckpt = ray.tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
         ray.tune.report(metrics, checkpoint=ckpt)
 
-    def synced(self, flag: bool) -> bool:
-        return flag
-
 
 def trial_fn(config: dict[str, Any], base: dict[str, Any]) -> None:
     """The Tune function trainable: one fit with this trial's model settings (``config``) — in this process when
     one worker is enough (``base["solo"]``), else a Ray Train fit whose reports ``TuneReportCallback`` forwards."""
     import ray.tune
 
-    from .train import make_trainer
-    from .train_loop import run_loop
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = dict(base["cfg"], overrides=dict(config), trial=trial_id)
     if base.get("live_dir"):
         cfg["live_path"] = str(Path(base["live_dir"]) / f"{trial_id}.jsonl")
     if base.get("solo"):
-        run_loop(dict(cfg, threads=max(1, int(base.get("solo_cpus", 1)))),
+        run_loop(dict(cfg, threads=task_cpus(base["resources_per_worker"])[1]),
                  TuneSession("cuda" if base["use_gpu"] else "cpu"))
         return
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -109,8 +95,6 @@ def run_tuning(cfg: dict[str, Any], tuning: dict[str, Any], *, storage_path: str
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from .train_loop import read_checkpoint
-
     storage_path = Path(storage_path)
     if storage_path.exists():
         shutil.rmtree(storage_path)
@@ -124,11 +108,11 @@ def run_tuning(cfg: dict[str, Any], tuning: dict[str, Any], *, storage_path: str
                                   reduction_factor=float(tuning.get("reduction_factor", 2.0)))
     else:
         scheduler = FIFOScheduler()
-    solo = int(num_workers) == 1 and launcher == "auto"
-    solo_cpus = float((resources_per_worker or {}).get("CPU", 1.0))
+    solo = runs_as_task(num_workers, launcher)
+    solo_cpus = task_cpus(resources_per_worker)[0]
     base = {"cfg": cfg, "storage_path": str(storage_path / "trials"), "num_workers": num_workers,
             "use_gpu": use_gpu, "resources_per_worker": resources_per_worker, "max_failures": max_failures,
-            "solo": solo, "solo_cpus": solo_cpus, "live_dir": str(live_dir) if live_dir else None}
+            "solo": solo, "live_dir": str(live_dir) if live_dir else None}
     param_space = search_space(tuning["search_space"])
     # a one-worker trial trains in its own process and holds that worker's resources; a Ray Train trial reserves
     # almost nothing itself, so that its trainer's workers get the cores

@@ -177,17 +177,14 @@ class _Background:
 
         self.value: Any = None
         self.error: BaseException | None = None
-        self.seconds = 0.0
         self.thread = threading.Thread(target=self._run, args=(fn,), name="senca-startup", daemon=True)
         self.thread.start()
 
     def _run(self, fn: Callable[[], Any]) -> None:
-        t0 = time.perf_counter()
         try:
             self.value = fn()
         except BaseException as err:  # noqa: BLE001 - handed to result()
             self.error = err
-        self.seconds = time.perf_counter() - t0
 
     def result(self) -> Any:
         self.thread.join()
@@ -198,10 +195,6 @@ class _Background:
     def result_or_none(self) -> Any:
         self.thread.join()
         return self.value
-
-
-def _background(fn: Callable[[], Any]) -> _Background:
-    return _Background(fn)
 
 
 def _process_age() -> float:
@@ -229,11 +222,11 @@ def _probe(spec: CohortSpec, echo: Callable[[str], None]) -> str:
     return uri
 
 
-def _open_tracker(spec: CohortSpec, spec_path: Path | None, resume: bool, echo: Callable[[str], None], *,
-                  probed: bool = False):
+def _open_tracker(spec: CohortSpec, spec_path: Path | None, resume: bool, echo: Callable[[str], None]):
+    """The run's MLflow tracker (after :func:`_probe`); :class:`RunNotStarted` when the store is unusable."""
     from .tracking import MlflowTracker, TrackingUnavailable, redact_uris
 
-    uri = spec.tracking_uri() if probed else _probe(spec, echo)
+    uri = spec.tracking_uri()
     try:
         tracker = MlflowTracker(spec, spec_path=spec_path, resume=resume, echo=echo)
     except TrackingUnavailable as err:
@@ -260,16 +253,17 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
     uri = _probe(spec, echo) if track else None  # an unreachable server: nothing starts, not even Ray
+
     def startup_work():  # while Ray starts: the MLflow run is opened, then the driver's stage imports load
         t = time.perf_counter()
-        opened = _open_tracker(spec, spec_path, resume, echo, probed=True) if track else None
+        opened = _open_tracker(spec, spec_path, resume, echo) if track else None
         timing["tracking_setup_s"] = time.perf_counter() - t
         warmup.import_driver()
         return opened
 
     # the command's own imports, spec parsing and output lock (``command``: this process is `senca-platform run`)
     timing["before_run_s"] = max(0.0, _process_age() - (time.perf_counter() - t0)) if command else 0.0
-    opening = _background(startup_work)
+    opening = _Background(startup_work)
     tracker = None
     guard = TrackingGuard(echo, uri or "")
     journal = Journal(out)
@@ -305,7 +299,7 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
             timing["startup_s"] = time.perf_counter() - t0 + timing["before_run_s"]
             echo(f"Ray: {'embedded local' if session['embedded'] else 'connected'} ({session['num_cpus']} CPUs"
                  f"{', dashboard ' + session['dashboard'] if session.get('dashboard') else ''}); "
-                 f"{sum(len(p.slides) for p in spec.patients)} slide(s) of {len(spec.patients)} patient(s); "
+                 f"{n_slides} slide(s) of {len(spec.patients)} patient(s); "
                  f"start-up {timing['startup_s']:.1f}s")
             plan = build_plan(spec, session["num_cpus"])
             t_stages = time.perf_counter()
