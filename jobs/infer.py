@@ -197,6 +197,7 @@ def summarise_slide(row: dict[str, Any]) -> dict[str, Any]:
                            "map_path": None, "summary_file": None, "seconds": 0.0, "peak_rss_mb": 0.0}
     try:
         adata = ad.read_h5ad(row["path"])
+        out["warnings"] += [str(w) for w in np.ravel(adata.uns.get("senca", {}).get("warnings", []))]  # reader's
         adata.obsm["X_senca"] = np.load(row["emb_path"])
         if latent_path_of(row["emb_path"]).exists():
             adata.obsm["X_senca_latent"] = np.load(latent_path_of(row["emb_path"]))

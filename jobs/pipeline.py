@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ._stage import PIPELINE_VERSION, PipelineError, StageClock, Tracker, _model_cfg  # noqa: F401 - re-exported
-from ._util import StageCache, atomic_write_with, file_fingerprint, is_temp_of, stable_hash, unlink_all
+from ._util import StageCache, atomic_write_with, file_fingerprint, is_output_dir, is_temp_of, stable_hash, \
+    unlink_all
 from .stage_model import _eval_cfg, resolve_metric, stage_train, stage_tune  # noqa: F401 - re-exported
 
 _SLIDE_FILES = ("counts", "spots", "labels", "image", "path")
@@ -39,8 +40,11 @@ OUTPUT_DIRS = ("preprocess", "train", "tune", "infer", "slides", "maps", "tables
 def partial_files(out: str | Path) -> list[Path]:
     """Temp files of atomic writes (``_util.TEMP_NAME``) under the output directory (its top level and
     :data:`OUTPUT_DIRS`; not ``ray/`` nor ``mlartifacts/``, which Ray and MLflow own): what a killed run leaves
-    half-written."""
+    half-written. Nothing at all in a folder without the run's marker (``_util.OUTPUT_MARKER``): a folder no run
+    has claimed holds nothing of ours."""
     out = Path(out)
+    if not is_output_dir(out):
+        return []
     found = [p for p in out.glob(".*") if p.is_file() and is_temp_of(p.name)]
     for name in OUTPUT_DIRS:
         if (out / name).is_dir():
@@ -268,7 +272,8 @@ def run_pipeline(plan: dict[str, Any], *, tracker: Tracker | None = None, fresh:
             model = stage_tune(plan, pre, cache, tracker, status, progress=progress, resume=resume)
             result["stages"]["tune"] = _brief(model["info"])
             result["tuning"] = {"metric": model["metric"], "best_config": model["best"]["config"],
-                                "best_objective": model["best"]["objective"], "best_trial": model["best"]["trial_id"]}
+                                "best_objective": model["best"]["objective"], "best_trial": model["best"]["trial_id"],
+                                "selection": model["selection"]}
         else:
             model = stage_train(plan, pre, cache, tracker, resume=resume)
             result["stages"]["train"] = _brief(model["info"])

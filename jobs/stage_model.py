@@ -23,11 +23,28 @@ def _eval_cfg(plan: dict[str, Any], metric: str | None, every: int) -> dict[str,
             "refine": c.get("refine", True), "align": c.get("align", "matched"), "seed": c.get("seed", 0)}
 
 
-def resolve_metric(plan: dict[str, Any], status: dict[str, dict]) -> str:
+#: the tuning objective ``metric: auto`` means; it uses no label (docs/BENCHMARKS.md: of the label-free criteria
+#: measured, the only one whose rank agreement with ARI over tuning configurations is >= 0 on every labelled section)
+DEFAULT_METRIC = "reconstruction"
+#: objectives that read the annotations: chosen only when the spec names one, and the run says so
+LABEL_METRICS = ("ari",)
+
+
+def resolve_metric(plan: dict[str, Any], status: dict[str, dict] | None = None) -> str:
+    """The tuning objective: the spec's ``tuning.metric``; ``auto`` is :data:`DEFAULT_METRIC`, whatever the slides
+    hold (labels never choose a model unless the spec asks for ``ari``)."""
     metric = plan["tuning"].get("metric", "auto")
-    if metric != "auto":
-        return metric
-    return "ari" if any(s.get("has_labels") and s["status"] == "ok" for s in status.values()) else "silhouette"
+    return DEFAULT_METRIC if metric == "auto" else metric
+
+
+def selection_rule(metric: str, mode: str) -> dict[str, Any]:
+    """How the registered model was chosen, for the console, the summary, MLflow and the model version."""
+    uses_labels = metric in LABEL_METRICS
+    best = "highest" if mode == "max" else "lowest"
+    text = (f"among the trials that ran all their epochs, the one with the {best} {metric} at its last epoch"
+            + (" - selected on the annotations it is then scored on (tuning.metric: ari)" if uses_labels
+               else " (no labels used)"))
+    return {"metric": metric, "mode": mode, "uses_labels": uses_labels, "rule": text}
 
 
 def _checkpoint_cfg(t: dict[str, Any]) -> dict[str, Any]:
@@ -184,15 +201,20 @@ def stage_tune(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tra
         cache.put("tune", key, hit)
     res = json.loads(Path(hit["trials_file"]).read_text())
     best = res["best"]
+    selection = selection_rule(metric, res["mode"])
+    tracker.progress(f"tune: best trial {best['trial_id']}, {metric} = {clean_float(best['objective'])}: "
+                     f"{selection['rule']}")
     info = {"status": "ok", "cached": cached, **clock.times(),
             "params": {"metric": metric, "mode": res["mode"], "num_samples": tuning["num_samples"],
                        "scheduler": tuning.get("scheduler", "asha"), "epochs_per_trial": epochs,
-                       "search_space": json.dumps(tuning["search_space"]), "keep": tuning.get("keep", "checkpoint")},
+                       "search_space": json.dumps(tuning["search_space"]), "keep": tuning.get("keep", "checkpoint"),
+                       "selection_rule": selection["rule"], "selected_on_annotations": selection["uses_labels"]},
             "metrics": {"best_objective": best["objective"], "n_trials": len(res["trials"]),
                         "n_trials_failed": sum(tr["status"] != "ok" for tr in res["trials"])},
-            "trials": res["trials"], "best": best, "model_path": hit["model_path"]}
+            "trials": res["trials"], "best": best, "model_path": hit["model_path"], "selection": selection}
     tracker.stage("tune", info)
     result = {"key": key, "model_path": hit["model_path"], "best": best, "metric": metric, "info": info,
+              "selection": selection,
               "history": best["history"]}
     if tuning.get("keep", "checkpoint") == "retrain":
         trained = stage_train(plan, pre, cache, tracker, resume=resume, overrides=best["config"], stage="train")

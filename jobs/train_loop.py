@@ -345,11 +345,16 @@ class LiveWriter:
 
 # ------------------------------------------------------------------------------------------ evaluation
 def evaluate(model, adatas: list, metric: str, ev: dict[str, Any]) -> dict[str, float]:
-    """The tuning objective on every slide: ``ari`` (mean over labelled slides), ``silhouette`` or ``loss``."""
+    """The tuning objective on every slide (higher is better except ``loss``).
+
+    Label-free: ``reconstruction`` (R² of held-out spots' expression, ``model.heldout_r2``), ``stability`` (the
+    infer-stage regions' reproducibility, ``metrics.stability``), ``silhouette``, ``loss``. ``ari`` (mean over
+    labelled slides) uses the annotations and is only ever run when the spec asks for it.
+    """
     import numpy as np
     import torch
     from senca_core import metrics, tl
-    from senca_core.model import make_batch, readout
+    from senca_core.model import heldout_r2, make_batch, readout
 
     from .infer import cluster_args
 
@@ -367,15 +372,19 @@ def evaluate(model, adatas: list, metric: str, ev: dict[str, Any]) -> dict[str, 
                 total += float(loss) * a.n_obs
                 n += a.n_obs
         out["objective"] = total / max(n, 1)
+    elif metric == "reconstruction":
+        out["objective"] = heldout_r2(core, adatas)
     else:
         for a in adatas:  # the region readout, clustered as the infer stage clusters it
             a.obsm["X_senca"] = readout(core, a)[1].astype(np.float32)
-        tl.cluster(adatas, **cluster_args(ev))
+        k = tl.cluster(adatas, **cluster_args(ev))
         if metric == "ari":
             scores = [metrics.ari(a) for a in adatas if "label" in a.obs]
             out["objective"] = float(np.nanmean(scores)) if scores else float("nan")
             for a, s in zip([a for a in adatas if "label" in a.obs], scores):
                 out[f"ari_{a.uns['senca']['slide_id']}"] = float(s)
+        elif metric == "stability":
+            out["objective"] = metrics.stability(adatas, k, seed=int(ev.get("seed", 0)))
         else:
             scores = [metrics.silhouette(a) for a in adatas]
             out["objective"] = float(np.nanmean(scores))

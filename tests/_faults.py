@@ -46,6 +46,8 @@ def pid_files(piddir: str | Path, prefix: str = "") -> list[PidFile]:
     """The pid files under ``piddir`` whose point starts with ``prefix``, oldest first."""
     out = []
     for p in Path(piddir).glob("*.pid"):
+        if p.name.startswith("."):  # the temp file of an atomic write in progress
+            continue
         point, pid, n = p.name[:-len(".pid")].rsplit(".", 2)
         if point.startswith(prefix):
             out.append(PidFile(p, point, int(pid), int(n)))

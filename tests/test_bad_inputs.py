@@ -217,6 +217,96 @@ def test_paths_may_leave_the_spec_folder_by_default_and_not_when_confined(tmp_pa
         assert "outside the spec's folder" in issue.message and spots in issue.message
 
 
+def test_a_folder_of_symlinks_to_files_elsewhere_does_not_escape_confinement(tmp_path):
+    """A folder inside the spec's folder passes a path check, but a reader opens the files in it: each is resolved
+    too (symlinked files, symlinked sub-folders, links that lead back inside), so links out are refused."""
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(CORPUS / "visium" / "V1", outside / "V1")
+    cohort = tmp_path / "cohort"
+    vis = cohort / "data" / "V1"
+    (vis / "spatial").mkdir(parents=True)
+    spec = cohort / "cohort.yaml"
+    spec.write_text("name: c\npatients:\n  - id: P1\n    slides:\n      - id: V1\n        reader: visium\n"
+                    "        path: data/V1\npaths:\n  confine_to_spec_dir: true\n")
+
+    def refused(through: str) -> None:
+        with pytest.raises(SpecError) as info:
+            load_spec(spec)
+        [issue] = info.value.issues
+        assert issue.field == "patients[0].slides[0].path" and issue.line == 7, issue
+        assert "outside the spec's folder" in issue.message and through in issue.message, issue.message
+
+    for p in (outside / "V1").rglob("*"):  # every file of the folder a link to the copy outside
+        if p.is_file():
+            (vis / p.relative_to(outside / "V1")).parent.mkdir(parents=True, exist_ok=True)
+            (vis / p.relative_to(outside / "V1")).symlink_to(p)
+    assert read_visium(vis).n_obs == 16  # the reader does read through the links
+    refused(str(outside / "V1"))
+    # the same files copied in: confined and valid
+    for p in vis.rglob("*"):
+        if p.is_symlink():
+            target = p.resolve()
+            p.unlink()
+            shutil.copy(target, p)
+    assert check_inputs(load_spec(spec)) == []
+    # one sub-folder a link out: refused; a link to a folder inside the spec's folder whose files lead out: refused
+    shutil.rmtree(vis / "spatial")
+    (vis / "spatial").symlink_to(outside / "V1" / "spatial")
+    refused("spatial")
+    (vis / "spatial").unlink()
+    inside = cohort / "other"
+    inside.mkdir()
+    for p in (outside / "V1" / "spatial").iterdir():
+        (inside / p.name).symlink_to(p)
+    (vis / "spatial").symlink_to(inside)
+    refused(str(outside / "V1" / "spatial"))
+    # a link inside that stays inside: fine
+    (vis / "spatial").unlink()
+    shutil.copytree(outside / "V1" / "spatial", cohort / "spatial_copy")
+    (vis / "spatial").symlink_to(cohort / "spatial_copy")
+    assert check_inputs(load_spec(spec)) == []
+    # without confinement, links out are allowed (the default)
+    spec.write_text(spec.read_text().replace("confine_to_spec_dir: true", "confine_to_spec_dir: false"))
+    (vis / "spatial").unlink()
+    (vis / "spatial").symlink_to(outside / "V1" / "spatial")
+    assert check_inputs(load_spec(spec)) == []
+
+
+# ------------------------------------------------------------------------------------------------ accepted labels
+@pytest.mark.parametrize("case", [pytest.param(c, id=c["id"]) for c in make_corpus.ACCEPTED])
+def test_label_rows_that_join_no_spot_are_skipped_counted_and_said(case, tmp_path):
+    """Only the counts and spot files are strict: label rows with NA coordinates, of no spot, or labelling one
+    spot two ways are skipped, counted in ``labels_join`` and said in the slide's warnings (naming the file)."""
+    labels = CORPUS / case["labels"]
+    a = read_legacy_st(CORPUS / "legacy/S1.tsv.gz", CORPUS / "legacy/S1_selection.tsv", labels=labels,
+                       slide_id="S1")
+    assert a.n_obs == 16  # the slide itself is whole
+    assert int(a.obs["label"].notna().sum()) == case["labelled"]
+    join = a.uns["senca"]["labels_join"]
+    assert {k: join[k] for k in case["join"]} == case["join"], join
+    warnings = list(a.uns["senca"]["warnings"])
+    assert all("\n" not in w and str(labels) in w for w in warnings), warnings
+    for text in case["warnings"]:
+        assert any(text in w for w in warnings), (text, warnings)
+    # validate says the cohort holding it is fine; the warnings survive the slide's h5ad
+    spec = tmp_path / "cohort.yaml"
+    spec.write_text(f"name: c\npatients:\n  - id: P\n    slides:\n      - id: S1\n        reader: legacy_st\n"
+                    f"        counts: {CORPUS / 'legacy/S1.tsv.gz'}\n"
+                    f"        spots: {CORPUS / 'legacy/S1_selection.tsv'}\n"
+                    f"        labels: {labels}\n")
+    assert check_inputs(load_spec(spec)) == []
+    a.write_h5ad(tmp_path / "S1.h5ad")
+    assert read_h5ad(tmp_path / "S1.h5ad").uns["senca"]["warnings"] == warnings
+
+
+def test_a_clean_label_file_gives_no_warning():
+    a = read_legacy_st(CORPUS / "legacy/S1.tsv.gz", CORPUS / "legacy/S1_selection.tsv",
+                       labels=CORPUS / "legacy/S1_labels.tsv", slide_id="S1")
+    assert "warnings" not in a.uns["senca"]
+    assert a.uns["senca"]["labels_join"] == {"n_labels_only": 0, "n_unlabelled": 0, "n_no_coordinates": 0,
+                                             "n_ambiguous": 0}
+
+
 # ------------------------------------------------------------------------------------------------ spec + data
 @pytest.mark.parametrize("case", _by_entry("check_inputs"))
 def test_valid_spec_with_bad_data_names_slide_file_and_field(case):

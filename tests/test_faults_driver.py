@@ -89,8 +89,9 @@ def killed(tmp_path_factory):
         [_client(uri).get_experiment_by_name(NAME).experiment_id], "tags.`senca.role` = 'parent'")
     state["killed_runs"] = [(r.info.run_id, r.info.status) for r in killed_runs]
     # what a write cut off by the kill leaves: a temp file next to its target (atomic write = temp + rename)
-    state["planted"] = [out / "slides" / ".P1_S1.k1ll3d00.h5ad", out / ".cohort_summary.json.k1ll3d00.tmp",
-                        out / "cache" / ".infer.json.k1ll3d00.tmp"]
+    state["planted"] = [out / "slides" / ".P1_S1.senca-tmp-k1ll3d00.h5ad",
+                        out / ".cohort_summary.senca-tmp-k1ll3d00.json",
+                        out / "cache" / ".infer.senca-tmp-k1ll3d00.json"]
     for p in state["planted"]:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"half a file")
@@ -169,13 +170,15 @@ def test_mlflow_parent_run_is_continued_and_the_model_registered_once(killed):
 
 @pytest.mark.timeout(60)
 def test_no_partial_files_are_visible_after_resume(killed):
+    from jobs._util import OUTPUT_MARKER
     from jobs.pipeline import partial_files
 
     out = killed["out"]
     assert all(not p.exists() for p in killed["planted"])
     assert "removed 3 partial file(s)" in killed["stderr2"]
     assert partial_files(out) == []
-    hidden = [p for p in out.rglob(".*") if p.is_file() and not p.is_relative_to(out / "ray")]
+    hidden = [p for p in out.rglob(".*") if p.is_file() and not p.is_relative_to(out / "ray")
+              and p != out / OUTPUT_MARKER]  # the marker that makes the folder a run's
     assert hidden == [], hidden  # nothing half-written anywhere the platform writes (Ray's storage is Ray's)
     assert not list(out.rglob("*.tmp"))
     assert json.loads((out / "cohort_summary.json").read_text())["mlflow_run_id"] == killed["summary3"]["mlflow_run_id"]
@@ -220,18 +223,18 @@ def test_a_plain_rerun_supersedes_the_killed_run_and_resume_skips_a_live_one(tmp
 @pytest.mark.timeout(120)
 def test_a_second_run_on_a_busy_output_directory_is_refused(tmp_path):
     """While a run holds ``<out>/run.lock``, another ``run`` on the same directory exits 3 before any work."""
+    from senca_platform.outdir import claim_output_dir
     from senca_platform.runner import output_lock
 
     spec = tiny_cohort(tmp_path, name="busy")
-    out = tmp_path / "results"
-    out.mkdir()
+    out = claim_output_dir(tmp_path / "results")  # what a run does first: the folder is marked as a run's
     with output_lock(out):
         res = cli("run", str(spec), "--json", env=service_env(), timeout=120, cwd=tmp_path)
     assert res.returncode == 3, res.stderr[-3000:]
     assert [line for line in res.stderr.splitlines() if line.startswith("error:")] == [
         f"error: {out} is in use by another senca-platform run (pid {os.getpid()}): wait for it to end, or choose "
         "another --out"]
-    assert "Traceback" not in res.stderr and sorted(p.name for p in out.iterdir()) == ["run.lock"]
+    assert "Traceback" not in res.stderr and sorted(p.name for p in out.iterdir()) == [".senca-run.json", "run.lock"]
 
 
 @pytest.fixture(scope="module")

@@ -449,3 +449,4 @@ def test_patch_features_with_cnn(pyramid, cnn_weights):
     assert a.obs["patch_in_image"].all()
     # the red and the blue marker patches are encoded differently
     assert np.abs(X[0] - X[2]).max() > 1e-4
+

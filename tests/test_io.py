@@ -162,7 +162,9 @@ def test_her2st_a1_spots_and_labels(a1, her2st_root):
     # the 2 selection rows without a count row are dropped and counted; every count row has a spot
     assert s["join"] == {"n_counts_only": 0, "n_spots_only": 2, "n_unselected": 0}
     # all 346 count rows carry a label; the 2 label rows without a count row are the same 2 spots
-    assert s["labels_join"] == {"n_labels_only": 2, "n_unlabelled": 0}
+    assert s["labels_join"] == {"n_labels_only": 2, "n_unlabelled": 0, "n_no_coordinates": 0, "n_ambiguous": 0}
+    label_file = her2st_root / "labels" / "A1_labeled_coordinates.tsv"
+    assert s["warnings"] == [f"labels: 2 of 348 labelled spots of {label_file} are not spots of this slide: skipped"]
     assert a1.obs["label"].notna().all()
     got = a1.obs["label"].value_counts().to_dict()
     got = {k: v for k, v in got.items() if v}
@@ -363,7 +365,10 @@ def test_legacy_labels_fractional_keys_and_unscored(tmp_path):
     assert ad.obs.loc["2x1", "label"] == "undetermined" and not ad.obs.loc["2x1", "label_scored"]
     assert ad.obs.loc["4x1", "label"] == "stroma"
     assert pd.isna(ad.obs.loc["1x2", "label"]) and not ad.obs.loc["1x2", "label_scored"]
-    assert ad.uns["senca"]["labels_join"] == {"n_labels_only": 1, "n_unlabelled": 13}
+    assert ad.uns["senca"]["labels_join"] == {"n_labels_only": 1, "n_unlabelled": 13, "n_no_coordinates": 0,
+                                              "n_ambiguous": 0}
+    assert ad.uns["senca"]["warnings"] == [f"labels: 1 of 4 labelled spots of {lab_file} are not spots of this "
+                                           "slide: skipped"]
 
 
 # ------------------------------------------------------------------------------------------------ legacy ST: bad
@@ -489,13 +494,17 @@ def test_bad_duplicate_keys(tmp_path):
     with pytest.raises(SlideError) as e:
         read_legacy_st(counts, spots)
     assert_slide_error(e, slide="S1", file=spots, field="x,y", text="duplicate")
-    # two label rows rounding to the same spot
+    # label rows rounding to the same spot: only the counts and spots are strict. Rows repeating the spot's label
+    # are merged; rows giving it two labels are skipped (the spot is unlabelled), counted and said
     counts, spots = write_legacy(tmp_path)
     lab = tmp_path / "lab.tsv"
-    pd.DataFrame({"x": [1.1, 0.9], "y": [1.0, 1.2], "label": ["a", "b"]}).to_csv(lab, sep="\t", index=False)
-    with pytest.raises(SlideError) as e:
-        read_legacy_st(counts, spots, labels=lab)
-    assert_slide_error(e, slide="S1", file=lab, field="x,y", text="'1x1'")
+    pd.DataFrame({"x": [1.1, 0.9, 2.0, 2.1], "y": [1.0, 1.2, 1.0, 0.9], "label": ["a", "b", "c", "c"]}).to_csv(
+        lab, sep="\t", index=False)
+    ad = read_legacy_st(counts, spots, labels=lab)
+    assert pd.isna(ad.obs.loc["1x1", "label"]) and ad.obs.loc["2x1", "label"] == "c"
+    assert ad.uns["senca"]["labels_join"]["n_ambiguous"] == 2
+    assert ad.uns["senca"]["warnings"] == [f"labels: 2 row(s) of {lab} give one spot different labels: skipped "
+                                           "(those spots are unlabelled)"]
 
 
 def test_bad_counts_shape_and_names(tmp_path):
@@ -584,6 +593,8 @@ def test_visium_duplicate_feature_names_and_labels(tmp_path):
     assert ad.obs.loc["AAAC0001-1", "label"] == "L1" and ad.obs.loc["AAAC0001-1", "label_scored"]
     assert pd.isna(ad.obs.loc["AAAC0002-1", "label"]) and not ad.obs.loc["AAAC0002-1", "label_scored"]
     assert ad.uns["senca"]["labels_join"] == {"n_labels_only": 1, "n_unlabelled": 33}
+    assert ad.uns["senca"]["warnings"] == [f"labels: 1 of 3 labelled spots of {lab} are not spots of this slide: "
+                                           "skipped"]
     assert ad.uns["senca"]["slide_id"] == "vis" and ad.uns["senca"]["patient_id"] == "p"
 
 

@@ -86,9 +86,12 @@ def test_synthetic_cohort_end_to_end(synthetic_run):
         assert a.uns["senca"]["slide_id"] == s["slide"] and a.uns["senca"]["patient_id"] == s["patient"]
     assert summary["k"] == len(categories)
 
-    # Tune: 2 trials, each a Ray Train fit with 2 DDP workers, objective = mean ARI (labels present)
+    # Tune: 2 trials, each a Ray Train fit with 2 DDP workers; the objective uses no label although the slides
+    # have labels (metric auto = held-out reconstruction), and the summary says so
     trials = json.loads((spec_path.parent / "results" / "tune" / "trials.json").read_text())
-    assert trials["metric"] == "ari" and len(trials["trials"]) == 2
+    assert trials["metric"] == "reconstruction" and len(trials["trials"]) == 2
+    selection = summary["tuning"]["selection"]
+    assert selection["uses_labels"] is False and "no labels" in selection["rule"]
     for trial in trials["trials"]:
         assert trial["status"] == "ok", trial["error"]
         assert trial["history"] and all(h["world_size"] == 2 for h in trial["history"])
@@ -121,6 +124,10 @@ def test_synthetic_cohort_is_tracked_in_mlflow(synthetic_run):
     assert parent.data.params["name"] == "senca-demo" and parent.data.params["n_slides"] == "3"
     assert parent.data.params["training.num_workers"] == "2" and parent.data.params["tuning.num_samples"] == "2"
     assert "mean_ari" in parent.data.metrics
+    assert parent.data.tags["senca.selected_on_annotations"] == "false"
+    assert parent.data.tags["senca.selection_metric"] == "reconstruction"
+    version = client.get_model_version(summary["registered_model"]["name"], str(summary["registered_model_version"]))
+    assert version.tags["senca.selected_on_annotations"] == "false" and "no labels" in version.tags["senca.model_selection"]
     assert len(client.get_metric_history(parent.info.run_id, "train_loss")) == 6  # the best trial ran all 6 epochs
     artifacts = {f.path for f in client.list_artifacts(parent.info.run_id)}
     assert {"spec", "tables", "region_maps", "cohort_summary.json"} <= artifacts
@@ -283,4 +290,4 @@ def test_her2st_cohort_end_to_end(tmp_path, her2st_root):
     client = _client(summary)
     assert "tables/patients.json" in {f.path for f in client.list_artifacts(summary["mlflow_run_id"], "tables")}
     trials = json.loads((tmp_path / "out" / "tune" / "trials.json").read_text())
-    assert len(trials["trials"]) == 2 and trials["metric"] == "ari"
+    assert len(trials["trials"]) == 2 and trials["metric"] == "reconstruction"

@@ -6,11 +6,13 @@ with a Python-object YAML tag is refused without being constructed."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import uuid
 
 import pytest
+import yaml
 
 from _procs import Cli, SocketWatch, is_loopback, listening, ray_tmpdir
 from _services import MlflowServer, REPO, cli, service_env, session_pids, tiny_cohort
@@ -26,11 +28,17 @@ def secured(tmp_path_factory):
     root = tmp_path_factory.mktemp("secure")
     server = MlflowServer(root / "mlflow").start()
     tag = uuid.uuid4().hex[:12]
+    # the URI's password holds an '@' (its two halves are checked apart: a partial mask leaves the second), and
+    # the spec carries a secret in a comment line and in a comment after a value
     secrets = {"MLFLOW_TRACKING_PASSWORD": f"mlflowpw{tag}", "AWS_SECRET_ACCESS_KEY": f"awssecret{tag}",
-               "RAY_AUTH_TOKEN": f"raytoken{tag}", "uri_password": f"uripw{tag}"}
+               "RAY_AUTH_TOKEN": f"raytoken{tag}", "uri_password": f"uripw{tag}", "uri_password_tail": f"at{tag}",
+               "comment_token": f"commenttoken{tag}", "comment_uri": f"commentpw{tag}"}
     port = server.uri.rsplit(":", 1)[1]
     spec = tiny_cohort(root, name=NAME, n_patients=2, n_spots=150, seed=8, epochs=2,
-                       tracking_uri=f"http://senca:{secrets['uri_password']}@127.0.0.1:{port}")
+                       tracking_uri=f"http://senca:uripw{tag}@at{tag}@127.0.0.1:{port}")
+    spec.write_text(f"# deploy token: {secrets['comment_token']}\n" + spec.read_text().replace(
+        f"@127.0.0.1:{port}", f"@127.0.0.1:{port}  # was http://u:{secrets['comment_uri']}@old-host", 1))
+    assert secrets["comment_uri"] in spec.read_text()
     raytmp = ray_tmpdir()
     env = service_env(RAY_TMPDIR=str(raytmp), MLFLOW_TRACKING_USERNAME="senca",
                       **{k: v for k, v in secrets.items() if k.isupper()})
@@ -104,6 +112,25 @@ def test_secrets_appear_nowhere(secured):
     assert parent.data.params["tracking.uri"].startswith("http://***@127.0.0.1:")
     original = next(v for k, v in texts.items() if k.endswith("/spec/cohort.yaml")).decode()
     assert "uri: http://***@127.0.0.1:" in original
+    assert "#" not in original  # the YAML as written, without its comments (free text no rule can vet)
+    run_json = json.loads((secured["out"] / "tracking" / "run.json").read_text())
+    assert run_json["tracking_uri"].startswith("http://***@127.0.0.1:") and "#" not in run_json["spec_text"]
+    assert f"MLflow: http://***@127.0.0.1:{secured['server'].uri.rsplit(':', 1)[1]}" in secured["stderr"]
+
+
+@pytest.mark.timeout(60)
+def test_results_follow_the_umask(secured):
+    """Output files get the umask's mode (here the test process's), not 0600 whatever the umask; none of them
+    holds a credential (the previous test), so none needs 0600. Ray's own storage (``ray/``) is Ray's."""
+    assert secured["rc"] == 0, secured["stderr"][-4000:]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    out = secured["out"]
+    files = [p for p in out.rglob("*") if p.is_file() and not p.is_relative_to(out / "ray")]
+    assert len(files) > 30
+    modes = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in files}
+    wrong = {k: v for k, v in modes.items() if int(v, 8) != 0o666 & ~mask}
+    assert wrong == {}, f"umask {oct(mask)}: {wrong}"
 
 
 # --------------------------------------------------------------------------------------------- YAML
@@ -129,3 +156,212 @@ def test_no_unsafe_yaml_or_pickle_loading_of_specs_in_the_sources():
             for p in (REPO / folder).rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
             if unsafe.search(line)]
     assert hits == []
+
+
+# --------------------------------------------------------------------------------------------- redaction
+@pytest.mark.parametrize("uri,shown", [
+    ("http://user:p@ssw0rd@host:5000", "http://***@host:5000"),
+    ("https://u:a@b@c@mlflow.example.org/prefix", "https://***@mlflow.example.org/prefix"),
+    ("http://u:pa/ss?w#rd@host:5000/x", "http://***@host:5000/x"),  # unencoded / ? # in a password
+    ("http://token@host", "http://***@host"),
+    ("http://host:5000", "http://host:5000"),
+    ("sqlite:////home/me@lab/mlflow.db", "sqlite:////home/me@lab/mlflow.db"),  # no authority: no credential
+])
+def test_a_uri_is_masked_up_to_its_last_at(uri, shown):
+    from senca_platform import registry, spec, tracking
+    from senca_platform._redact import redact_uri, redact_uris
+
+    assert registry.redact_uri is redact_uri and spec.redact is not None  # one helper, everywhere
+    assert redact_uri(uri) == shown
+    assert redact_uris(f"cannot reach {uri} (x): see '{uri}'") == f"cannot reach {shown} (x): see '{shown}'"
+    assert tracking.redact_uris(uri) == shown
+    assert spec.redact({"tracking": {"uri": uri}, "name": "c"}) == {"tracking": {"uri": shown}, "name": "c"}
+
+
+def test_yaml_comments_are_stripped_from_the_logged_spec_text_and_values_kept():
+    from senca_platform._redact import redact_text
+
+    text = ("# deploy token ghp_SECRET1\n"
+            "name: c   # password: SECRET2\n"
+            "note: \"a # inside quotes\"\n"
+            "other: 'q#r'  # SECRET3\n"
+            "block: |\n"
+            "  kept # in a block scalar\n"
+            "  # also block content\n"
+            "#SECRET4\n"
+            "tracking:\n"
+            "  uri: http://u:p@ss@h:5000  #SECRET5 http://x:SECRET6@y\n"
+            "  api_key: SECRET7\n"
+            "url: http://h/#/experiments\n")
+    out = redact_text(text)
+    assert "SECRET" not in out and "p@ss" not in out, out
+    assert out.count("\n") == text.count("\n")  # line numbers still match the file
+    data, original = yaml.safe_load(out), yaml.safe_load(text)
+    assert {k: data[k] for k in ("name", "note", "other", "block", "url")} == \
+        {k: original[k] for k in ("name", "note", "other", "block", "url")}
+    assert data["tracking"] == {"uri": "http://***@h:5000", "api_key": "***"}
+    # YAML that does not scan still loses every comment
+    assert "SECRET" not in redact_text("a: [1, 2\n# SECRET8\nb: x # SECRET9\n")
+
+
+# --------------------------------------------------------------------------------------------- file modes
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002, 0o077])
+def test_atomic_writes_follow_the_umask_and_private_files_stay_0600(tmp_path, mask):
+    import numpy as np
+
+    from jobs._util import atomic_write_json, atomic_write_with
+
+    old = os.umask(mask)
+    try:
+        a = atomic_write_json(tmp_path / "a.json", {"x": 1})
+        b = atomic_write_with(tmp_path / "b.npy", lambda tmp: np.save(open(tmp, "wb"), np.arange(3)))
+        c = atomic_write_json(tmp_path / "creds.json", {"password": "x"}, private=True)
+    finally:
+        os.umask(old)
+    assert oct(a.stat().st_mode & 0o777) == oct(0o666 & ~mask)
+    assert oct(b.stat().st_mode & 0o777) == oct(0o666 & ~mask)
+    assert oct(c.stat().st_mode & 0o777) == oct(0o600)
+
+
+# --------------------------------------------------------------------------------------------- the output folder
+#: hidden files of a user, shaped like the temp files of earlier versions (``.<x>.<8 chars>[.ext]``)
+USER_FILES = [".bashrc.original", ".env.backup01", ".notes.20240101.txt", "tables/.mytable.draft001.csv",
+              "slides/.P1_S1.k1ll3d00.h5ad", ".cohort_summary.json.k1ll3d00.tmp", "cache/.infer.json.abcdefgh.tmp",
+              "notes.md", "cache/mine.json"]
+
+
+def _user_folder(root) -> dict:
+    for i, rel in enumerate(USER_FILES):
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f"the user's own file {i}\n")
+    return {rel: (root / rel).read_bytes() for rel in USER_FILES}
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spec_file(tmp_path):
+    """A valid one-slide spec tracked at a closed port: a run that gets past the output folder stops at the
+    tracking probe (exit 3, no Ray), so what it did to the folder is all it did."""
+    corpus = REPO / "tests" / "bad_inputs" / "legacy"
+    spec = tmp_path / "cohort.yaml"
+    spec.write_text(f"name: c\npatients:\n  - id: P1\n    slides:\n      - id: S1\n        reader: legacy_st\n"
+                    f"        counts: {corpus / 'S1.tsv.gz'}\n        spots: {corpus / 'S1_selection.tsv'}\n"
+                    f"tracking:\n  uri: http://127.0.0.1:{_closed_port()}\n")
+    return spec
+
+
+def _run_cli(*args: str, cwd=None):
+    from typer.testing import CliRunner
+
+    from senca_platform.cli import app
+
+    here = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        res = CliRunner().invoke(app, ["run", *args])
+    finally:
+        os.chdir(here)
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.output
+    assert "Traceback" not in res.output
+    return res.exit_code, res.output
+
+
+def test_temp_names_are_ours_only(tmp_path):
+    from jobs._util import atomic_write_with, is_temp_of
+
+    seen = []
+    atomic_write_with(tmp_path / "P1_S1.h5ad", lambda tmp: (seen.append(tmp.name), tmp.write_bytes(b"x")))
+    assert is_temp_of(seen[0]) and is_temp_of(seen[0], tmp_path / "P1_S1.h5ad") and "senca-tmp-" in seen[0]
+    assert not is_temp_of(seen[0], tmp_path / "P1_S2.h5ad")
+    for rel in USER_FILES:
+        assert not is_temp_of(rel.rsplit("/", 1)[-1]), rel
+
+
+@pytest.mark.timeout(120)
+def test_run_refuses_a_non_empty_folder_no_run_wrote_and_deletes_nothing(tmp_path):
+    out = tmp_path / "mine"
+    before = _user_folder(out)
+    code, output = _run_cli(str(_spec_file(tmp_path)), "--out", str(out))
+    assert code == 3, output
+    [line] = [x for x in output.splitlines() if x.strip()]
+    assert line.startswith("error: output folder") and "is not empty" in line and "--force-out" in line, line
+    assert {rel: (out / rel).read_bytes() for rel in USER_FILES} == before
+    assert sorted(p.name for p in out.iterdir()) == sorted({r.split("/")[0] for r in USER_FILES})  # nothing added
+
+
+@pytest.mark.timeout(120)
+def test_force_out_writes_into_the_folder_and_still_deletes_nothing_of_the_users(tmp_path):
+    from jobs._util import OUTPUT_MARKER
+    from jobs.pipeline import partial_files
+
+    out = tmp_path / "mine"
+    before = _user_folder(out)
+    code, output = _run_cli(str(_spec_file(tmp_path)), "--out", str(out), "--force-out")
+    assert code == 3 and "cannot reach the MLflow tracking server" in output, output  # past the folder
+    assert {rel: (out / rel).read_bytes() for rel in USER_FILES} == before
+    marker = json.loads((out / OUTPUT_MARKER).read_text())
+    assert marker["forced"] is True and marker["n_entries_before"] == 8 and "notes.md" in marker["entries_before"]
+    # the folder is now a run's: a rerun needs no flag; a temp file of its own (and only that) is swept
+    ours = [out / ".cohort_summary.senca-tmp-k1ll3d00.json", out / "slides" / ".P1_S1.senca-tmp-abc_1234.h5ad"]
+    for p in ours:
+        p.write_bytes(b"half a file")
+    assert partial_files(out) == sorted(ours)
+    code, output = _run_cli(str(_spec_file(tmp_path)), "--out", str(out))
+    assert code == 3 and "removed 2 partial file(s)" in output, output
+    assert not any(p.exists() for p in ours)
+    assert {rel: (out / rel).read_bytes() for rel in USER_FILES} == before
+
+
+def test_no_clean_up_without_the_marker(tmp_path):
+    from jobs.pipeline import partial_files, sweep_partial_files
+
+    planted = [tmp_path / "cache" / ".infer.senca-tmp-abcdefgh.json", tmp_path / "cache" / ".infer.json.abcdefgh.tmp",
+               tmp_path / ".cohort_summary.json.k1ll3d00.tmp"]  # ours, and two of the shape earlier versions used
+    planted[0].parent.mkdir()
+    for p in planted:
+        p.write_bytes(b"x")
+    assert partial_files(tmp_path) == [] and sweep_partial_files(tmp_path) == []
+    assert all(p.exists() for p in planted)
+
+
+@pytest.mark.timeout(120)
+def test_empty_out_a_file_and_an_unwritable_folder_are_refused_in_one_line(tmp_path):
+    spec = _spec_file(tmp_path)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    code, output = _run_cli(str(spec), "--out", "", cwd=cwd)
+    assert code == 3 and output.strip() == "error: --out is empty: name the output folder (e.g. --out results); " \
+                                           "'.' for the current folder must be written out", output
+    assert list(cwd.iterdir()) == []  # not the current directory
+    afile = tmp_path / "results.txt"
+    afile.write_text("mine")
+    code, output = _run_cli(str(spec), "--out", str(afile))
+    assert code == 3 and "exists and is not a folder" in output and len(output.strip().splitlines()) == 1, output
+    assert afile.read_text() == "mine"
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        code, output = _run_cli(str(spec), "--out", str(ro / "new"))
+        assert code == 3 and "cannot create or read the output folder" in output, output
+
+
+def test_an_output_folder_of_an_earlier_version_is_taken_back(tmp_path):
+    from jobs._util import is_output_dir
+    from senca_platform.outdir import OutputDirError, claim_output_dir
+
+    out = tmp_path / "results"
+    (out / "tracking").mkdir(parents=True)
+    (out / "tracking" / "run.json").write_text(json.dumps({"format": 1, "output_dir": str(tmp_path / "other")}))
+    with pytest.raises(OutputDirError):
+        claim_output_dir(out)
+    (out / "tracking" / "run.json").write_text(json.dumps({"format": 1, "output_dir": str(out)}))
+    assert claim_output_dir(out) == out and is_output_dir(out)

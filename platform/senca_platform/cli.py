@@ -1,7 +1,8 @@
 """``senca-platform``: a thin typed command line over :mod:`senca_platform` (spec, runner, demo).
 
 Exit codes of ``run``: 0 every slide finished (and is tracked); 1 a slide (or a stage) failed, see the summary;
-2 the spec is invalid; 3 nothing ran (the tracking server cannot be reached, or the output directory is in use);
+2 the spec is invalid; 3 nothing ran (the tracking server cannot be reached, or the output directory is in use or
+cannot be used: ``--out ""``, a file, not writable, or a non-empty folder no run wrote without ``--force-out``);
 4 every slide finished but MLflow tracking failed mid-run (results on disk: ``senca-platform sync OUTPUT_DIR``).
 """
 
@@ -26,7 +27,8 @@ def _err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-def _run(spec_path: Path, out: Optional[Path], fresh: bool, as_json: bool, resume: bool) -> int:
+def _run(spec_path: Path, out: Optional[str], fresh: bool, as_json: bool, resume: bool,
+         force_out: bool = False) -> int:
     from .runner import EXIT_NOT_STARTED, RunNotStarted, run_cohort
     from .spec import SpecError, load_spec
 
@@ -38,7 +40,7 @@ def _run(spec_path: Path, out: Optional[Path], fresh: bool, as_json: bool, resum
     with stdout_to_stderr(as_json):
         try:
             result = run_cohort(spec, output_dir=out, fresh=fresh, resume=resume, progress=not as_json,
-                                spec_path=spec_path, command=True)
+                                spec_path=spec_path, command=True, force_out=force_out)
         except RunNotStarted as err:  # nothing ran: one line, no traceback
             _err(f"error: {err}")
             return EXIT_NOT_STARTED
@@ -69,15 +71,19 @@ def _print_table(summary: dict) -> None:
 @app.command()
 def run(
     spec: Path = typer.Argument(..., help="the cohort spec (YAML)", show_default=False),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (overrides the spec's)"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="output directory (overrides the spec's); a "
+                                      "non-empty folder that no run wrote is refused (see --force-out)"),
     fresh: bool = typer.Option(False, "--fresh", help="ignore cached stage outputs, recompute everything"),
     as_json: bool = typer.Option(False, "--json", help="print the cohort summary as JSON on stdout (logs: stderr)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run: cached stages are kept, "
                                                         "training goes on from its last checkpoint, the same "
                                                         "MLflow parent run is continued"),
+    force_out: bool = typer.Option(False, "--force-out", help="write into a non-empty output folder that no run "
+                                   "wrote (nothing of yours in it is deleted; files named like the run's outputs "
+                                   "are overwritten)"),
 ) -> None:
     """Run the cohort: preprocess (Ray Data), train (Ray Train) or tune (Ray Tune), infer + summaries, MLflow."""
-    raise typer.Exit(_run(spec, out, fresh, as_json, resume))
+    raise typer.Exit(_run(spec, out, fresh, as_json, resume, force_out))
 
 
 @app.command()

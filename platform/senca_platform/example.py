@@ -47,7 +47,7 @@ preprocess:                       # per slide on Ray Data; a shared gene panel a
   n_pca: 30                       # shared PCA basis size (the model's expression input)
   patch_size: 64                  # histology patch side (px)
   patch_context: 2.0              # patch side in spot diameters
-  encoder: morphology             # morphology | cnn (cnn needs encoder_weights: a local file)
+  encoder: morphology             # morphology | cnn | vit (cnn/vit need encoder_weights: a local file)
   # concurrency: 2                # slides at once (default: CPUs); memory per worker ~ one slide
 
 model:                            # senca_core.model.SencaConfig settings (defaults when absent)
@@ -70,7 +70,7 @@ tuning:                           # Ray Tune around the trainer (enabled: false 
   enabled: {tuning}
   num_samples: 2
   scheduler: asha                 # asha | fifo
-  metric: auto                    # auto (ARI when labels exist, else silhouette) | ari | silhouette | loss
+  metric: auto                    # auto (= reconstruction, no labels) | stability | silhouette | loss | ari
   epochs: {tune_epochs}           # epochs per trial
   grace_period: 2
   keep: checkpoint                # checkpoint: keep the best trial's model | retrain: train its config again

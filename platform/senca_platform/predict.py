@@ -47,6 +47,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._redact import redact_text
 from .registry import ModelRef, _explain, client, get_version, parse_model_uri, redact_uri
 
 STATE_FORMAT = "senca-model-state/2"  # 2: region_model.pkl is a senca_core.tl.RegionModel
@@ -577,7 +578,10 @@ def _log_predict_run(mc, mv, ref: ModelRef, summary: dict[str, Any], slides_path
     for r in rows:
         if r.get("region_map") and Path(r["region_map"]).exists():
             mc.log_artifact(rid, r["region_map"], "region_maps")
-    mc.log_artifact(rid, str(Path(slides_path).resolve()), "spec")
+    with tempfile.TemporaryDirectory() as tmp:  # the YAML as written, comments and secrets removed
+        copy = Path(tmp) / Path(slides_path).name
+        copy.write_text(redact_text(Path(slides_path).read_text(encoding="utf-8-sig")))
+        mc.log_artifact(rid, str(copy), "spec")
     echo(f"MLflow prediction run {rid}")
     return rid
 

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ._redact import redact_uri  # noqa: F401 - re-exported
+
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 ROLE_TAG = "senca.role"
 
@@ -42,11 +44,6 @@ def resolve_tracking_uri(uri: str | None = None, *, fallback: str | None = None)
         raise RegistryError("no MLflow tracking URI: pass --tracking-uri http://HOST:5000 (or sqlite:///path/mlflow.db)"
                             f" or set {TRACKING_ENV}")
     return uri
-
-
-def redact_uri(uri: str) -> str:
-    """A URI safe to print: ``user:password@`` removed."""
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]+@", r"\1***@", uri or "")
 
 
 def client(uri: str):
@@ -193,7 +190,7 @@ def show_model(uri: str, name: str, *, version: str | int | None = None, alias: 
                      if "spec/cohort.resolved.yaml" in _artifact_paths(mc, run.info.run_id, "spec") else None}
     out["summary"] = summary_links(mc, run)
     if uri.startswith(("http://", "https://")):
-        out["ui"] = f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        out["ui"] = f"{redact_uri(uri).rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     state = _artifact_paths(mc, run.info.run_id, "model_state")
     out["model_state"] = f"runs:/{run.info.run_id}/model_state" if state else None
     try:

@@ -61,8 +61,9 @@ EXIT_OK, EXIT_FAILED, EXIT_SPEC, EXIT_NOT_STARTED, EXIT_UNTRACKED = 0, 1, 2, 3, 
 
 
 class RunNotStarted(RuntimeError):
-    """Nothing ran (no Ray started, no file written but the lock): the tracking server cannot be reached, or the
-    output directory is in use by another run. One line for the user; ``senca-platform run`` exits 3."""
+    """Nothing ran (no Ray started, no file written but the lock and the folder's marker): the tracking server
+    cannot be reached, or the output directory is in use by another run or cannot be used. One line for the user;
+    ``senca-platform run`` exits 3."""
 
 
 @contextlib.contextmanager
@@ -73,7 +74,7 @@ def output_lock(out: Path) -> Iterator[None]:
     import fcntl
 
     path = out / "run.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every result
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -141,21 +142,28 @@ class TrackingGuard:
 
 def run_cohort(spec: CohortSpec | str | Path, *, output_dir: str | Path | None = None, fresh: bool = False,
                resume: bool = False, progress: bool = True, echo: Callable[[str], None] | None = None,
-               track: bool = True, spec_path: str | Path | None = None, command: bool = False) -> CohortResult:
+               track: bool = True, spec_path: str | Path | None = None, command: bool = False,
+               force_out: bool = False) -> CohortResult:
     """Run every stage of the cohort. Writes ``cohort_summary.json``; returns it with the exit code.
 
-    Raises :class:`RunNotStarted` (before any work) when the output directory is locked by another run or the
-    tracking server does not answer. A tracking failure later does not stop the run (exit code 4 when every slide
-    finished; see :class:`TrackingGuard` and ``senca-platform sync``).
+    Raises :class:`RunNotStarted` (before any work) when the output directory is locked by another run, cannot
+    be used (``outdir.claim_output_dir``: empty, a file, not writable, or a non-empty folder no run wrote unless
+    ``force_out``) or the tracking server does not answer. A tracking failure later does not stop the run (exit
+    code 4 when every slide finished; see :class:`TrackingGuard` and ``senca-platform sync``).
     """
+    from .outdir import OutputDirError, check_out_arg, claim_output_dir
+
     spec_path = Path(spec_path) if spec_path is not None else None
     if not isinstance(spec, CohortSpec):
         spec_path = Path(spec)
         spec = load_spec(spec_path)
-    if output_dir is not None:
-        spec.output_dir = Path(output_dir).resolve()
-    out = Path(spec.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        check_out_arg(output_dir)
+        if output_dir is not None:
+            spec.output_dir = Path(output_dir).resolve()
+        out = claim_output_dir(Path(spec.output_dir).resolve(), cohort=spec.name, force=force_out)
+    except OutputDirError as err:
+        raise RunNotStarted(str(err)) from None
     echo = echo or (lambda msg: print(f"[senca-platform] {msg}", file=sys.stderr, flush=True))
     from jobs.pipeline import sweep_partial_files
 
@@ -309,7 +317,8 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
         if result.get("model_path") and result.get("error") is None:
             journal.model(result["model_path"], result["example_slide"])
             if tracker is not None:
-                logged = guard.call("model", tracker.log_model, result["model_path"], result["example_slide"])
+                logged = guard.call("model", tracker.log_model, result["model_path"], result["example_slide"],
+                                    (result.get("tuning") or {}).get("selection"))
                 if logged is not None:
                     model_info = logged
                     echo(f"model registered: {model_info.get('name')} version {model_info.get('version')} "

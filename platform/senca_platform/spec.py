@@ -27,6 +27,9 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
+from ._confine import escape_of, is_inside
+from ._redact import SECRET_WORDS, redact  # noqa: F401 - re-exported (the one redaction helper)
+
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 #: model settings that the spec sets elsewhere (training section), not under ``model:``
@@ -99,7 +102,7 @@ class PreprocessSpec(_Base):
     n_pca: int = Field(30, ge=2, description="size of the shared PCA basis")
     patch_size: int = Field(64, ge=8, description="histology patch side in pixels")
     patch_context: float = Field(2.0, gt=0, description="patch side in spot diameters")
-    encoder: Literal["morphology", "cnn"] = "morphology"
+    encoder: Literal["morphology", "cnn", "vit"] = "morphology"
     encoder_weights: SpecPath | None = None
     concurrency: int | None = Field(None, ge=1, description="slides preprocessed at once (default: CPUs)")
     cpus_per_slide: float = Field(1.0, gt=0)
@@ -160,8 +163,10 @@ class TuningSpec(_Base):
     enabled: bool = False
     num_samples: int = Field(4, ge=1)
     scheduler: Literal["asha", "fifo"] = "asha"
-    metric: Literal["auto", "ari", "silhouette", "loss"] = Field(
-        "auto", description="auto: mean ARI when any slide has labels, else embedding silhouette")
+    metric: Literal["auto", "reconstruction", "stability", "silhouette", "loss", "ari"] = Field(
+        "auto", description="how the best trial is chosen. auto = reconstruction: R² of held-out spots' expression "
+        "(no labels). ari: mean ARI against the annotations - only when asked; the run then says the model was "
+        "selected on the annotations it is scored on")
     epochs: int | None = Field(None, ge=1, description="epochs per trial (default: training.epochs)")
     eval_every: int = Field(1, ge=1, description="epochs between objective evaluations inside a trial")
     grace_period: int = Field(1, ge=1)
@@ -598,14 +603,6 @@ def _duplicate_issues(spec: CohortSpec, lines: dict[tuple, int]) -> list[SpecIss
 _PATH_FIELDS = ("counts", "spots", "labels", "image", "path")
 
 
-def _is_inside(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-        return True
-    except ValueError:
-        return False
-
-
 def _resolve(spec: CohortSpec, base: Path, lines: dict[tuple, int]) -> list[SpecIssue]:
     """Resolve every path against ``base`` in place; return the problems (``~user`` that cannot be expanded,
     input paths outside ``base`` when ``paths.confine_to_spec_dir`` is on)."""
@@ -628,9 +625,11 @@ def _resolve(spec: CohortSpec, base: Path, lines: dict[tuple, int]) -> list[Spec
         except (OSError, RuntimeError, ValueError) as err:  # symlink loop, name too long …
             issues.append(SpecIssue(where, line, f"cannot resolve {str(raw)!r}: {err}"))
             return raw
-        if confine and is_input and not _is_inside(resolved, real_base):
+        escape = escape_of(resolved, real_base) if confine and is_input else None
+        if escape is not None:  # the path, or a file in its folder (a symlink), resolves outside
+            via = "" if escape == str(resolved) else f" through {escape}"
             issues.append(SpecIssue(where, line, f"path {str(raw)!r} points outside the spec's folder "
-                                                 f"{str(real_base)!r} (paths.confine_to_spec_dir is true)"))
+                                                 f"{str(real_base)!r}{via} (paths.confine_to_spec_dir is true)"))
         return resolved
 
     for pi, patient in enumerate(spec.patients):
@@ -706,7 +705,7 @@ def _field_of_file(slide: Any, file: str | None) -> str | None:
         if value is None:
             continue
         p = Path(value).resolve()
-        if target == p or _is_inside(target, p):
+        if target == p or is_inside(target, p):
             return name
     return None
 
@@ -834,25 +833,6 @@ def missing_files(spec: CohortSpec, *, read: bool = True) -> list[SpecIssue]:
     ``read=True``, slides whose data cannot be read, and ``clustering.k`` above the cohort's spots).
     ``read=False``: only the files that do not exist."""
     return check_inputs(spec, read=read)
-
-
-#: what makes a key secret-looking (its value is never logged); ``tracking.redact_text`` uses it on raw YAML too
-SECRET_WORDS = r"(?:password|passwd|secret|token|credential|api[_-]?key)"
-_SECRET_KEY = re.compile(SECRET_WORDS, re.I)
-_URI_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)([^/@]+)@")
-
-
-def redact(value: Any, key: str = "") -> Any:
-    """Remove secrets before anything is logged: values under secret-looking keys and URI user:password parts."""
-    if isinstance(value, dict):
-        return {k: redact(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, key) for v in value]
-    if key and _SECRET_KEY.search(key):
-        return "***"
-    if isinstance(value, str):
-        return _URI_USERINFO.sub(r"\1***@", value)
-    return value
 
 
 def spec_to_dict(spec: CohortSpec) -> dict[str, Any]:

@@ -201,7 +201,8 @@ def sync_output(output_dir: str | Path, tracking_uri: str | None = None, *,
             model_info = {"name": spec.model_name, "version": None, "alias": None}
             model = record["model"]
             if model and summary.get("error") is None and Path(model["model_path"]).exists():
-                model_info = tracker.log_model(model["model_path"], model["example_slide"])
+                model_info = tracker.log_model(model["model_path"], model["example_slide"],
+                                               (summary.get("tuning") or {}).get("selection"))
                 logged.append("model")
                 echo(f"model: {model_info['name']} version {model_info.get('version')}"
                      f"{' (already registered)' if model_info.get('reused') else ''}")

@@ -34,7 +34,8 @@ from typing import Any
 from .spec import CohortSpec, spec_to_dict, spec_to_yaml
 from .tracking_conn import (PROBE_HTTP, RUN_HTTP_DEFAULTS, TrackingUnavailable, driver_alive, driver_id,  # noqa: F401
                             http_settings, is_remote, probe_tracking, redact_text, redact_uris)
-from .tracking_log import LiveLog, _flatten, history_items, log_items, log_metrics, log_params, ms, now_ms
+from .tracking_log import (LiveLog, _flatten, history_items, log_items, log_metrics, log_params, ms, now_ms,
+                           selection_tags)
 from .tracking_model import _pyfunc_class, model_example  # noqa: F401 - importable from here too
 
 PARENT_TAG = "senca.role"
@@ -288,6 +289,8 @@ class MlflowTracker:
             log_items(self.client, self.run_id,
                       self.live.parent_items(key, ((e, t, h.get(source)) for e, t, h in rows), stamp))
         self._metrics(self.run_id, {"tune_best_objective": best.get("objective")}, timestamp=stamp)
+        for key, value in selection_tags(info.get("selection")).items():
+            self.client.set_tag(self.run_id, key, value)
 
     def _log_infer(self, child: str, info: dict[str, Any], stamp: int | None = None) -> None:
         import mlflow
@@ -305,8 +308,10 @@ class MlflowTracker:
         self._metrics(self.run_id, info.get("metrics") or {}, timestamp=stamp)
 
     # ------------------------------------------------------------------ model + end
-    def log_model(self, model_path: str | Path, example_slide: str | Path) -> dict[str, Any]:
-        """Log the model as a pyfunc with a signature, register it under the spec's name, set the alias."""
+    def log_model(self, model_path: str | Path, example_slide: str | Path,
+                  selection: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Log the model as a pyfunc with a signature, register it under the spec's name, set the alias; the
+        version carries how it was chosen (``selection``, a tuned run: ``jobs.stage_model.selection_rule``)."""
         import mlflow
         from mlflow.models import infer_signature
 
@@ -349,7 +354,8 @@ class MlflowTracker:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 mv = mlflow.register_model(info.model_uri, name, await_registration_for=60,
-                                           tags={"senca.cohort": self.spec.name, "senca.model_sha256": sha})
+                                           tags={"senca.cohort": self.spec.name, "senca.model_sha256": sha,
+                                                 **selection_tags(selection)})
             version = int(mv.version)
             self.client.set_registered_model_alias(name, self.spec.tracking.alias, str(version))
             result.update(version=version, alias=self.spec.tracking.alias,

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 from pathlib import Path
 from typing import Iterator
 
-from .spec import SECRET_WORDS
+from ._redact import redact_text, redact_uris  # noqa: F401 - re-exported
 
 
 class TrackingUnavailable(RuntimeError):
@@ -64,21 +63,6 @@ def probe_tracking(uri: str, what: str = "starting the cohort run") -> None:
             MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
         except Exception as err:  # noqa: BLE001 - any failure here means: do not start
             raise TrackingUnavailable(str(_explain(err, uri, what))) from None
-
-
-_TEXT_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]+@")
-_TEXT_SECRET_LINE = re.compile(r"(?im)^(\s*-?\s*[\"']?[\w.-]*" + SECRET_WORDS + r"[\w.-]*[\"']?\s*:\s*)(\S.*)$")
-
-
-def redact_uris(text: str) -> str:
-    """``text`` (a message) with the ``user:password@`` of every URI in it removed."""
-    return _TEXT_USERINFO.sub(r"\1***@", text)
-
-
-def redact_text(text: str) -> str:
-    """The original YAML text safe to log: values of secret-looking keys and URI ``user:password@`` removed."""
-    text = _TEXT_USERINFO.sub(r"\1***@", text)
-    return _TEXT_SECRET_LINE.sub(lambda m: m.group(1) + '"***"', text)
 
 
 def _proc_start(pid: int) -> str | None:

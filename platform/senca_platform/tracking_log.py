@@ -89,6 +89,15 @@ def log_metrics(client, run_id: str, metrics: dict[str, Any], step: int = 0, tim
     log_items(client, run_id, row_metrics(metrics, step, now_ms() if timestamp is None else timestamp))
 
 
+def selection_tags(selection: dict[str, Any] | None) -> dict[str, str]:
+    """MLflow tags saying how a tuned run's model was chosen (``jobs.stage_model.selection_rule``); none untuned."""
+    if not selection:
+        return {}
+    return {"senca.model_selection": str(selection.get("rule", ""))[:5000],
+            "senca.selection_metric": str(selection.get("metric")),
+            "senca.selected_on_annotations": "true" if selection.get("uses_labels") else "false"}
+
+
 def history_items(history: Iterable[dict[str, Any]], now: int | None = None) -> list:
     """Per-epoch rows as metrics, ``step`` = the row's epoch, each at its own ``time`` (else ``now``)."""
     now = now_ms() if now is None else now

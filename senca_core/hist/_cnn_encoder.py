@@ -20,7 +20,6 @@ its running statistics), so features are deterministic.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ._weights import PatchEncoder, load_state_dict, weights_file
 
 __all__ = ["CNNEncoder"]
 
@@ -88,7 +88,7 @@ class _ResNet18Trunk(nn.Module):
         return torch.flatten(self.avgpool(x), 1)
 
 
-class CNNEncoder:
+class CNNEncoder(PatchEncoder):
     """ResNet-18 patch encoder with weights from a local ``state_dict`` file (see module docstring).
 
     Parameters
@@ -118,26 +118,12 @@ class CNNEncoder:
         std: Sequence[float] = IMAGENET_STD,
         batch_size: int = 256,
     ) -> None:
-        if weights is None or str(weights) == "":
-            raise ConfigError("weights", "CNNEncoder needs weights=<path to a local state_dict .pt file>; "
-                                         "nothing is downloaded")
-        path = Path(weights)
-        if not path.is_file():
-            raise ConfigError("weights", f"weights file not found: {str(path)!r}")
+        path = weights_file(weights, "CNNEncoder")
         if batch_size < 1:
             raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ConfigError("weights", f"cannot load {str(path)!r} as a torch state_dict: "
-                                         f"{type(exc).__name__}: {exc}") from exc
-        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-            obj = obj["state_dict"]
-        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise ConfigError("weights", f"{str(path)!r} does not hold a state_dict (dict of tensors)")
+        obj = load_state_dict(path)
         state = {}
         for k, v in obj.items():
-            k = k[len("module."):] if k.startswith("module.") else k
             if k.startswith("fc."):
                 continue
             state[k] = v
@@ -151,12 +137,7 @@ class CNNEncoder:
                 "weights", f"{str(path)!r} does not fit the ResNet-18 layout: missing keys {missing[:8]}"
                            f"{'…' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
                            f"{'…' if len(unexpected) > 8 else ''}")
-        self.weights = str(path)
-        self.device = torch.device(device)
-        self.batch_size = int(batch_size)
-        self.net = net.to(self.device).eval()
-        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._setup(path, net, device, mean, std, batch_size)
 
     @staticmethod
     def network() -> nn.Module:
@@ -168,18 +149,9 @@ class CNNEncoder:
         """Feature names ``cnn_0`` … ``cnn_511``."""
         return [f"cnn_{i}" for i in range(_ResNet18Trunk.out_dim)]
 
-    @torch.inference_mode()
     def __call__(self, patches: np.ndarray) -> np.ndarray:
         """Encode ``uint8`` RGB patches ``(n, h, w, 3)`` (h, w >= 32) -> ``float32 (n, 512)``."""
-        patches = np.asarray(patches)
-        if patches.ndim != 4 or patches.shape[-1] != 3 or patches.dtype != np.uint8:
-            raise ConfigError("patches", f"must be uint8 (n, h, w, 3), got {patches.dtype} {patches.shape}")
+        patches = self._check_patches(patches)
         if min(patches.shape[1:3]) < 32:
             raise ConfigError("patches", f"CNN patches must be at least 32x32 px, got {patches.shape[1:3]}")
-        out = np.empty((patches.shape[0], _ResNet18Trunk.out_dim), dtype=np.float32)
-        for s in range(0, patches.shape[0], self.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(patches[s:s + self.batch_size])).to(self.device)
-            x = x.permute(0, 3, 1, 2).float().div_(255.0)
-            x = (x - self._mean) / self._std
-            out[s:s + x.shape[0]] = self.net(x).float().cpu().numpy()
-        return out
+        return self._encode(patches, _ResNet18Trunk.out_dim, self.net)

@@ -35,6 +35,11 @@ def _check_senca(senca: dict, *, slide: str, file: str) -> None:
     for key in ("scalefactors", "source_files", "join", "labels_join"):
         if key in senca and not isinstance(senca[key], dict):
             raise fail(key, "must be a mapping")
+    if "warnings" in senca:  # the reader's warnings (h5ad gives a list of str back as an array of str)
+        w = senca["warnings"]
+        if not isinstance(w, (list, tuple, np.ndarray)) or not all(isinstance(x, str) for x in np.ravel(w)):
+            raise fail("warnings", "must be a list of strings")
+        senca["warnings"] = [str(x) for x in np.ravel(w)]
 
 
 def read_h5ad(path: str | Path, *, slide_id: str | None = None, patient_id: str | None = None) -> AnnData:

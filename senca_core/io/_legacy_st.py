@@ -18,6 +18,7 @@ from ._utils import (
     display,
     finish,
     grid_geometry,
+    label_warnings,
     make_adata,
     need_file,
     numeric_column,
@@ -133,22 +134,33 @@ def _read_spots(path: Path, slide: str) -> tuple[pd.DataFrame, int]:
     return out, n_unselected
 
 
-def _read_labels(path: Path, slide: str) -> pd.Series:
-    """Labels indexed by f"{round(x)}x{round(y)}" (round half up) from a ``x y ... label`` TSV."""
+def _read_labels(path: Path, slide: str) -> tuple[pd.Series, dict[str, int]]:
+    """Labels indexed by f"{round(x)}x{round(y)}" (round half up) from a ``x y ... label`` TSV, and what was
+    skipped: ``n_no_coordinates`` (rows whose ``x``/``y`` are ``NA``, empty or not finite numbers: the
+    published HER2ST files hold annotation rows that belong to no spot) and ``n_ambiguous`` (rows of a spot key
+    that other rows label differently; rows repeating a spot's label are merged). The file's structure (a
+    missing column, bytes that are not a table) is still a SlideError."""
     file = display(path)
     with reading(slide=slide, file=file, field="labels", what="the label file"):
         df = pd.read_csv(path, sep="\t", compression=compression_of(path), dtype={"label": str},
                          keep_default_na=False)
     df.columns = [str(c).strip().strip('"') for c in df.columns]
     require_columns(df, LABEL_COLUMNS, slide=slide, file=file)
-    x = np.floor(numeric_column(df, "x", slide=slide, file=file) + 0.5).astype(np.int64)
-    y = np.floor(numeric_column(df, "y", slide=slide, file=file) + 0.5).astype(np.int64)
+    x = pd.to_numeric(df["x"], errors="coerce").to_numpy(dtype=np.float64)
+    y = pd.to_numeric(df["y"], errors="coerce").to_numpy(dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y) & (np.abs(x) < 2**52) & (np.abs(y) < 2**52)
+    x = np.floor(x[ok] + 0.5).astype(np.int64)
+    y = np.floor(y[ok] + 0.5).astype(np.int64)
     keys = pd.Index([f"{a}x{b}" for a, b in zip(x, y)], dtype=object)
+    values = pd.Series(df["label"].astype(str).str.strip().to_numpy()[ok], index=keys, dtype=object)
+    n_ambiguous = 0
     if keys.has_duplicates:
-        dup = keys[keys.duplicated()].unique()
-        raise SlideError(f"{len(dup)} label rows round to the same spot key, first {dup[0]!r}", slide=slide,
-                         file=file, field="x,y")
-    return pd.Series(df["label"].astype(str).str.strip().to_numpy(), index=keys, dtype=object)
+        n_labels = values.groupby(level=0, sort=False).nunique()
+        conflicting = values.index.isin(n_labels.index[n_labels > 1])
+        n_ambiguous = int(conflicting.sum())
+        values = values[~conflicting]
+        values = values[~values.index.duplicated()]
+    return values, {"n_no_coordinates": int((~ok).sum()), "n_ambiguous": n_ambiguous}
 
 
 def read_legacy_st(
@@ -187,11 +199,15 @@ def read_legacy_st(
     slide_id, patient_id, platform "legacy_st", grid "square", image_path (only with an image),
     spot_diameter_px (0.5 × the grid pitch measured on the spots: 100 µm spots on a 200 µm grid),
     scalefactors {"image_scale"}, source_files, join {n_counts_only, n_spots_only, n_unselected},
-    labels_join {n_labels_only, n_unlabelled} (with labels), n_zero_spots_dropped.
+    labels_join {n_labels_only, n_unlabelled, n_no_coordinates, n_ambiguous} and warnings (with labels; see
+    below), n_zero_spots_dropped.
 
     Count rows without a spot row and spot rows without a count row are dropped and counted in
     ``uns["senca"]["join"]``; an empty join, or one that keeps fewer than half the count rows, is a
-    SlideError ("counts/spot-file mismatch"). Every bad input raises :class:`SlideError`.
+    SlideError ("counts/spot-file mismatch"). Label rows that cannot be joined to a spot (``NA`` / non-finite
+    coordinates, coordinates of no spot, one spot labelled two ways) are skipped, counted in
+    ``uns["senca"]["labels_join"]`` and said in ``uns["senca"]["warnings"]``: only the counts and spot files
+    are strict. Every other bad input raises :class:`SlideError`.
     """
     counts = Path(counts)
     if slide_id is None:
@@ -254,8 +270,9 @@ def read_legacy_st(
         senca["image_path"] = check_image(image, spatial, slide=slide, scale_field="image_scale")
         source_files["image"] = senca["image_path"]
     if labels is not None:
-        lab = _read_labels(Path(labels), slide)
-        senca["labels_join"] = attach_labels(adata, lab)
+        lab, skipped = _read_labels(Path(labels), slide)
+        senca["labels_join"] = {**attach_labels(adata, lab), **skipped}
+        senca["warnings"] = label_warnings(senca["labels_join"], file=display(labels), n_keys=len(lab)) or None
         source_files["labels"] = abspath(labels)
     senca["source_files"] = source_files
     return finish(adata, senca, slide=slide, counts_file=display(counts))

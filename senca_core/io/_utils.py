@@ -6,7 +6,8 @@
 - :func:`need_file` raises "file not found" up front, so that a missing file never reaches a parser.
 - :func:`grid_geometry` / :func:`guess_grid` derive the grid pitch and kind (hex / square) from spot centres.
 - :func:`check_image` opens only an image's header to check that the spots fall on it.
-- :func:`attach_labels` writes ``obs["label"]`` / ``obs["label_scored"]``.
+- :func:`attach_labels` writes ``obs["label"]`` / ``obs["label_scored"]``; :func:`label_warnings` says which
+  label rows found no spot (``uns["senca"]["warnings"]``).
 - :func:`finish` builds the AnnData of the contract (X csr float32 + layers["counts"], uns["senca"]) and runs
   :func:`validate_counts`.
 """
@@ -251,6 +252,26 @@ def attach_labels(adata: AnnData, labels: pd.Series) -> dict[str, int]:
     n_labels_only = int((~labels.index.isin(adata.obs_names)).sum())
     n_unlabelled = int((~adata.obs_names.isin(labels.index)).sum())
     return {"n_labels_only": n_labels_only, "n_unlabelled": n_unlabelled}
+
+
+def label_warnings(join: dict[str, int], *, file: str, n_keys: int) -> list[str]:
+    """The slide's warnings about its label file (``uns["senca"]["warnings"]``) from the counts of
+    :func:`attach_labels` (+ the reader's ``n_no_coordinates`` / ``n_ambiguous``); ``n_keys``: the labelled spot
+    keys that were joined. Empty when every label row found its spot."""
+    out = []
+    if join.get("n_no_coordinates"):
+        out.append(f"labels: {join['n_no_coordinates']} row(s) of {file} have no spot coordinates (x/y 'NA' or "
+                   "not a number): skipped")
+    if join.get("n_ambiguous"):
+        out.append(f"labels: {join['n_ambiguous']} row(s) of {file} give one spot different labels: skipped "
+                   "(those spots are unlabelled)")
+    if n_keys and join.get("n_labels_only", 0) >= n_keys:
+        out.append(f"labels: none of the {n_keys} labelled spots of {file} is a spot of this slide (the label file "
+                   "of another slide?): the slide has no labels")
+    elif join.get("n_labels_only"):
+        out.append(f"labels: {join['n_labels_only']} of {n_keys} labelled spots of {file} are not spots of this "
+                   "slide: skipped")
+    return out
 
 
 # --------------------------------------------------------------------------------------------- assembly

@@ -17,6 +17,7 @@ from ._utils import (
     check_image,
     display,
     finish,
+    label_warnings,
     make_adata,
     need_file,
     numeric_column,
@@ -312,6 +313,7 @@ def read_visium(
     if labels is not None:
         lab = _read_barcode_labels(Path(labels), slide, bcs)
         senca["labels_join"] = attach_labels(adata, lab)
+        senca["warnings"] = label_warnings(senca["labels_join"], file=display(labels), n_keys=len(lab)) or None
         source_files["labels"] = abspath(labels)
     senca["source_files"] = source_files
     return finish(adata, senca, slide=slide, counts_file=display(counts_file))

@@ -2,6 +2,7 @@
 
 from ._batch import SlideBatch, make_batch
 from ._config import ABLATIONS, SencaConfig
+from ._heldout import heldout_r2
 from ._io import load_model, save_model
 from ._network import NeighbourhoodCrossAttention, SencaModel
 from ._readout import readout
@@ -10,4 +11,4 @@ from ._train import (build_model, embed, fit, init_prototypes, make_optimizer, p
 
 __all__ = ["ABLATIONS", "SencaConfig", "SencaModel", "SlideBatch", "NeighbourhoodCrossAttention", "make_batch",
            "build_model", "make_optimizer", "run_epoch", "seed_everything", "train_step", "fit", "embed",
-           "save_model", "load_model", "readout", "prototype_warmup", "init_prototypes"]
+           "save_model", "load_model", "readout", "heldout_r2", "prototype_warmup", "init_prototypes"]

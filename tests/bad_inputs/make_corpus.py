@@ -102,6 +102,19 @@ def labels_text(*, drop_label: bool = False) -> bytes:
     return ("\n".join(out) + "\n").encode()
 
 
+def her2st_labels_text(*, extra: list[list[str]] = (), shift: int = 0, every: int = 1) -> bytes:
+    """A label file in the published HER2ST layout (``Row.names x y pixel_x pixel_y label``, fractional x, y):
+    every ``every``-th spot of the good slide (keys moved by ``shift``), then the ``extra`` rows as given."""
+    classes = ["tumour", "stroma", "immune", "undetermined"]
+    out = ["\t".join(["Row.names", "x", "y", "pixel_x", "pixel_y", "label"])]
+    for i, k in enumerate(KEYS[::every]):
+        x, y = (int(v) + shift for v in k.split("x"))
+        out.append("\t".join([f"{x * 20}x{y * 20}", f"{x + 0.02:.3f}", f"{y - 0.03:.3f}", f"{x * 20.0:.1f}",
+                              f"{y * 20.0:.1f}", classes[i % 4]]))
+    out[len(out) // 2:len(out) // 2] = ["\t".join(r) for r in extra]  # in the middle, as in the published files
+    return ("\n".join(out) + "\n").encode()
+
+
 def jpeg(size: int = 100) -> bytes:
     """A small H&E-coloured JPEG (pink background, purple blobs): deterministic."""
     import numpy as np
@@ -233,6 +246,20 @@ FILES: dict[str, bytes] = {}
 CASES: list[dict] = []
 
 
+#: files a reader must ACCEPT, with warnings: id, what is odd, the label file, what the slide must say
+ACCEPTED: list[dict] = []
+
+
+def accepted(id: str, doc: str, *, labels: str, data: bytes, labelled: int, join: dict[str, int],
+             warnings: list[str]) -> None:
+    """Register a label file of the good slide S1 that reads with warnings: ``labelled`` spots keep a label,
+    ``join`` is part of ``uns["senca"]["labels_join"]``, each of ``warnings`` is in one of the slide's warnings."""
+    assert labels not in FILES or FILES[labels] == data, f"{labels} defined twice differently"
+    FILES[labels] = data
+    ACCEPTED.append({"id": id, "doc": doc, "labels": labels, "labelled": labelled, "join": join,
+                     "warnings": warnings})
+
+
 def case(id: str, entry: str, doc: str, *, args: dict | None = None, slide: str | None = None,
          file: str | None = None, field: str | None = None, line: int | None = None, text: str = "",
          files: dict[str, bytes] | None = None) -> None:
@@ -255,6 +282,7 @@ def _line(text: bytes, needle: str) -> int:
 def build_cases() -> None:
     FILES.clear()
     CASES.clear()
+    ACCEPTED.clear()
     good = {"legacy/S1.tsv.gz": gz(counts_text()), "legacy/S1_selection.tsv": spots_text(),
             "legacy/S1_labels.tsv": labels_text(), "legacy/S1.jpg": jpeg()}
     FILES.update(good)
@@ -338,6 +366,28 @@ def build_cases() -> None:
     legacy("labels_missing_column", "a label file without its 'label' column",
            labels="legacy/labels_missing_column.tsv", file="labels_missing_column.tsv", field="label",
            text="missing column 'label'", files={"legacy/labels_missing_column.tsv": labels_text(drop_label=True)})
+    # ---- legacy ST: label files that are accepted (only counts and spots are strict), each oddity counted + said
+    na = [["NA", "NA", "NA", "1510.2", "610.8", "immune infiltrate"], ["NA", "", "7.5", "NA", "NA", "undetermined"]]
+    accepted("labels_na_coordinates", "published HER2ST layout with annotation rows whose x/y are 'NA' or empty",
+             labels="legacy/labels_na_rows.tsv", data=her2st_labels_text(extra=na), labelled=16,
+             join={"n_no_coordinates": 2, "n_labels_only": 0, "n_unlabelled": 0},
+             warnings=["2 row(s) of", "have no spot coordinates"])
+    accepted("labels_no_spot", "3 label rows at coordinates of no spot (9x9, -1x0, 1e6x2)",
+             labels="legacy/labels_no_spot.tsv", labelled=8,
+             data=her2st_labels_text(every=2, extra=[["x", "9.0", "9.1", "0", "0", "tumour"],
+                                                     ["x", "-1", "0", "0", "0", "stroma"],
+                                                     ["x", "1e6", "2", "0", "0", "stroma"]]),
+             join={"n_labels_only": 3, "n_unlabelled": 8, "n_no_coordinates": 0},
+             warnings=["3 of 11 labelled spots of", "are not spots of this slide"])
+    accepted("labels_other_slide", "every label row is 10 array steps away from every spot (another slide's file)",
+             labels="legacy/labels_other_slide.tsv", data=her2st_labels_text(shift=10), labelled=0,
+             join={"n_labels_only": 16, "n_unlabelled": 16}, warnings=["none of the 16 labelled spots"])
+    accepted("labels_two_labels_one_spot", "spot 1x1 labelled twice differently, spot 2x1 twice the same",
+             labels="legacy/labels_conflicting.tsv", labelled=15,
+             data=her2st_labels_text(extra=[["x", "1.1", "0.9", "0", "0", "stroma"],
+                                            ["x", "2.0", "1.0", "0", "0", "stroma"]]),
+             join={"n_ambiguous": 2, "n_labels_only": 0, "n_unlabelled": 1},
+             warnings=["2 row(s) of", "give one spot different labels"])
     legacy("counts_missing_file", "the counts file does not exist", counts="legacy/nope.tsv.gz",
            file="nope.tsv.gz", field="counts", text="not found")
     # ---- legacy ST: images
@@ -529,6 +579,13 @@ def readme() -> str:
         cells = [c["id"], c["entry"], c["doc"], c["slide"] or "", code(c["file"]), code(c["field"]),
                  str(c["line"] or ""), code(c["text"])]
         out.append("| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |")
+    out += ["", "## Accepted with warnings", "",
+            "Label files of the good slide S1 that read: the odd rows are skipped, counted in "
+            "`uns['senca']['labels_join']` and said in `uns['senca']['warnings']` (only counts and spots are strict).",
+            "", "| case | what is odd | label file | spots labelled | warning contains |", "|---|---|---|---|---|"]
+    for c in ACCEPTED:
+        out.append(f"| {c['id']} | {c['doc']} | `{c['labels']}` | {c['labelled']} | "
+                   + ", ".join(f"`{w}`" for w in c["warnings"]) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -536,4 +593,5 @@ build_cases()
 
 if __name__ == "__main__":
     paths = write(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
-    print(f"wrote {len(paths)} files, {len(CASES)} cases; largest {max(p.stat().st_size for p in paths)} bytes")
+    print(f"wrote {len(paths)} files, {len(CASES)} cases, {len(ACCEPTED)} accepted; "
+          f"largest {max(p.stat().st_size for p in paths)} bytes")
