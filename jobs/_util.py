@@ -23,6 +23,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ._readable import unreadable_file
+
 
 # ----------------------------------------------------------------------------------------- atomic writes
 #: what every temp file of an atomic write carries between the target's stem and its suffix
@@ -229,27 +231,51 @@ class StageCache:
     """Manifests of finished stages under ``OUT/cache/<stage>.json``: ``{"key": ..., "outputs": {...}}``.
 
     A stage is reused when its key (hash of its inputs' fingerprints + its config) matches the manifest and
-    every output file listed there still exists. ``fresh=True`` ignores every manifest.
+    every output file listed there still exists and can be read (a cut-off JSON / h5ad / npz / zip / parquet is
+    a miss: the manifest is dropped, one line ``cache entry <stage> unreadable (...): recomputed`` is printed on
+    stderr, and the stage runs again). ``fresh=True`` ignores every manifest.
     """
 
-    def __init__(self, root: str | Path, *, fresh: bool = False):
+    def __init__(self, root: str | Path, *, fresh: bool = False, echo: Callable[[str], None] | None = None):
         self.root = Path(root)
         self.fresh = fresh
+        self.echo = echo or (lambda line: print(f"[senca-platform] {line}", file=sys.stderr, flush=True))
+        self.reported: set[str] = set()
 
     def _path(self, stage: str) -> Path:
         return self.root / f"{stage}.json"
 
+    def _unreadable(self, stage: str, why: str) -> None:
+        """A broken entry: said once, dropped (so the next run does not trip on it either); the caller recomputes."""
+        if stage not in self.reported:
+            self.reported.add(stage)
+            self.echo(f"cache entry {stage} unreadable ({why}): recomputed")
+        try:
+            self.drop(stage)
+        except OSError:
+            pass
+
     def get(self, stage: str, key: str) -> dict | None:
         if self.fresh:
             return None
+        path = self._path(stage)
         try:
-            manifest = json.loads(self._path(stage).read_text())
-        except (OSError, ValueError):
+            manifest = json.loads(path.read_text())
+            if not isinstance(manifest, dict) or not isinstance(manifest.get("outputs", {}), dict):
+                raise ValueError("not a manifest")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, UnicodeDecodeError) as err:
+            self._unreadable(stage, f"{path.name}: {type(err).__name__}")
             return None
         if manifest.get("key") != key:
             return None
         for value in _walk_paths(manifest.get("outputs", {})):
             if not Path(value).exists():
+                return None
+            why = unreadable_file(value)  # jobs/_readable.py
+            if why is not None:
+                self._unreadable(stage, f"{Path(value).name}: {why}")
                 return None
         return manifest.get("outputs", {})
 

@@ -230,6 +230,10 @@ def summarise_slide(row: dict[str, Any]) -> dict[str, Any]:
             out["markers_path"] = row["markers_path"]
         except Exception as err:  # noqa: BLE001
             out["warnings"].append(f"marker_genes: {error_text(err)}")
+        try:  # scanpy / squidpy read the slide as is: uns['spatial'], obsp graph, region colours (also the map's)
+            _verb("io", "to_scanpy")(adata, "region")
+        except Exception as err:  # noqa: BLE001
+            out["warnings"].append(f"to_scanpy: {error_text(err)}")
         try:
             from senca_core import pl
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -65,8 +66,7 @@ def read_slide(slide: dict[str, Any]):
         adata = io.read_h5ad(slide["path"], slide_id=sid, patient_id=pid)
     else:  # the spec refuses this already
         raise ValueError(f"unknown reader {reader!r}")
-    io.validate_counts(adata)
-    return adata
+    return io.validate_counts(adata)  # its return value: spots with zero counts are dropped in a copy
 
 
 def prepare_slide(adata, cfg: dict[str, Any]) -> None:
@@ -163,8 +163,22 @@ def fit_shared_basis(paths: list[str], *, n_comps: int, seed: int = 0) -> tuple[
         a = AnnData(X=sp.csr_matrix((n_obs, len(var)), dtype=np.float32), var=var)
         a.uns["senca"] = dict(senca) if isinstance(senca, dict) else {}
         slims.append(a)
+    # a slide whose genes cover too little of the panel the others share is left out of it (its projection then
+    # fails alone, naming it: ``project_slide``); it would shrink every slide's panel to its few genes
+    names = [str(a.uns["senca"].get("slide_id", Path(p).stem)) for a, p in zip(slims, paths)]
+    left: dict[str, str] = {}
+    while True:
+        outliers = pp.panel_outliers(dict(zip(names, slims)))
+        if not outliers or len(outliers) >= len(slims):  # all of them: common_genes names them (a cohort error)
+            break
+        left.update(outliers)
+        keep = [i for i, n in enumerate(names) if n not in outliers]
+        metas, paths, slims, names = ([x[i] for i in keep] for x in (metas, paths, slims, names))
     common = pp.common_genes(slims)
     selected = pp.pca_genes(slims)  # pp.pca's own rule (one slide: its HVGs; a list: ranked common HVGs)
+    left_out = "".join(f"; left out: slide {n!r}: {why}" for n, why in left.items())
+    print(f"[senca-platform] gene panel: {len(common)} genes shared by {len(slims)} slide(s), {len(selected)} "
+          f"used for the PCA basis{left_out}", file=sys.stderr, flush=True)
     del slims
     # 2. the pooled fit on the selected genes only; every selected gene is marked (rank = order) so pca keeps them
     parts = []
@@ -177,7 +191,15 @@ def fit_shared_basis(paths: list[str], *, n_comps: int, seed: int = 0) -> tuple[
         a.layers["log1p"] = layer
         a.uns["senca"] = dict(senca) if isinstance(senca, dict) else {}
         parts.append(a)
-    state = pp.pca(parts if len(parts) > 1 else parts[0], n_comps=n_comps, use_hvg=True, seed=seed)
+    with warnings.catch_warnings():  # pp.pca's "n_comps reduced" warning: said below, where it reaches the user
+        warnings.filterwarnings("ignore", message="n_comps reduced")
+        state = pp.pca(parts if len(parts) > 1 else parts[0], n_comps=n_comps, use_hvg=True, seed=seed)
+    said = []
+    if int(state["n_comps"]) < int(n_comps):
+        said.append(f"preprocess.n_pca: {n_comps} asked but {int(state['n_comps'])} principal components used (the "
+                    f"cohort has {int(state['n_spots'])} spots and {len(selected)} genes for the basis)")
+        print(f"[senca-platform] warning: {said[-1]}", file=sys.stderr, flush=True)
+    state["cohort_warnings"] = np.asarray(said, dtype=str)  # copied into every slide's warnings by project_slide
     return state, [str(g) for g in common]
 
 
@@ -185,6 +207,7 @@ def project_slide(row: dict[str, Any]) -> dict[str, Any]:
     """Ray Data task: subset one prepared slide to the shared panel, project it on the basis, write it."""
     import anndata as ad
     from senca_core import pp
+    from senca_core.io import add_warning
 
     t0 = time.perf_counter()
     out = {"slide_id": row["slide_id"], "status": "ok", "error": None, "traceback": None, "path": None,
@@ -194,8 +217,22 @@ def project_slide(row: dict[str, Any]) -> dict[str, Any]:
         adata = ad.read_h5ad(row["prepared_path"])
         genes = np.load(row["genes_file"], allow_pickle=False)
         state = _load_state(row["state_file"])
-        adata = adata[:, adata.var_names.get_indexer(genes)].copy()
+        idx = adata.var_names.get_indexer(genes)
+        if (idx < 0).any():  # never index with -1 (that would silently take the last gene)
+            from senca_core.errors import SlideError
+
+            have = int((idx >= 0).sum())
+            raise SlideError(f"its {adata.n_vars} gene(s) cover only {have} of the {len(genes)} genes of the "
+                             "cohort's shared panel: a slide must cover at least max(50, 10 %) of the genes the "
+                             "other slides share, else it would shrink every slide's panel; it is left out of the "
+                             f"panel (missing e.g. {str(genes[np.flatnonzero(idx < 0)[0]])!r}; wrong or filtered "
+                             "counts file?)", slide=row["slide_id"],
+                             file=(adata.uns.get("senca", {}).get("source_files") or {}).get("counts"),
+                             field="var_names")
+        adata = adata[:, idx].copy()
         pp.pca_project(adata, state)
+        for w in np.atleast_1d(state.get("cohort_warnings", [])):
+            add_warning(adata, str(w))
         adata.uns.setdefault("senca", {})["gene_panel"] = {"n_genes": int(len(genes)), "shared": True}
         atomic_write_with(Path(row["out_path"]), lambda tmp: adata.write_h5ad(tmp, compression=None))
         out["path"] = row["out_path"]
@@ -217,6 +254,8 @@ def _load_state(path: str | Path) -> dict[str, Any]:
         state = {k: z[k] for k in z.files}
     for k in ("target_sum",):
         state[k] = float(state[k])
+    if "cohort_warnings" in state:
+        state["cohort_warnings"] = [str(w) for w in np.atleast_1d(state["cohort_warnings"])]
     for k in ("n_comps", "n_slides", "n_spots", "seed"):
         if k in state:
             state[k] = int(state[k])

@@ -73,6 +73,24 @@ def worker_resources(plan: dict[str, Any], workers: int) -> dict[str, float] | N
     return res
 
 
+def check_resources(plan: dict[str, Any], stage: str, workers: int, resources: dict[str, float] | None,
+                    tracker: Tracker) -> None:
+    """Fail the stage at once when its workers can never be placed on the Ray cluster (Ray would wait forever);
+    on a cluster that might autoscale (not the embedded local Ray) print a warning instead."""
+    from .train import check_cluster_fits, ray_is_embedded
+
+    t = plan["training"]
+    embedded = plan.get("ray_embedded")
+    can_grow = not (ray_is_embedded() if embedded is None else bool(embedded))
+    try:
+        problems = check_cluster_fits(workers=workers, use_gpu=bool(t.get("use_gpu")), resources_per_worker=resources,
+                                      can_autoscale=can_grow, num_workers=int(t["num_workers"]))
+    except RuntimeError as err:
+        raise PipelineError(stage, str(err)) from None
+    for line in problems:
+        tracker.progress(f"{stage}: warning: {line} (waiting for the cluster to add nodes)")
+
+
 @contextlib.contextmanager
 def live_epochs(out: Path, stage: str, tracker: Tracker):
     """A fresh folder for this attempt's per-epoch JSON lines, tailed into ``tracker.epoch`` while it runs."""
@@ -104,6 +122,7 @@ def stage_train(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tr
     cached = hit is not None
     launcher = None
     if hit is None:
+        check_resources(plan, stage, workers, resources, tracker)
         task = runs_as_task(workers, t.get("launcher", "auto"))
         launcher = "ray_task" if task else "ray_train"
         tracker.progress(f"{stage}: {why}; {cfg['model']['epochs']} epochs, {len(paths)} slide(s), "
@@ -183,6 +202,7 @@ def stage_tune(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tra
     hit = cache.get("tune", key)
     cached = hit is not None
     if hit is None:
+        check_resources(plan, "tune", workers, resources, tracker)
         tracker.progress(f"tune: Ray Tune, {tuning['num_samples']} trial(s) x {epochs} epochs, metric {metric}; "
                          f"each trial {why}")
         try:

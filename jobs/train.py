@@ -41,6 +41,80 @@ def plan_workers(*, n_slides: int, n_spots: int, num_workers: int, min_spots_per
                      f"{min_spots_per_worker} per worker (training.min_spots_per_worker)")
 
 
+def worker_need(use_gpu: bool, resources_per_worker: dict[str, float] | None) -> dict[str, float]:
+    """What one training worker reserves (as ``make_trainer`` / ``run_solo`` ask Ray for it)."""
+    need = {str(k): float(v) for k, v in (resources_per_worker or {"CPU": 1.0}).items()}
+    need.setdefault("CPU", 1.0)
+    if use_gpu:
+        need["GPU"] = need.get("GPU") or 1.0
+    else:
+        need.pop("GPU", None)
+    return {k: v for k, v in need.items() if v > 0}
+
+
+_FIELD = {"CPU": "training.resources_per_worker", "GPU": "training.use_gpu"}
+
+
+def resource_problems(*, workers: int, use_gpu: bool, resources_per_worker: dict[str, float] | None,
+                      cluster: dict[str, float], largest_node: dict[str, float] | None = None,
+                      num_workers: int | None = None) -> list[str]:
+    """Why ``workers`` training workers can never be placed on this cluster (empty: they fit).
+
+    ``cluster`` is ``ray.cluster_resources()``, ``largest_node`` the resources of its biggest node (one worker must
+    fit on one node). Each line names the spec field (``training.num_workers``, ``training.use_gpu``,
+    ``training.resources_per_worker``) and what the cluster has. Ray would otherwise wait for them forever.
+    """
+    need = worker_need(use_gpu, resources_per_worker)
+    problems = []
+    for res, per in sorted(need.items()):
+        have = float(cluster.get(res, 0.0))
+        field = _FIELD.get(res, "training.resources_per_worker")
+        if res == "GPU" and have <= 0:
+            problems.append(f"training.use_gpu: true asks {per:g} GPU per worker, the Ray cluster has no GPU")
+            continue
+        node = float((largest_node or cluster).get(res, 0.0))
+        if per > node:
+            problems.append(f"{field}: one worker asks {per:g} {res}, the largest Ray node has {node:g} "
+                            f"(the cluster {have:g})")
+        elif per * workers > have + 1e-9:
+            planned = "" if num_workers in (None, workers) else f" (of {num_workers} configured)"
+            problems.append(f"training.num_workers: {workers} worker(s){planned} x {per:g} {res} = "
+                            f"{per * workers:g} {res}, the Ray cluster has {have:g} {res}: lower "
+                            f"training.num_workers or {field}")
+    return problems
+
+
+def check_cluster_fits(*, workers: int, use_gpu: bool, resources_per_worker: dict[str, float] | None,
+                       can_autoscale: bool, num_workers: int | None = None) -> list[str]:
+    """Compare the training request with the connected Ray cluster before anything waits on it.
+
+    Raises ``RuntimeError`` (one line per problem) when the workers can never be placed and no autoscaler could add
+    nodes (the embedded local Ray cannot); returns the problems as warnings when one could (a remote cluster).
+    """
+    import ray
+
+    cluster = {k: float(v) for k, v in ray.cluster_resources().items()}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    largest = {k: max(float(n.get(k, 0.0)) for n in nodes) for k in cluster} if nodes else None
+    problems = resource_problems(workers=workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker,
+                                 cluster=cluster, largest_node=largest, num_workers=num_workers)
+    if problems and not can_autoscale:
+        raise RuntimeError("; ".join(problems))
+    return problems
+
+
+def ray_is_embedded() -> bool:
+    """Whether the connected Ray was started by this process (``ray.init()`` without an address): such a local
+    Ray has no autoscaler, so nothing it lacks now will ever appear."""
+    try:
+        import ray._private.worker as worker
+
+        node = worker._global_node
+        return bool(node is not None and getattr(node, "head", False))
+    except Exception:  # noqa: BLE001 - unknown: assume a cluster that might grow
+        return False
+
+
 def runs_as_task(num_workers: int, launcher: str = "auto") -> bool:
     """Whether the loop runs in one task (or one Tune trial's process) rather than a Ray Train worker group."""
     return int(num_workers) == 1 and launcher == "auto"

@@ -84,6 +84,9 @@ def test_synthetic_cohort_end_to_end(synthetic_run):
         assert categories is None or cats == categories
         categories = cats
         assert a.uns["senca"]["slide_id"] == s["slide"] and a.uns["senca"]["patient_id"] == s["patient"]
+        # scanpy / squidpy read it as written (io.to_scanpy): image + scale, spatial graph, region colours
+        assert "lowres" in a.uns["spatial"][s["slide"]]["images"] and a.obsp["spatial_connectivities"].nnz > 0
+        assert len(a.uns["region_colors"]) == len(a.obs["region"].cat.categories)
     assert summary["k"] == len(categories)
 
     # Tune: 2 trials, each a Ray Train fit with 2 DDP workers; the objective uses no label although the slides

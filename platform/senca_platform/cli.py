@@ -120,6 +120,7 @@ def validate(
 ) -> None:
     """Check a cohort spec without running it (schema, field and line of each problem; input files)."""
     from .spec import SpecError, load_spec, missing_files
+    from .spec_limits import resource_warnings
 
     try:
         s = load_spec(spec)
@@ -132,6 +133,8 @@ def validate(
     errors = [i for i in issues if strict or i.kind != "missing"]
     for issue in issues:
         _err(f"{'error' if issue in errors else 'warning'}: {spec}: {issue.field}: {issue.message}")
+    for line in resource_warnings(s):  # only warnings: where the job runs may have more
+        _err(f"warning: {spec}: {line}")
     n_slides = sum(len(p.slides) for p in s.patients)
     if errors:
         raise typer.Exit(2)

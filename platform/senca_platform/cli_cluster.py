@@ -44,7 +44,7 @@ def _guard() -> Iterator[None]:
     from .registry import RegistryError
     from .runner import EXIT_NOT_STARTED, RunNotStarted
     from .spec import SpecError
-    from .submit import ClusterError, scrub
+    from .submit import ClusterError, ClusterUnreachable, scrub
 
     try:
         yield
@@ -53,6 +53,9 @@ def _guard() -> Iterator[None]:
     except SpecError as err:
         _err(scrub(str(err)))
         raise typer.Exit(2)
+    except ClusterUnreachable as err:  # nothing reached the cluster: like a run that did not start
+        _err(f"error: {scrub(str(err))}")
+        raise typer.Exit(EXIT_NOT_STARTED)
     except (ClusterError, RegistryError, PredictError) as err:
         _err(f"error: {scrub(str(err))}")
         raise typer.Exit(1)

@@ -100,6 +100,102 @@ def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, 
     return ray.get_runtime_context().gcs_address
 
 
+class ClusterError(RuntimeError):
+    """A problem talking to the Ray cluster or preparing a submission; one line for the user."""
+
+
+class ClusterUnreachable(ClusterError):
+    """The cluster's address does not answer: nothing was sent or started (``senca-platform`` exits 3)."""
+
+
+#: seconds to wait for a TCP connection to the cluster's address before ``ray.init`` (which retries for minutes)
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``HOST:PORT`` / ``ray://HOST:PORT`` / ``http://HOST:PORT`` (None: ``auto``, no port)."""
+    from urllib.parse import urlsplit
+
+    text = address.strip()
+    if text in ("auto", "local") or not text:
+        return None
+    parts = urlsplit(text if "://" in text else f"tcp://{text}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None:
+        return None
+    return parts.hostname, int(port)
+
+
+def unreachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:
+    """Why ``address`` (``spec.ray.address``) cannot be reached, in one line; None when a TCP connection opens
+    (or the address has no host:port to try, e.g. ``auto``)."""
+    import socket
+
+    target = _host_port(address)
+    if target is None:
+        return None
+    try:
+        with socket.create_connection(target, timeout=timeout_s) as sock:
+            return None if os.environ.get("RAY_USE_TLS", "0") not in ("0", "") else _not_grpc(sock, address)
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        if isinstance(err, socket.timeout):
+            why = f"no answer within {timeout_s:g}s"
+        return (f"cannot reach the Ray cluster at {address} (ray.address): {why}; is the cluster up, and is this "
+                "its GCS address (HOST:6379)? Leave ray.address out to run on an embedded local Ray")
+
+
+#: the HTTP/2 client preface and an empty SETTINGS frame: every gRPC server (the GCS, Ray Client) answers with
+#: its own SETTINGS frame (type 4); a silent port or an HTTP/1 server (the dashboard) does not
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def _not_grpc(sock, address: str) -> str | None:
+    """Why the open port at ``address`` is not a gRPC server (None: it is); ``ray.init`` would wait minutes."""
+    import socket
+
+    try:
+        sock.sendall(_H2_PREFACE)
+        head = b""
+        while len(head) < 9:
+            chunk = sock.recv(9 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    except socket.timeout:
+        return (f"the Ray cluster at {address} (ray.address) does not answer as a Ray GCS (no gRPC reply within "
+                f"{sock.gettimeout():g}s); give the head's GCS address (HOST:6379)")
+    except OSError as err:
+        head = b""
+        if not isinstance(err, ConnectionResetError):
+            return f"cannot reach the Ray cluster at {address} (ray.address): {err.strerror or err}"
+    if len(head) == 9 and head[3] == 0x04:
+        return None
+    shown = head[:12].decode("ascii", "replace").strip() or "nothing"
+    return (f"{address} (ray.address) is not a Ray GCS address: the server there answered {shown!r}, not gRPC "
+            "(the dashboard's HTTP port?); give the head's GCS address (HOST:6379)")
+
+
+def connect(address: str, *, quiet: bool) -> None:
+    """``ray.init(address=...)``, refused at once with one line (``RunNotStarted``, exit 3) when unreachable."""
+    import ray
+
+    from .runner import RunNotStarted  # here: runner imports this module
+
+    problem = unreachable(address)
+    if problem is None:
+        try:
+            ray.init(address=address, log_to_driver=not quiet, logging_level="WARNING")
+            return
+        except (ConnectionError, TimeoutError, OSError, ValueError) as err:  # no / wrong cluster there
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            problem = f"cannot connect to the Ray cluster at {address} (ray.address): {first[:300]}"
+    raise RunNotStarted(problem)
+
+
 #: the dashboard address of the embedded Ray started by this process (None: none started, or no dashboard)
 _DASHBOARD: str | None = None
 
@@ -116,7 +212,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, *, quie
     started = False
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, log_to_driver=not quiet, logging_level="WARNING")
+            connect(address, quiet=quiet)
         else:
             start_local_ray(num_cpus, log_to_driver=not quiet)
         started = True

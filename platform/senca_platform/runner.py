@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .ray_local import ray_session, start_local_ray
+from .ray_local import ray_session, start_local_ray, unreachable
 from .spec import CohortSpec, load_spec, spec_to_dict
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -261,6 +261,8 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
     uri = _probe(spec, echo) if track else None  # an unreachable server: nothing starts, not even Ray
+    if spec.ray.address and (problem := unreachable(spec.ray.address)):  # nor on an unreachable cluster
+        raise RunNotStarted(problem)
 
     def startup_work():  # while Ray starts: the MLflow run is opened, then the driver's stage imports load
         t = time.perf_counter()
@@ -378,6 +380,8 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
     for s in slides:
         if s["status"] != "ok":
             echo(f"FAILED slide {s['slide']} (patient {s['patient']}): {s['error']}")
+        for w in dict.fromkeys(s.get("warnings") or []):  # each once
+            echo(f"warning: slide {s['slide']}: {w}")
     if result.get("error"):
         echo(f"cohort error: {result['error']}")
     if guard.failed:

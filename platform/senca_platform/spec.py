@@ -11,9 +11,8 @@ bad file fails only that slide).
 
 The YAML is parsed with safe semantics only (no ``!!python/...`` tags: refused with the line, nothing is
 constructed), duplicate keys are refused, and a spec that nests too deeply, refers to itself or expands (through
-aliases) to more than :data:`MAX_YAML_VALUES` values is refused before anything is validated. Non-finite numbers
-(``.nan``, ``.inf``, ``1e400``) are refused in every number field.
-"""
+aliases) to more than :data:`MAX_YAML_VALUES` values is refused (``spec_limits``: not a regular file, over 5 MB,
+too many patients/slides: before parsing). Non-finite numbers (``.nan``, ``.inf``, ``1e400``) are refused."""
 
 from __future__ import annotations
 
@@ -29,6 +28,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
 from ._confine import escape_of, is_inside
 from ._redact import SECRET_WORDS, redact  # noqa: F401 - re-exported (the one redaction helper)
+from .spec_limits import read_spec_bytes
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -667,7 +667,7 @@ def load_spec(path: str | Path) -> CohortSpec:
     """Read, validate and resolve a cohort spec. Raises :class:`SpecError` (field + line) on any problem."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_spec_bytes(path)  # a regular file under the size cap, never read past it
     except OSError as err:
         raise SpecError(path, [SpecIssue("<file>", None, f"cannot read the spec: {err.strerror or err}")]) from None
     try:
@@ -684,7 +684,7 @@ def load_spec(path: str | Path) -> CohortSpec:
 
 def spec_lines(path: str | Path) -> dict[tuple, int]:
     """The line of every key path of a spec file (for reporting against it later)."""
-    return parse_yaml(Path(path).read_text(encoding="utf-8-sig"), str(path))[1]
+    return parse_yaml(read_spec_bytes(path).decode("utf-8-sig"), str(path))[1]
 
 
 # ---------------------------------------------------------------------------------------------- input files

@@ -56,6 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
+from .ray_local import ClusterError, ClusterUnreachable
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 BUNDLE = ".senca_cohort"
@@ -66,10 +68,6 @@ PROJECT_EXCLUDES = [".venv/", "venv/", "runs/", "data/", ".git/", "__pycache__/"
 _PATH_FIELDS = ("counts", "spots", "labels", "image", "path")
 _SECRET_ENV = re.compile(r"(TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL|API_?KEY)", re.I)
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-
-
-class ClusterError(RuntimeError):
-    """A problem talking to the Ray cluster or preparing a submission; one line for the user."""
 
 
 # ================================================================================================ auth + client
@@ -134,8 +132,8 @@ def _explain(err: BaseException, address: str, what: str) -> ClusterError:
         return ClusterError(f"Ray cluster at {address} refused the request ({what}): authentication failed; {hint}")
     if isinstance(err, (ConnectionError, OSError)) or "failed to connect" in low or "connection refused" in low \
             or "max retries exceeded" in low or "cannot connect" in low:
-        return ClusterError(f"cannot reach the Ray Job API at {address} ({what}): is the cluster up and the "
-                            "dashboard port (default 8265) reachable?")
+        return ClusterUnreachable(f"cannot reach the Ray Job API at {address} ({what}): is the cluster up and the "
+                                  "dashboard port (default 8265) reachable?")
     if "does not exist" in low or "status code 404" in low or "not found" in low:
         return ClusterError(f"{what}: not found on {address} ({first[:300]})")
     return ClusterError(f"{what} on {address} failed: {type(err).__name__}: {first[:500]}")
@@ -581,6 +579,6 @@ def model_run_id(summary: dict[str, Any]) -> str:
     return summary["mlflow_run_id"]
 
 
-__all__ = ["BUNDLE", "ClusterError", "Submission", "auth_token", "copy_project", "follow_logs", "job_client",
-           "job_entry", "job_logs", "job_status", "list_jobs", "normalize_address", "prepare_submission",
-           "project_root", "resolve_tracking", "stop_job", "submit"]
+__all__ = ["BUNDLE", "ClusterError", "ClusterUnreachable", "Submission", "auth_token", "copy_project",
+           "follow_logs", "job_client", "job_entry", "job_logs", "job_status", "list_jobs", "normalize_address",
+           "prepare_submission", "project_root", "resolve_tracking", "stop_job", "submit"]

@@ -35,7 +35,7 @@ from .spec import CohortSpec, spec_to_dict, spec_to_yaml
 from .tracking_conn import (PROBE_HTTP, RUN_HTTP_DEFAULTS, TrackingUnavailable, driver_alive, driver_id,  # noqa: F401
                             http_settings, is_remote, probe_tracking, redact_text, redact_uris)
 from .tracking_log import (LiveLog, _flatten, history_items, log_items, log_metrics, log_params, ms, now_ms,
-                           selection_tags)
+                           selection_tags, set_tags, slide_tags)
 from .tracking_model import _pyfunc_class, model_example  # noqa: F401 - importable from here too
 
 PARENT_TAG = "senca.role"
@@ -289,8 +289,7 @@ class MlflowTracker:
             log_items(self.client, self.run_id,
                       self.live.parent_items(key, ((e, t, h.get(source)) for e, t, h in rows), stamp))
         self._metrics(self.run_id, {"tune_best_objective": best.get("objective")}, timestamp=stamp)
-        for key, value in selection_tags(info.get("selection")).items():
-            self.client.set_tag(self.run_id, key, value)
+        set_tags(self.client, self.run_id, selection_tags(info.get("selection")))
 
     def _log_infer(self, child: str, info: dict[str, Any], stamp: int | None = None) -> None:
         import mlflow
@@ -386,8 +385,7 @@ class MlflowTracker:
         failed = [s for s in slides if s["status"] != "ok"]
         self._metrics(self.run_id, {"n_slides_failed": len(failed), "n_slides_ok": len(slides) - len(failed),
                                     "seconds_total": summary.get("seconds")})
-        for s in failed:
-            self.client.set_tag(self.run_id, f"senca.error.{s['slide']}", (s.get("error") or "?")[:5000])
+        set_tags(self.client, self.run_id, slide_tags(slides))  # senca.error.<slide>, senca.warning.<slide>
         if summary.get("error"):
             self.client.set_tag(self.run_id, "senca.error", summary["error"][:5000])
         self.client.set_tag(self.run_id, "senca.status", summary["status"])

@@ -89,6 +89,26 @@ def log_metrics(client, run_id: str, metrics: dict[str, Any], step: int = 0, tim
     log_items(client, run_id, row_metrics(metrics, step, now_ms() if timestamp is None else timestamp))
 
 
+def slide_tags(slides: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """The parent run's per-slide tags: ``senca.error.<slide>`` (a failed slide's error) and
+    ``senca.warning.<slide>`` (an ok slide's warnings, one per line; MLflow keeps 5000 characters of a tag)."""
+    tags = {}
+    for s in slides:
+        if s.get("status") != "ok":
+            tags[f"senca.error.{s['slide']}"] = (s.get("error") or "?")[:5000]
+        elif s.get("warnings"):
+            tags[f"senca.warning.{s['slide']}"] = "\n".join(str(w) for w in s["warnings"])[:5000]
+    return tags
+
+
+def set_tags(client, run_id: str, tags: dict[str, str]) -> None:
+    """Several tags on a run in one request."""
+    from mlflow.entities import RunTag
+
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
 def selection_tags(selection: dict[str, Any] | None) -> dict[str, str]:
     """MLflow tags saying how a tuned run's model was chosen (``jobs.stage_model.selection_rule``); none untuned."""
     if not selection:

@@ -12,6 +12,11 @@ our own code opens an image* (under a lock, restored afterwards) and apply our o
 instead: a plain (non-pyramidal) image may have at most :data:`MAX_IMAGE_PIXELS` (1 Gpx, ≈ 3 GB
 once decoded as RGB). Larger images must be converted to a pyramidal tiled TIFF, which OpenSlide
 reads tile by tile without decoding the whole image.
+
+**Images that can only be decoded whole.** A JPEG is decoded at a reduced scale when the patches allow it
+(``Image.draft``); a PNG (or an untiled TIFF, BMP, …) can only be decoded at full size, ≈ 4 bytes per pixel,
+whatever its file size (a 438 KB PNG of 20,000 × 20,000 px decodes to 1.6 GB). Such images are refused above
+:data:`MAX_WHOLE_DECODE_PIXELS` (checked from the header, before any pixel is decoded).
 """
 
 from __future__ import annotations
@@ -27,10 +32,13 @@ from PIL import Image
 
 from ..errors import SlideError
 
-__all__ = ["open_slide", "MAX_IMAGE_PIXELS"]
+__all__ = ["open_slide", "MAX_IMAGE_PIXELS", "MAX_WHOLE_DECODE_PIXELS"]
 
 #: Largest plain (single-level) image, in pixels, that ``open_slide`` accepts (decoded whole).
 MAX_IMAGE_PIXELS: int = 1_000_000_000
+#: Largest plain image that has no reduced-scale decoding (not JPEG: PNG, untiled TIFF, …), in pixels:
+#: ≈ 0.5 GB once decoded as RGBA (the HER2ST JPEGs are ≈ 92 Mpx; Visium's hires PNGs ≈ 4 Mpx).
+MAX_WHOLE_DECODE_PIXELS: int = 120_000_000
 
 _PIL_LIMIT_LOCK = threading.Lock()
 
@@ -114,4 +122,22 @@ def open_slide(path: str | os.PathLike, *, slide_id: str | None = None) -> opens
             f"plain (non-pyramidal) image of {width}x{height} px is above the {MAX_IMAGE_PIXELS:,} px "
             "limit for images decoded whole; convert it to a pyramidal tiled TIFF"
         )
+    if isinstance(slide, openslide.ImageSlide) and width * height > MAX_WHOLE_DECODE_PIXELS:
+        fmt = _plain_format(p)
+        if fmt != "JPEG":  # no reduced-scale decoding: the whole image would be decoded at full size
+            slide.close()
+            raise fail(
+                f"{fmt or 'plain'} image of {width}x{height} px ({width * height:,} px) can only be decoded "
+                f"whole (≈ {4 * width * height / 1e9:.1f} GB), above the {MAX_WHOLE_DECODE_PIXELS:,} px limit; "
+                "convert it to a pyramidal tiled TIFF (or a JPEG, which is decoded at a reduced scale)"
+            )
     return slide
+
+
+def _plain_format(p: Path) -> str | None:
+    """Pillow's format name of a plain image, from its header only (no pixel decoded)."""
+    try:
+        with _pil_pixel_limit_lifted(), Image.open(p) as im:
+            return im.format
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None

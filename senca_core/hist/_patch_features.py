@@ -19,6 +19,51 @@ if TYPE_CHECKING:  # torch loads only when a CNN / ViT encoder is used
 
 __all__ = ["patch_features"]
 
+#: a pixel is background (glass, or the white padding outside the image) when it is this bright and grey
+_BRIGHT, _GREY = 215, 20
+#: a patch whose spot area is less than this share tissue is "on background"
+_MIN_TISSUE = 0.1
+#: share of spots on background: above WARN said in the slide's warnings, above REFUSE a SlideError
+BACKGROUND_WARN, BACKGROUND_REFUSE = 0.2, 0.5
+
+
+def tissue_fraction(patches: np.ndarray) -> np.ndarray:
+    """Share of tissue (not bright grey/white, not black) pixels in the central half of each patch (the spot's
+    own area), float32 (n,)."""
+    n, h, w = patches.shape[:3]
+    if n == 0:
+        return np.zeros(0, dtype=np.float32)
+    c = patches[:, h // 4: h - h // 4, w // 4: w - w // 4, :3].astype(np.int16)
+    hi, lo = c.max(axis=-1), c.min(axis=-1)
+    background = ((hi >= _BRIGHT) & (hi - lo <= _GREY)) | (hi <= 20)
+    return (1.0 - background.reshape(n, -1).mean(axis=1)).astype(np.float32)
+
+
+def _check_tissue(adata: AnnData, patches: np.ndarray) -> None:
+    """Most spots on background means the image is placed wrong (a scale factor off): refuse above 50 % of the
+    spots, say it in ``uns["senca"]["warnings"]`` above 20 %. Writes ``obs["patch_tissue_fraction"]``."""
+    from ..errors import SlideError
+    from ..io._validate import add_warning
+
+    frac = tissue_fraction(patches)
+    adata.obs["patch_tissue_fraction"] = frac
+    if len(frac) == 0:
+        return
+    senca = adata.uns.get("senca") if isinstance(adata.uns.get("senca"), dict) else {}
+    field = "image_scale" if senca.get("platform") != "visium" else "scalefactors"
+    share = float((frac < _MIN_TISSUE).mean())
+    where = (f"{int((frac < _MIN_TISSUE).sum())} of {len(frac)} spots ({share:.0%}) fall on background (no "
+             f"tissue under the spot) in {senca.get('image_path', 'the image')}")
+    xy = np.asarray(adata.obsm["spatial"])[:, :2]
+    span = f"spots span x {xy[:, 0].min():.0f}–{xy[:, 0].max():.0f}, y {xy[:, 1].min():.0f}–{xy[:, 1].max():.0f} px"
+    if share > BACKGROUND_REFUSE:
+        raise SlideError(f"{where} ({span}): the image is placed wrong; check '{field}' (the factor from spot "
+                         "pixels to this image's pixels) and the image", slide=senca.get("slide_id"),
+                         file=senca.get("image_path"), field=field)
+    if share > BACKGROUND_WARN:
+        add_warning(adata, f"image: {where}; histology features of those spots describe glass ({span}; check "
+                           f"'{field}')")
+
 
 def patch_features(
     adata: AnnData,
@@ -61,6 +106,9 @@ def patch_features(
     * ``adata.obsm["X_hist"]``: ``float32 (n_spots, F)``;
     * ``adata.obs["patch_in_image"]``: bool, False where the patch fell (partly) outside the image
       (its missing part is white);
+    * ``adata.obs["patch_tissue_fraction"]``: float32, the share of tissue pixels in the spot's own area; more
+      than 50 % of the spots on background (< 10 % tissue) is a :class:`SlideError` naming the scale field
+      (``image_scale`` / ``scalefactors``), more than 20 % a warning in ``uns["senca"]["warnings"]``;
     * ``adata.uns["senca"]["hist_features"]``: ``{"encoder", "names", "context", "size"}``
       (plus ``"weights"``, the file path, for the CNN / ViT).
 
@@ -91,6 +139,7 @@ def patch_features(
         raise ConfigError("encoder", f"{allowed}, got {encoder!r}")
 
     patches = extract_patches(adata, context=context, size=size, on_outside=on_outside, slide=slide)
+    _check_tissue(adata, patches)
 
     if cnn is not None:
         feats, names = cnn(patches), cnn.names

@@ -4,7 +4,8 @@
 from ._h5ad import read_h5ad
 from ._her2st import read_her2st
 from ._legacy_st import read_legacy_st
-from ._validate import validate_counts
+from ._scanpy import to_scanpy
+from ._validate import add_warning, validate_counts
 from ._visium import read_visium
 
-__all__ = ["read_legacy_st", "read_her2st", "read_visium", "read_h5ad", "validate_counts"]
+__all__ = ["read_legacy_st", "read_her2st", "read_visium", "read_h5ad", "validate_counts", "add_warning", "to_scanpy"]

@@ -102,8 +102,20 @@ def _read_counts(path: Path, slide: str) -> tuple[pd.Index, list[str], np.ndarra
     return keys, genes, values
 
 
-def _read_spots(path: Path, slide: str) -> tuple[pd.DataFrame, int]:
-    """The spot-selection table indexed by "{x}x{y}" (rows with ``selected == 0`` dropped) and the number of
+#: a join that keeps fewer than this share of the count rows is refused (the wrong spot file)
+MIN_JOIN_FRACTION = 0.5
+#: a join that leaves more than this share of the count rows without a spot row is said in the warnings
+WARN_UNJOINED_FRACTION = 0.02
+
+
+def _transposed(keys: pd.Index) -> pd.Index:
+    """``"{x}x{y}"`` keys as ``"{y}x{x}"``: what the keys would be with the spot file's x / y columns exchanged."""
+    parts = keys.str.split("x", n=1, regex=False)
+    return pd.Index([f"{b}x{a}" for a, b in parts], dtype=object) if len(keys) else keys
+
+
+def _read_spots(path: Path, slide: str) -> tuple[pd.DataFrame, pd.Index]:
+    """The spot-selection table indexed by "{x}x{y}" (rows with ``selected == 0`` dropped) and the keys of the
     unselected rows."""
     file = display(path)
     with reading(slide=slide, file=file, field="spots", what="the spot file"):
@@ -122,16 +134,16 @@ def _read_spots(path: Path, slide: str) -> tuple[pd.DataFrame, int]:
         "pixel_y": numeric_column(df, "pixel_y", slide=slide, file=file),
     })
     out.index = pd.Index([f"{a}x{b}" for a, b in zip(x, y)], dtype=object)
-    n_unselected = 0
+    unselected = pd.Index([], dtype=object)
     if "selected" in df.columns:
         sel = numeric_column(df, "selected", slide=slide, file=file) != 0
-        n_unselected = int((~sel).sum())
+        unselected = out.index[~sel]
         out = out[sel]
     if out.index.has_duplicates:
         dup = out.index[out.index.duplicated()].unique()
         raise SlideError(f"{len(dup)} duplicate spot key(s) (x, y), first {dup[0]!r}", slide=slide, file=file,
                          field="x,y")
-    return out, n_unselected
+    return out, unselected
 
 
 def _read_labels(path: Path, slide: str) -> tuple[pd.Series, dict[str, int]]:
@@ -203,8 +215,10 @@ def read_legacy_st(
     below), n_zero_spots_dropped.
 
     Count rows without a spot row and spot rows without a count row are dropped and counted in
-    ``uns["senca"]["join"]``; an empty join, or one that keeps fewer than half the count rows, is a
-    SlideError ("counts/spot-file mismatch"). Label rows that cannot be joined to a spot (``NA`` / non-finite
+    ``uns["senca"]["join"]`` (count rows of unselected spot rows are expected to go); an empty join, or one
+    where fewer than half of the count rows have a spot row, is a SlideError ("counts/spot-file mismatch"), and
+    so is a spot file whose ``x``/``y`` names are swapped (more count rows join with x and y exchanged); more
+    than 2 % of the count rows without a spot row is said in ``uns["senca"]["warnings"]``. Label rows that cannot be joined to a spot (``NA`` / non-finite
     coordinates, coordinates of no spot, one spot labelled two ways) are skipped, counted in
     ``uns["senca"]["labels_join"]`` and said in ``uns["senca"]["warnings"]``: only the counts and spot files
     are strict. Every other bad input raises :class:`SlideError`.
@@ -231,19 +245,34 @@ def read_legacy_st(
         need_file(image, slide=slide, field="image", what="image file")
 
     keys, genes, values = _read_counts(counts, slide)
-    spot_df, n_unselected = _read_spots(Path(spots), slide)
+    spot_df, unselected = _read_spots(Path(spots), slide)
+    n_unselected = int(len(unselected))
 
     in_spots = keys.isin(spot_df.index)
     n_match = int(in_spots.sum())
     n_counts_only = int(len(keys) - n_match)
     n_spots_only = int((~spot_df.index.isin(keys)).sum())
-    if n_match == 0 or n_match < 0.5 * len(keys):
-        example_c = keys[~in_spots][0] if n_counts_only else None
+    # count rows of unselected spots (off the tissue) are meant to go; the rest must find their spot row
+    all_spots = spot_df.index.append(unselected)
+    n_known = int(keys.isin(all_spots).sum())
+    n_swapped = int(_transposed(keys).isin(all_spots).sum())
+    if n_swapped > n_known:  # the join works better with x and y exchanged: the column names are swapped
+        raise SlideError(
+            f"the x/y columns of the spot file look swapped: {n_swapped} of {len(keys)} count rows of "
+            f"{display(counts)!r} find their spot row with x and y exchanged, only {n_known} as written (a join "
+            "as written would put spots at the wrong places); exchange the 'x' and 'y' header names",
+            slide=slide, file=display(spots), field="x,y")
+    if n_match == 0 or n_known < MIN_JOIN_FRACTION * len(keys):
+        example_c = keys[~keys.isin(all_spots)][0] if n_known < len(keys) else None
         example_s = spot_df.index[~spot_df.index.isin(keys)][0] if n_spots_only else None
         raise SlideError(
-            f"counts/spot-file mismatch: only {n_match} of {len(keys)} count rows of {display(counts)!r} have a "
-            f"spot row (x, y) (e.g. count row {example_c!r}, spot row {example_s!r})",
-            slide=slide, file=display(spots), field="x,y")
+            f"counts/spot-file mismatch: only {n_known} of {len(keys)} count rows of {display(counts)!r} have a "
+            f"spot row (x, y) (at least {MIN_JOIN_FRACTION:.0%} must; e.g. count row {example_c!r}, spot row "
+            f"{example_s!r})", slide=slide, file=display(spots), field="x,y")
+    warns = []
+    if len(keys) - n_known > WARN_UNJOINED_FRACTION * len(keys):
+        warns.append(f"spots: {len(keys) - n_known} of {len(keys)} count rows of {display(counts)} have no spot "
+                     f"row in {display(spots)}: dropped (wrong or partial spot file?)")
 
     keep = np.flatnonzero(in_spots)
     keys = keys[keep]
@@ -272,7 +301,8 @@ def read_legacy_st(
     if labels is not None:
         lab, skipped = _read_labels(Path(labels), slide)
         senca["labels_join"] = {**attach_labels(adata, lab), **skipped}
-        senca["warnings"] = label_warnings(senca["labels_join"], file=display(labels), n_keys=len(lab)) or None
+        warns += label_warnings(senca["labels_join"], file=display(labels), n_keys=len(lab))
         source_files["labels"] = abspath(labels)
+    senca["warnings"] = warns or None
     senca["source_files"] = source_files
     return finish(adata, senca, slide=slide, counts_file=display(counts))

@@ -26,6 +26,66 @@ def _bad_cells(X, mask_fn) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
     return int(mask.sum()), rows, cols, arr[rows, cols]
 
 
+#: more than this share of non-integer stored counts: the matrix looks normalised, not raw counts (warning)
+NON_INTEGER_WARN_FRACTION = 0.01
+#: a slide whose spots share pixel positions this much (share of spots not at a position of their own) is refused
+MAX_SHARED_POSITION_FRACTION = 0.1
+
+
+def add_warning(adata: AnnData, message: str) -> None:
+    """Append ``message`` to ``uns["senca"]["warnings"]`` (once: a message already there is not repeated)."""
+    senca = adata.uns.get("senca")
+    if not isinstance(senca, dict):
+        senca = adata.uns["senca"] = {}
+    have = [str(w) for w in np.ravel(senca.get("warnings", []) if senca.get("warnings") is not None else [])]
+    if message not in have:
+        senca["warnings"] = have + [message]
+
+
+def _non_integer_warning(X, n_obs: int) -> str | None:
+    """The warning for a float matrix whose stored values are mostly not whole numbers (normalised / log data)."""
+    data = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    data = data[data != 0]
+    if data.size == 0:
+        return None
+    frac = np.abs(data - np.round(data)) > 1e-4
+    share = float(frac.mean())
+    if share <= NON_INTEGER_WARN_FRACTION:
+        return None
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    return (f"counts: {share:.0%} of the non-zero counts are not whole numbers (e.g. {data[frac][0]:g}; median "
+            f"spot total {np.median(totals):.3g}, largest value {data.max():.3g}): these look normalised or "
+            "log-transformed, not raw counts; SENCA normalises them again, so the results may be wrong")
+
+
+def check_spatial(adata: AnnData, *, slide: str | None = None, file: str | None = None) -> None:
+    """Refuse spot positions ``obsm["spatial"]`` that cannot be a slide (:class:`SlideError`, field ``spatial``):
+    not finite, all spots on one pixel, or more than 10 % of the spots sharing their position with another spot;
+    a few shared positions are said in ``uns["senca"]["warnings"]``. No ``obsm["spatial"]``: nothing checked."""
+    if "spatial" not in adata.obsm or adata.n_obs < 2:
+        return
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    if xy.ndim != 2 or xy.shape[1] < 2:
+        raise SlideError(f"spot positions must be (n, 2), got shape {xy.shape}", slide=slide, file=file,
+                         field="spatial")
+    xy = xy[:, :2]
+    if not np.isfinite(xy).all():
+        raise SlideError(f"{int((~np.isfinite(xy)).any(axis=1).sum())} spot position(s) are NaN/infinite",
+                         slide=slide, file=file, field="spatial")
+    uniq, counts = np.unique(xy, axis=0, return_counts=True)
+    n = len(xy)
+    if len(uniq) == 1:
+        raise SlideError(f"all {n} spots are at the same pixel ({uniq[0][0]:g}, {uniq[0][1]:g}): the spot "
+                         "positions are missing or wrong", slide=slide, file=file, field="spatial")
+    shared = int(counts[counts > 1].sum())
+    if shared > MAX_SHARED_POSITION_FRACTION * n:
+        raise SlideError(f"{shared} of {n} spots share their pixel position with another spot (only "
+                         f"{len(uniq)} distinct positions): the spot positions are wrong", slide=slide, file=file,
+                         field="spatial")
+    if shared:
+        add_warning(adata, f"spatial: {shared} of {n} spots share their pixel position with another spot")
+
+
 def validate_counts(adata: AnnData, *, slide: str | None = None, file: str | None = None) -> AnnData:
     """Check a slide's raw count matrix ``adata.X`` (spots × genes); raise :class:`SlideError` on bad input.
 
@@ -45,7 +105,10 @@ def validate_counts(adata: AnnData, *, slide: str | None = None, file: str | Non
     new AnnData, use the return value: it is ``adata`` itself when nothing was dropped, else a subset copy.
 
     ``slide`` / ``file`` default to ``uns["senca"]["slide_id"]`` / ``uns["senca"]["source_files"]["counts"]``.
-    Non-integer counts are accepted (e.g. ambient-corrected counts); nothing is rounded.
+    Non-integer counts are accepted (e.g. ambient-corrected counts); nothing is rounded, but more than 1 % of
+    non-integer values (normalised / log data given as counts) is said in ``uns["senca"]["warnings"]``.
+    Spot positions are checked too (:func:`check_spatial`: all spots on one pixel is an error, field
+    ``spatial``).
     """
     senca = dict(adata.uns.get("senca", {}) or {})
     if slide is None:
@@ -110,4 +173,10 @@ def validate_counts(adata: AnnData, *, slide: str | None = None, file: str | Non
                          field="uns['senca']['n_zero_spots_dropped']")
     senca["n_zero_spots_dropped"] = int(before) + n_zero
     adata.uns["senca"] = senca
+    if adata.X.dtype.kind == "f":
+        warning = _non_integer_warning(adata.X, adata.n_obs)
+        if warning:
+            add_warning(adata, warning)
+    check_spatial(adata, slide=slide, file=(senca.get("source_files") or {}).get("spots")
+                  or (senca.get("source_files") or {}).get("positions") or file)
     return adata

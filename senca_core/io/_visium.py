@@ -145,6 +145,10 @@ def _read_positions(spatial: Path, slide: str) -> tuple[pd.DataFrame, Path]:
     return out, path
 
 
+#: the scale factors the reader uses: each must be a positive number (a numeric string is accepted)
+_SCALE_KEYS = ("spot_diameter_fullres", "tissue_hires_scalef", "tissue_lowres_scalef")
+
+
 def _read_scalefactors(spatial: Path, slide: str) -> tuple[dict, Path]:
     path = need_file(spatial / "scalefactors_json.json", slide=slide, field="scalefactors",
                      what="scale factor file")
@@ -155,8 +159,19 @@ def _read_scalefactors(spatial: Path, slide: str) -> tuple[dict, Path]:
             raise ValueError("not a JSON object")
     out = {}
     for k, v in sf.items():
+        if isinstance(v, str):  # "0.05": a number written as text is read as that number
+            try:
+                v = float(v.strip())
+            except ValueError:
+                pass
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             out[str(k)] = float(v)
+        elif str(k) in _SCALE_KEYS:  # a scale factor that is not a number would silently drop the image
+            raise SlideError(f"{k!r} must be a number, got {v!r}", slide=slide, file=display(path), field=str(k))
+    for k in _SCALE_KEYS:
+        if k in out and not (np.isfinite(out[k]) and out[k] > 0):
+            raise SlideError(f"{k!r} must be a positive number, got {out[k]!r}", slide=slide, file=display(path),
+                             field=k)
     if "spot_diameter_fullres" not in out:
         raise SlideError("missing 'spot_diameter_fullres'", slide=slide, file=display(path),
                          field="spot_diameter_fullres")
@@ -290,6 +305,12 @@ def read_visium(
         img, scale = hires, sf["tissue_hires_scalef"]
     elif lowres.is_file() and "tissue_lowres_scalef" in sf:
         img, scale = lowres, sf["tissue_lowres_scalef"]
+    warns = []
+    if img is None:  # an image is there but cannot be placed: never drop it without a word
+        for im, key in ((hires, "tissue_hires_scalef"), (lowres, "tissue_lowres_scalef")):
+            if im.is_file():
+                warns.append(f"image: {display(im)} is there but {display(sf_file)} has no {key!r}: the slide is "
+                             "read WITHOUT its image (no histology features)")
     spatial = full.astype(np.float64) * float(scale)
     adata.obsm["spatial"] = spatial
 
@@ -313,7 +334,8 @@ def read_visium(
     if labels is not None:
         lab = _read_barcode_labels(Path(labels), slide, bcs)
         senca["labels_join"] = attach_labels(adata, lab)
-        senca["warnings"] = label_warnings(senca["labels_join"], file=display(labels), n_keys=len(lab)) or None
+        warns += label_warnings(senca["labels_join"], file=display(labels), n_keys=len(lab))
         source_files["labels"] = abspath(labels)
+    senca["warnings"] = warns or None
     senca["source_files"] = source_files
     return finish(adata, senca, slide=slide, counts_file=display(counts_file))

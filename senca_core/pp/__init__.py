@@ -4,7 +4,7 @@
 ``layers["log1p"]``.
 """
 
-from ._common_genes import common_genes
+from ._common_genes import common_genes, panel_outliers
 from ._hvg import hvg
 from ._neighbors import GRID_K, spatial_neighbors
 from ._normalize import normalize_log
@@ -13,4 +13,4 @@ from ._preprocess import preprocess
 from ._qc import qc
 
 __all__ = ["qc", "hvg", "normalize_log", "pca", "pca_genes", "pca_project", "PcaState", "spatial_neighbors",
-           "GRID_K", "common_genes", "preprocess"]
+           "GRID_K", "common_genes", "panel_outliers", "preprocess"]

@@ -15,6 +15,36 @@ from ._utils import counts_matrix, senca_uns, slide_name
 
 #: below this many varying genes the seurat_v3 loess fit is not attempted
 _MIN_LOESS_GENES = 50
+#: below this many distinct spots (count profiles) the seurat_v3 loess fit is not attempted
+_MIN_DISTINCT_SPOTS = 3
+
+
+def _n_distinct_spots(counts, cap: int = _MIN_DISTINCT_SPOTS) -> int:
+    """How many distinct count profiles (rows) there are, counted up to ``cap``.
+
+    Two random projections in float64: identical rows give bit-identical values (same entries, same
+    order of summation), distinct rows coincide only by chance.
+    """
+    rng = np.random.default_rng(0)
+    proj = counts.astype(np.float64) @ rng.random((counts.shape[1], 2))
+    return int(min(len(np.unique(np.asarray(proj), axis=0)), cap))
+
+
+def _varying_genes(counts) -> np.ndarray:
+    """Genes whose counts are not the same in every spot (exact: max > min, no float round-off)."""
+    hi = np.asarray(counts.max(axis=0).todense()).ravel()
+    lo = np.asarray(counts.min(axis=0).todense()).ravel()
+    return hi > lo
+
+
+def _add_warning(adata: AnnData, text: str) -> None:
+    """Append ``text`` to ``uns["senca"]["warnings"]`` (the contract's list of str)."""
+    senca = senca_uns(adata)
+    old = senca.get("warnings")
+    warns = [str(w) for w in (list(old) if old is not None else [])]
+    if text not in warns:
+        warns.append(text)
+    senca["warnings"] = warns
 
 
 def _variance(m) -> np.ndarray:
@@ -32,15 +62,39 @@ def _log_dispersion(counts) -> np.ndarray:
         return np.where(mean > 0, var / mean, np.nan)
 
 
+def _expand(df: pd.DataFrame, names, varying: np.ndarray, counts) -> pd.DataFrame:
+    """scanpy's result on the varying genes, widened to all genes (constant ones never selected)."""
+    full = pd.DataFrame(index=pd.Index(names))
+    mean = np.asarray(counts.mean(axis=0), dtype=np.float64).ravel()
+    for col in df.columns:
+        vals = df[col].to_numpy()
+        if vals.dtype == bool:
+            out = np.zeros(len(names), dtype=bool)
+        elif np.issubdtype(vals.dtype, np.number):
+            out = np.full(len(names), np.nan)
+        else:  # e.g. scanpy's gene_name column: not written to var
+            continue
+        out[varying] = vals
+        full[col] = out
+    if "means" in full:
+        full["means"] = mean
+    if "variances" in full:
+        full.loc[~varying, "variances"] = 0.0
+    return full
+
+
 def hvg(adata: AnnData, n_top_genes: int = 3000, *, flavor: str = "seurat_v3") -> None:
     """Mark the ``n_top_genes`` most variable genes, computed on the raw counts.
 
     ``flavor="seurat_v3"`` (default, needs scikit-misc) ranks genes by the variance of the counts
     standardised by a loess fit of variance on mean. When the slide has fewer expressed genes than
     ``n_top_genes``, all of them are kept (no error). If the loess fit cannot be done (fewer than
-    50 varying genes, scikit-misc missing, or a degenerate fit), genes are ranked instead by the
-    dispersion (var / mean) of log1p-normalised expression, ``uns["hvg"]["flavor"] ==
-    "dispersion"`` and ``uns["hvg"]["fallback"]`` says why. ``flavor="seurat"`` or
+    3 distinct spots or 50 varying genes, checked exactly before the fit because scikit-misc's loess
+    crashes the process on such input; scikit-misc missing; a degenerate fit), genes are ranked
+    instead by the dispersion (var / mean) of log1p-normalised expression, ``uns["hvg"]["flavor"] ==
+    "dispersion"`` and ``uns["hvg"]["fallback"]`` says why; the degenerate-input case also adds a
+    line to ``uns["senca"]["warnings"]``. Genes with the same count in every spot never enter the
+    loess fit (their float round-off "variance" is noise) and are never selected. ``flavor="seurat"`` or
     ``"cell_ranger"`` can be asked for directly (on a temporary log-normalised copy, as scanpy
     expects); they select exactly ``n_top_genes`` by normalised dispersion.
 
@@ -70,16 +124,29 @@ def hvg(adata: AnnData, n_top_genes: int = 3000, *, flavor: str = "seurat_v3") -
     df = None
     used = flavor
     if flavor == "seurat_v3":
-        n_var = int((_variance(counts) > 0).sum())
-        if n_var < _MIN_LOESS_GENES:  # skmisc's loess is unstable (can even crash) on few points
-            fallback = (f"seurat_v3 needs >= {_MIN_LOESS_GENES} varying genes, the slide has "
-                        f"{n_var}; ranked by dispersion of log1p instead")
+        # skmisc's loess crashes the process (SIGSEGV) on degenerate input: genes that are constant
+        # but get a float round-off variance (identical spots), too few points. Checked exactly first.
+        varying = _varying_genes(counts)
+        n_var = int(varying.sum())
+        n_spots = _n_distinct_spots(counts)
+        if n_spots < _MIN_DISTINCT_SPOTS or n_var < _MIN_LOESS_GENES:
+            why = (f"only {n_spots} distinct spot(s)" if n_spots < _MIN_DISTINCT_SPOTS
+                   else f"only {n_var} gene(s) vary across spots")
+            fallback = (f"seurat_v3 needs >= {_MIN_DISTINCT_SPOTS} distinct spots and >= "
+                        f"{_MIN_LOESS_GENES} varying genes, the slide has {why}; "
+                        "ranked by dispersion of log1p instead")
+            _add_warning(adata, f"hvg: {why} (identical or near-empty spots?): highly variable genes "
+                                "ranked by dispersion instead of seurat_v3")
         else:
             try:
+                # constant genes (exactly) never reach loess: their float round-off variance is noise
+                # (all-zero genes are left in: scanpy drops them itself, and the result stays as it was)
+                fit = tmp if not bool((expressed & ~varying).any()) else tmp[:, varying].copy()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    df = sc.pp.highly_variable_genes(tmp, n_top_genes=n, flavor="seurat_v3",
-                                                     inplace=False, check_values=False)
+                    res = sc.pp.highly_variable_genes(fit, n_top_genes=min(n, n_var), flavor="seurat_v3",
+                                                      inplace=False, check_values=False)
+                df = res if fit is tmp else _expand(res, adata.var_names, varying, counts)
             except (ImportError, ValueError, ZeroDivisionError, np.linalg.LinAlgError) as exc:
                 fallback = (f"seurat_v3 failed ({type(exc).__name__}: {exc}); "
                             "ranked by dispersion of log1p instead")

@@ -399,6 +399,26 @@ def build_cases() -> None:
            files={"legacy/image_corrupt.tif": corrupt_tiff()})
     legacy("image_wrong_scale", "the spots fall outside the image (image_scale 10 instead of 1)",
            image="legacy/S1.jpg", image_scale=10.0, file="S1.jpg", field="image_scale", text="fall outside")
+    # ---- legacy ST: silently wrong joins and positions (issue 16, class 2)
+    wide = [f"{x}x{y}" for y in range(1, 5) for x in range(1, 6)]  # a 5 × 4 grid: not symmetric in x / y
+    wide_counts = ("\t" + "\t".join(GENES) + "\n" + "".join(
+        f"{k}\t{i % 5 + 1}\t{i % 3}\t{i % 2 + 1}\n" for i, k in enumerate(wide))).encode()
+    swapped = ["\t".join(["y", "x", "pixel_x", "pixel_y", "selected"])] + [
+        "\t".join([k.split("x")[0], k.split("x")[1], f"{int(k.split('x')[0]) * 20.0:.1f}",
+                   f"{int(k.split('x')[1]) * 20.0:.1f}", "1"]) for k in wide]
+    legacy("spots_xy_swapped", "the spot file's 'x'/'y' header names are exchanged: 16 of 20 spots would still join "
+           "(at the wrong places), all 20 join with x and y swapped", counts="legacy/counts_5x4.tsv",
+           spots="legacy/spots_xy_swapped.tsv", file="spots_xy_swapped.tsv", field="x,y",
+           text="x/y columns of the spot file look swapped",
+           files={"legacy/counts_5x4.tsv": wide_counts,
+                  "legacy/spots_xy_swapped.tsv": ("\n".join(swapped) + "\n").encode()})
+    one_pixel = spots_text().decode().splitlines()
+    one_pixel = [one_pixel[0]] + ["\t".join(r.split("\t")[:4] + ["50.0", "50.0"] + r.split("\t")[6:])
+                                  for r in one_pixel[1:]]
+    legacy("spots_one_pixel", "every spot row has the same pixel_x / pixel_y (all spots on one pixel)",
+           spots="legacy/spots_one_pixel.tsv", file="spots_one_pixel.tsv", field="spatial",
+           text="all 16 spots are at the same pixel",
+           files={"legacy/spots_one_pixel.tsv": ("\n".join(one_pixel) + "\n").encode()})
     jp = jpeg()
     case("image_truncated_jpeg", "decode_image",
          "a JPEG whose header is intact but whose pixel data is cut: the reader (header only) accepts it, "
@@ -432,6 +452,10 @@ def build_cases() -> None:
     visium("visium_scalefactors_missing_key", "scalefactors_json.json without spot_diameter_fullres",
            "scalefactors_missing_key", file="scalefactors_json.json", field="spot_diameter_fullres",
            text="missing", files=visium_files(scalefactors=b'{"tissue_lowres_scalef": 0.1}'))
+    visium("visium_scalefactor_not_a_number", "tissue_lowres_scalef: 'about 0.1' (text, not a number: the image "
+           "would silently be unused)", "scalefactor_text", file="scalefactors_json.json",
+           field="tissue_lowres_scalef", text="must be a number", files=visium_files(
+               scalefactors=b'{"spot_diameter_fullres": 40.0, "tissue_lowres_scalef": "about 0.1"}'))
     visium("visium_mtx_negative", "a negative count in matrix.mtx", "mtx_negative", file="matrix.mtx",
            field="counts", text="negative", files=visium_files(negative=True))
     visium("visium_mtx_shape", "matrix.mtx says 5 genes, features.tsv lists 3", "mtx_shape", file="matrix.mtx",
