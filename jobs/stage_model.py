@@ -222,7 +222,8 @@ def stage_tune(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tra
     res = json.loads(Path(hit["trials_file"]).read_text())
     best = res["best"]
     selection = selection_rule(metric, res["mode"])
-    tracker.progress(f"tune: best trial {best['trial_id']}, {metric} = {clean_float(best['objective'])}: "
+    value = clean_float(best["objective"])
+    tracker.progress(f"tune: best trial {best['trial_id']}, {metric} = {'n/a' if value is None else f'{value:.4g}'}: "
                      f"{selection['rule']}")
     info = {"status": "ok", "cached": cached, **clock.times(),
             "params": {"metric": metric, "mode": res["mode"], "num_samples": tuning["num_samples"],

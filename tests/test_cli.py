@@ -27,6 +27,16 @@ def test_console_script_is_installed():
         assert command in out.stdout
 
 
+def test_version_names_the_tool_and_its_engines():
+    from importlib.metadata import version
+
+    result = _invoke("--version")
+    assert result.exit_code == 0
+    line = result.output.strip()
+    assert line.startswith(f"senca-platform {version('senca-platform')} (python ")
+    assert f"ray {version('ray')}" in line and f"mlflow {version('mlflow')}" in line and "torch " in line
+
+
 def test_init_writes_a_commented_example_that_validates(tmp_path):
     path = tmp_path / "cohort.yaml"
     res = _invoke("init", str(path))

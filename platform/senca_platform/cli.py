@@ -27,6 +27,33 @@ def _err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+def version_line() -> str:
+    """``senca-platform X (python P; ray R, mlflow M, torch T, scanpy S)`` from the installed metadata (no imports)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    deps = ", ".join(f"{d} {of(d)}" for d in ("ray", "mlflow", "torch", "scanpy"))
+    return f"senca-platform {of('senca-platform')} (python {platform.python_version()}; {deps})"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="print the version (and Ray, MLflow, torch, scanpy's) and exit")) -> None:
+    """SENCA-st cohort platform: cohort.yaml -> Ray Data / Ray Train / Ray Tune -> MLflow."""
+
+
 def _run(spec_path: Path, out: Optional[str], fresh: bool, as_json: bool, resume: bool,
          force_out: bool = False) -> int:
     from .runner import EXIT_NOT_STARTED, RunNotStarted, run_cohort
