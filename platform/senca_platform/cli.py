@@ -3,7 +3,8 @@
 Exit codes of ``run``: 0 every slide finished (and is tracked); 1 a slide (or a stage) failed, see the summary;
 2 the spec is invalid; 3 nothing ran (the tracking server cannot be reached, or the output directory is in use or
 cannot be used: ``--out ""``, a file, not writable, or a non-empty folder no run wrote without ``--force-out``);
-4 every slide finished but MLflow tracking failed mid-run (results on disk: ``senca-platform sync OUTPUT_DIR``).
+4 every slide finished but MLflow tracking failed mid-run (results on disk: ``senca-platform sync OUTPUT_DIR``);
+130 stopped by SIGINT / SIGTERM (one line; the MLflow run is KILLED; ``--resume`` continues it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 app = typer.Typer(help="SENCA-st cohort platform: cohort.yaml -> Ray Data / Ray Train / Ray Tune -> MLflow.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+#: exit code of a run stopped by SIGINT / SIGTERM (the shell's 128 + SIGINT)
+EXIT_INTERRUPTED = 130
 
 
 def _err(msg: str) -> None:
@@ -56,7 +61,9 @@ def _main(version: bool = typer.Option(False, "--version", callback=_show_versio
 
 def _run(spec_path: Path, out: Optional[str], fresh: bool, as_json: bool, resume: bool,
          force_out: bool = False) -> int:
-    from .runner import EXIT_NOT_STARTED, RunNotStarted, run_cohort
+    import signal
+
+    from .runner import EXIT_NOT_STARTED, INTERRUPTED, RunNotStarted, run_cohort
     from .spec import SpecError, load_spec
 
     try:
@@ -64,6 +71,10 @@ def _run(spec_path: Path, out: Optional[str], fresh: bool, as_json: bool, resume
     except SpecError as err:
         _err(str(err))
         return 2
+    def terminate(signum, frame):  # SIGTERM stops the run the way Ctrl-C does (one line, MLflow run KILLED)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     with stdout_to_stderr(as_json):
         try:
             result = run_cohort(spec, output_dir=out, fresh=fresh, resume=resume, progress=not as_json,
@@ -71,6 +82,12 @@ def _run(spec_path: Path, out: Optional[str], fresh: bool, as_json: bool, resume
         except RunNotStarted as err:  # nothing ran: one line, no traceback
             _err(f"error: {err}")
             return EXIT_NOT_STARTED
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not interrupt the clean-up line
+            _err(f"stopped: {INTERRUPTED}; continue with: senca-platform run {spec_path} --resume")
+            return EXIT_INTERRUPTED
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     if as_json:
         typer.echo(json.dumps(result.summary, indent=2))
     else:

@@ -211,11 +211,21 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, *, quie
 
     started = False
     if not ray.is_initialized():
+        import signal
+        import threading
+
+        own = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         if address:
             connect(address, quiet=quiet)
         else:
             start_local_ray(num_cpus, log_to_driver=not quiet)
         started = True
+        # ray.init installs a native SIGTERM handler (abort with a stack dump, exit 134): the application's own
+        # Python handlers come back, so SIGTERM / SIGINT stop a run cleanly (the CLI: one line, exit 130)
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in own.items():
+                if callable(handler):
+                    signal.signal(sig, handler)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         dashboard = _DASHBOARD if started and not address else None

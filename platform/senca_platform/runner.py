@@ -60,6 +60,10 @@ def _status(slides: list[dict], error: str | None) -> str:
 EXIT_OK, EXIT_FAILED, EXIT_SPEC, EXIT_NOT_STARTED, EXIT_UNTRACKED = 0, 1, 2, 3, 4
 
 
+#: what a run stopped by SIGINT / SIGTERM says (console, MLflow)
+INTERRUPTED = "interrupted by a signal (SIGINT/SIGTERM): finished stages are cached, training has its checkpoints"
+
+
 class RunNotStarted(RuntimeError):
     """Nothing ran (no Ray started, no file written but the lock and the folder's marker): the tracking server
     cannot be reached, or the output directory is in use by another run or cannot be used. One line for the user;
@@ -329,7 +333,9 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
     except BaseException as err:  # a crash of the platform itself: record it, then raise
         if tracker is None:
             tracker = opening.result_or_none()
-        if tracker is not None and isinstance(err, Exception) and not isinstance(err, RunNotStarted):
+        if tracker is not None and isinstance(err, KeyboardInterrupt):  # SIGINT, or SIGTERM (the CLI maps it)
+            guard.call("fail", tracker.fail, f"{INTERRUPTED}: resume with --resume", "KILLED")
+        elif tracker is not None and isinstance(err, Exception) and not isinstance(err, RunNotStarted):
             guard.call("fail", tracker.fail, f"{type(err).__name__}: {err}")
         raise
     slides = result["slides"]

@@ -400,6 +400,7 @@ class MlflowTracker:
         mv = self.client.get_model_version(model_info["name"], str(model_info["version"]))
         return bool((mv.tags or {}).get("senca.model_state"))
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str, status: str = "FAILED") -> None:
+        """End the parent run as ``status`` (FAILED; KILLED when the user stopped the run) with the reason."""
         self.client.set_tag(self.run_id, "senca.error", message[:5000])
-        self.client.set_terminated(self.run_id, "FAILED")
+        self.client.set_terminated(self.run_id, status)
