@@ -107,3 +107,25 @@ def test_job_run_with_an_unreachable_tracking_server_is_one_line_and_exit_3(tmp_
     assert res.exit_code == 3, res.output
     assert f"cannot reach the MLflow tracking server at http://127.0.0.1:{port}" in res.output
     assert "Traceback" not in res.output
+
+
+def test_resume_with_an_edited_spec_is_refused_naming_the_settings(tmp_path):
+    """`--resume` continues the interrupted computation: with a spec edited since, it is refused in one line (exit
+    3, nothing started) naming what changed; the same spec is not refused by that check."""
+    from senca_platform.spec import load_spec
+    from senca_platform.sync import Journal
+
+    path = tmp_path / "cohort.yaml"
+    assert _invoke("init", str(path)).exit_code == 0
+    out = (tmp_path / "results").resolve()
+    Journal(out).start(load_spec(path), spec_path=path, tracker=None)  # what the interrupted run recorded
+    assert Journal(out).spec_changes(load_spec(path)) == []
+    text = path.read_text()
+    edited = text.replace("  epochs: 100", "  epochs: 7", 1)
+    assert edited != text
+    path.write_text(edited)
+    assert Journal(out).spec_changes(load_spec(path)) == ["training.epochs"]
+    res = _invoke("run", str(path), "--resume", "--out", str(out))
+    assert res.exit_code == 3, res.output
+    assert "--resume: the spec differs from the interrupted run's in training.epochs" in res.stderr
+    assert "Traceback" not in res.output and not (out / "ray").exists()

@@ -267,6 +267,10 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
     uri = _probe(spec, echo) if track else None  # an unreachable server: nothing starts, not even Ray
     if spec.ray.address and (problem := unreachable(spec.ray.address)):  # nor on an unreachable cluster
         raise RunNotStarted(problem)
+    if resume and (changed := Journal(out).spec_changes(spec)):  # a resumed run is the same computation
+        raise RunNotStarted(f"--resume: the spec differs from the interrupted run's in {', '.join(changed[:5])}"
+                            f"{' ...' if len(changed) > 5 else ''}; run without --resume to start a new run "
+                            "with it (finished stages with unchanged inputs are still reused from the cache)")
 
     def startup_work():  # while Ray starts: the MLflow run is opened, then the driver's stage imports load
         t = time.perf_counter()

@@ -89,6 +89,25 @@ class Journal:
 
         return atomic_write_json(path, obj)
 
+    def spec_changes(self, spec) -> list[str]:
+        """The settings (dotted paths) in which ``spec`` differs from the spec the interrupted run recorded
+        (``output_dir`` aside); empty when they agree or nothing was recorded."""
+        from .spec import spec_to_dict
+
+        try:
+            before = json.loads(self.run_file.read_text())["spec"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+
+        def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+            if not isinstance(d, dict):
+                return {prefix: d}
+            return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}{key}.").items()} or {prefix: d}
+
+        old, new = flat(before), flat(json.loads(json.dumps(spec_to_dict(spec), default=str)))
+        return sorted(k.rstrip(".") for k in set(old) | set(new)
+                      if old.get(k) != new.get(k) and not k.startswith("output_dir"))
+
     def start(self, spec, *, spec_path: str | Path | None, tracker) -> None:
         """A new attempt: the spec and where it is tracked; the stage list and model record start empty."""
         from .registry import redact_uri
