@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 #: bump when a stage's outputs change meaning (invalidates every cache entry)
-PIPELINE_VERSION = 2  # 2: infer clusters the region readout, slides aligned
+PIPELINE_VERSION = 3  # 2: infer clusters the region readout, slides aligned; 3: named regions, tidy tables
 
 
 class Tracker:

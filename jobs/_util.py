@@ -16,7 +16,6 @@ import json
 import os
 import re
 import resource
-import shutil
 import sys
 import tempfile
 import traceback
@@ -251,7 +250,7 @@ class StageCache:
             self.reported.add(stage)
             self.echo(f"cache entry {stage} unreadable ({why}): recomputed")
         try:
-            self.drop(stage)
+            self._path(stage).unlink(missing_ok=True)
         except OSError:
             pass
 
@@ -282,9 +281,6 @@ class StageCache:
     def put(self, stage: str, key: str, outputs: dict) -> None:
         atomic_write_json(self._path(stage), {"key": key, "outputs": outputs})
 
-    def drop(self, stage: str) -> None:
-        self._path(stage).unlink(missing_ok=True)
-
 
 def _walk_paths(obj: Any) -> Iterable[str]:
     """Values of keys ending in ``path``/``paths``/``_file`` in a manifest (the files that must still exist)."""
@@ -299,14 +295,6 @@ def _walk_paths(obj: Any) -> Iterable[str]:
     elif isinstance(obj, list):
         for item in obj:
             yield from _walk_paths(item)
-
-
-def reset_dir(path: str | Path) -> Path:
-    path = Path(path)
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    return path
 
 
 # ----------------------------------------------------------------------------------------- errors / memory

@@ -5,18 +5,20 @@
    ``OUT/infer/latent/<slide>.npy``.
 2. ``cluster_cohort`` (driver): regions on the POOLED embeddings of all slides (``senca_core.tl.cluster`` on a
    list), so "region 3" means the same in every patient; only the embeddings and neighbour indices are loaded.
+   ``name_cohort_regions`` (driver): one set of region names / tissue labels / tumour flags for the run
+   (``senca_core.tl.name_regions`` on the region profile pooled over all slides).
 3. ``summarise_slide`` (Ray Data ``map``): for one slide, ARI/NMI against the labels (scored spots), silhouette,
-   heterogeneity indices, micro-environment composition, top marker genes per region (``senca_core.tl``), the
-   region map over the H&E thumbnail (``senca_core.pl.region_map``, PNG) and the slide's h5ad with ``obs["region"]``
-   and ``obsm["X_senca"]`` (readout) + ``obsm["X_senca_latent"]`` (z) (``OUT/slides/<slide>.h5ad``).
-4. ``patient_table`` (driver): one row per patient (proportions pooled over the patient's spots; other indices the
-   spot-weighted mean over the patient's slides).
+   heterogeneity indices and micro-environment composition around the NAMED tumour regions, top marker genes per
+   region (``senca_core.tl``), the region map over the H&E thumbnail with the region names
+   (``senca_core.pl.region_map``, PNG) and the slide's h5ad with ``obs["region"]``, ``obs["region_name"]``,
+   ``uns["senca"]["region_names"]`` and ``obsm["X_senca"]`` (readout) + ``obsm["X_senca_latent"]`` (z)
+   (``OUT/slides/<slide>.h5ad``).
+4. ``jobs._tables.write_tables`` (driver): the tidy tables (regions, composition, patients, slides, markers;
+   see ``docs/OUTPUTS.md``).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import pickle
 import time
 from pathlib import Path
@@ -128,6 +130,34 @@ def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regio
     return {"k": int(k_used), "categories": categories, "region_paths": paths, "region_model_path": str(model_path)}
 
 
+def name_cohort_regions(rows: list[dict[str, Any]], regions: dict[str, Any]) -> dict[str, list]:
+    """One set of region names for the run (``senca_core.tl.name_regions``): the region × gene mean
+    ``layers["log1p"]`` pooled over every slide (the driver reads only ``var`` and that layer of each
+    preprocessed slide, plus the region labels). Returns the names table as ``{column: list}``."""
+    import anndata as ad
+    import h5py
+    import pandas as pd
+    from senca_core.tl import name_regions, region_names_dict, region_profile
+
+    read_elem = getattr(getattr(ad, "io", ad), "read_elem", None) or ad.experimental.read_elem
+    slims = []
+    for r in rows:
+        with h5py.File(r["path"], "r") as f:
+            var = read_elem(f["var"])
+            X = read_elem(f["layers/log1p"]) if "layers/log1p" in f else None
+        if X is None:  # an h5ad without the layer: normalise its counts (tl's fallback)
+            full = ad.read_h5ad(r["path"])
+            a = ad.AnnData(X=full.X, var=full.var[[]])
+        else:
+            a = ad.AnnData(X=X, var=pd.DataFrame(index=var.index))
+            a.layers["log1p"] = X
+        labels = np.load(regions["region_paths"][r["slide_id"]])
+        a.obs["region"] = pd.Categorical(labels.astype(str), categories=list(regions["categories"]))
+        slims.append(a)
+    means, counts = region_profile(slims, "region")
+    return region_names_dict(name_regions(means.loc[regions["categories"]], n_spots=counts))
+
+
 # ------------------------------------------------------------------------------------------- 3. per slide
 def _jsonable(obj: Any, depth: int = 0) -> Any:
     """Summaries from senca_core (dicts, Series, DataFrames, numpy) as JSON-able data."""
@@ -214,12 +244,25 @@ def summarise_slide(row: dict[str, Any]) -> dict[str, Any]:
             out["silhouette"] = clean_float(metrics.silhouette(adata)) if out["n_regions"] > 1 else None
         except Exception as err:  # noqa: BLE001
             out["warnings"].append(f"silhouette: {error_text(err)}")
+        names = row.get("region_names") or None  # the cohort's tl.name_regions table ({column: list})
+        tumour = None  # without names (predict): each summary picks tumour regions by tl.tumour_like_regions
+        if names:
+            from senca_core.tl import annotate_region_names
+
+            annotate_region_names(adata, pd.DataFrame(names), "region")
+            adata.uns.setdefault("senca", {})["region_names"] = adata.uns.pop("region_names")
+            tumour = [str(r) for r, t in zip(names["region"], names["is_tumour"]) if t and present.get(str(r), 0)]
         try:
-            out["heterogeneity"] = _jsonable(_verb("tl", "heterogeneity")(adata, "region"))
+            out["heterogeneity"] = _jsonable(_verb("tl", "heterogeneity")(adata, "region", tumour_regions=tumour))
+            if names:
+                out["heterogeneity"]["tumour_rule"] = "name_regions"
         except Exception as err:  # noqa: BLE001 - a summary failing must not lose the slide's regions
             out["warnings"].append(f"heterogeneity: {error_text(err)}")
         try:
-            out["microenvironment"] = _microenvironment_dict(_verb("tl", "microenvironment")(adata, "region"))
+            env = _verb("tl", "microenvironment")(adata, "region", tumour_regions=tumour)
+            if names:
+                env.attrs["tumour_rule"] = "name_regions"
+            out["microenvironment"] = _microenvironment_dict(env)
         except Exception as err:  # noqa: BLE001
             out["warnings"].append(f"microenvironment: {error_text(err)}")
         try:
@@ -267,87 +310,4 @@ def _strip_none(d: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------- 4. per patient
-def _scalars(d: Any) -> dict[str, float]:
-    """The top-level finite numbers of a summary dict (nested breakdowns stay in the per-slide JSON)."""
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue
-        if math.isfinite(v):
-            out[str(k)] = float(v)
-    return out
-
-
-def _weighted(values: list[tuple[float, float]]) -> float | None:
-    w = sum(c for _, c in values)
-    return sum(v * c for v, c in values) / w if w else None
-
-
-def patient_table(slide_rows: list[dict[str, Any]], categories: list[str]):
-    """One row per patient from its finished slides' summaries (a pandas DataFrame).
-
-    Region proportions and their Shannon / Simpson diversity are pooled over the patient's spots; the scalar
-    indices of ``tl.heterogeneity`` (``het_*``) are spot-weighted means over its slides; the micro-environment
-    (``env_ring1_<region>``: composition of the first ring of spots around tumour regions, weighted by ring size,
-    and ``env_enrichment_<region>``); ARI / NMI / silhouette spot-weighted; top marker genes per region (JSON).
-    """
-    import pandas as pd
-
-    by_patient: dict[str, list[dict]] = {}
-    for r in slide_rows:
-        if r.get("status") == "ok":
-            by_patient.setdefault(r["patient_id"], []).append(r)
-    rows = []
-    for pid, slides in by_patient.items():
-        n = sum(s["n_spots"] for s in slides)
-        row: dict[str, Any] = {"patient_id": pid, "n_slides": len(slides),
-                               "slides": ",".join(s["slide_id"] for s in slides), "n_spots": n}
-        counts = {c: sum(s["region_counts"].get(c, 0) for s in slides) for c in categories}
-        for c in categories:
-            row[f"prop_region_{c}"] = counts[c] / n if n else 0.0
-        props = np.array([counts[c] / n for c in categories if n and counts[c] > 0])
-        row["n_regions"] = int(len(props))
-        row["shannon_regions"] = float(-(props * np.log(props)).sum()) if len(props) else 0.0
-        row["simpson_regions"] = float(1.0 - (props ** 2).sum()) if len(props) else 0.0
-        het: dict[str, list[tuple[float, float]]] = {}
-        tumour: list[str] = []
-        for s in slides:
-            for k, v in _scalars(s.get("heterogeneity")).items():
-                het.setdefault(k, []).append((v, s["n_spots"]))
-            for t in (s.get("heterogeneity") or {}).get("tumour_regions") or []:
-                if str(t) not in tumour:
-                    tumour.append(str(t))
-        for k, vals in sorted(het.items()):
-            row[f"het_{k}"] = _weighted(vals)
-        row["tumour_regions"] = ",".join(sorted(tumour, key=lambda x: (len(x), x)))
-        ring: dict[str, list[tuple[float, float]]] = {}
-        enrich: dict[str, list[tuple[float, float]]] = {}
-        for s in slides:
-            env = s.get("microenvironment") or {}
-            ring1 = env.get("ring1") or {}
-            size = float(ring1.get("n_spots") or 0)
-            for c, v in ring1.items():
-                if c != "n_spots" and isinstance(v, (int, float)) and math.isfinite(v):
-                    ring.setdefault(str(c), []).append((float(v), size))
-            for c, v in (env.get("enrichment") or {}).items():
-                if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
-                    enrich.setdefault(str(c), []).append((float(v), size))
-        for c in categories:
-            if c in ring:
-                row[f"env_ring1_{c}"] = _weighted(ring[c])
-        for c in categories:
-            if c in enrich:
-                row[f"env_enrichment_{c}"] = _weighted(enrich[c])
-        for metric in ("ari", "nmi", "silhouette"):
-            row[metric] = _weighted([(s[metric], s["n_spots"]) for s in slides if s.get(metric) is not None])
-        markers: dict[str, list[str]] = {}
-        for s in slides:
-            for region, genes in (s.get("markers") or {}).items():
-                markers.setdefault(region, [])
-                markers[region] += [g for g in genes if g not in markers[region]]
-        row["top_markers"] = json.dumps({k: v[:5] for k, v in sorted(markers.items(), key=lambda kv: (len(kv[0]), kv[0]))})
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    if len(df):
-        df = df.sort_values("patient_id").reset_index(drop=True)
-    return df
+from ._tables import patient_table, write_tables  # noqa: E402,F401 - the tables live in jobs._tables

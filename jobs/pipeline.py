@@ -10,8 +10,9 @@ Outputs under ``plan["output_dir"]`` (every file written atomically):
   ``preprocess/pca_state.npz``, ``preprocess/genes.npy``
 - ``train/model.pt`` + ``train/history.json`` (or ``tune/model.pt`` + ``tune/trials.json``)
 - ``infer/embeddings/<slide>.npy``, ``infer/regions/<slide>.npy``, ``infer/summaries/<slide>.json``
-- ``slides/<slide>.h5ad`` (regions + embedding), ``maps/<slide>_regions.png``,
-  ``tables/patients.{parquet,csv}``, ``tables/slides.{parquet,csv}``
+- ``infer/region_names.json`` (``tl.name_regions``: one name, tissue label and colour per region for the run)
+- ``slides/<slide>.h5ad`` (regions, their names + embedding), ``maps/<slide>_regions.png``,
+  ``tables/{regions,composition,patients,slides,markers}.{parquet,csv}`` (``jobs._tables``; docs/OUTPUTS.md)
 - ``cache/*.json``: the stage manifests (content hash of inputs + stage config → outputs), reused on re-run.
 
 A slide that fails at any stage is recorded with its error and left out of the later stages; the cohort goes on.
@@ -20,7 +21,6 @@ A slide that fails at any stage is recorded with its error and left out of the l
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -166,7 +166,9 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
                 tracker: Tracker, status: dict[str, dict], progress: bool) -> dict[str, Any]:
     import pandas as pd
 
-    from .infer import cluster_cohort, embed_slide, patient_table, summarise_slide
+    from ._tables import write_tables
+    from ._util import atomic_write_json
+    from .infer import cluster_cohort, embed_slide, name_cohort_regions, summarise_slide
     from .preprocess import run_map
 
     out = Path(plan["output_dir"])
@@ -192,28 +194,22 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
         if not ok:
             raise PipelineError("infer", "no slide could be embedded")
         regions = cluster_cohort(ok, plan["clustering"], out / "infer" / "regions")
+        try:  # one set of names / tissue labels / tumour flags for the run
+            names = name_cohort_regions(ok, regions)
+            atomic_write_json(out / "infer" / "region_names.json", names)
+        except Exception as err:  # noqa: BLE001 - unnamed regions (ids only) rather than no result
+            names = None
+            tracker.progress(f"infer: regions left unnamed ({type(err).__name__}: {err})")
         rows = [{"slide_id": r["slide_id"], "patient_id": patients[r["slide_id"]], "path": r["path"],
                  "emb_path": r["emb_path"], "region_path": regions["region_paths"][r["slide_id"]],
-                 "categories": regions["categories"], "h5ad_path": str(out / "slides" / f"{r['slide_id']}.h5ad"),
+                 "categories": regions["categories"], "region_names": names,
+                 "h5ad_path": str(out / "slides" / f"{r['slide_id']}.h5ad"),
                  "map_path": str(out / "maps" / f"{r['slide_id']}_regions.png"),
                  "markers_path": str(out / "infer" / "markers" / f"{r['slide_id']}.csv"),
                  "summary_file": str(out / "infer" / "summaries" / f"{r['slide_id']}.json")} for r in ok]
         summaries = run_map(rows, summarise_slide, concurrency=conc, num_cpus=1.0, progress=progress)
-        table = patient_table(summaries, regions["categories"])
-        tables = out / "tables"
-        tables.mkdir(parents=True, exist_ok=True)
-        slides_df = pd.DataFrame([{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in s.items()
-                                   if k not in ("traceback", "microenvironment", "markers")} for s in summaries])
-        marker_files = [s["markers_path"] for s in summaries if s.get("markers_path")]
-        markers_df = pd.concat([pd.read_csv(f) for f in marker_files], ignore_index=True) if marker_files \
-            else pd.DataFrame()
-        paths = {}
-        for name, df in (("patients", table), ("slides", slides_df), ("markers", markers_df)):
-            paths[f"{name}_parquet_path"] = str(atomic_write_with(tables / f"{name}.parquet",
-                                                                  lambda tmp, df=df: df.to_parquet(tmp, index=False)))
-            paths[f"{name}_csv_path"] = str(atomic_write_with(tables / f"{name}.csv",
-                                                              lambda tmp, df=df: df.to_csv(tmp, index=False)))
-        hit = {"k": regions["k"], "categories": regions["categories"], "summaries": summaries,
+        paths = write_tables(out / "tables", summaries, regions["categories"], names)
+        hit = {"k": regions["k"], "categories": regions["categories"], "region_names": names, "summaries": summaries,
                "embed_failures": [r for r in embedded if r["status"] != "ok"], **paths}
         if all(s["status"] == "ok" for s in summaries) and not hit["embed_failures"]:
             cache.put("infer", key, hit)

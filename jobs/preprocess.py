@@ -50,23 +50,31 @@ TASK_MAX_RETRIES = 3
 
 # ------------------------------------------------------------------------------------------- one slide
 def read_slide(slide: dict[str, Any]):
-    """Read one slide with the reader named in the spec (plain-dict slide entry). Returns an AnnData."""
+    """Read one slide with the reader named in the spec (plain-dict slide entry), its counts validated
+    (``senca_core.io.validate_counts``). Returns an AnnData."""
+    from senca_core import io
+
+    return io.validate_counts(read_entry(slide))  # its return value: spots with zero counts are dropped in a copy
+
+
+def read_entry(slide: dict[str, Any]):
+    """The one reader dispatch: a plain-dict slide entry (``reader``, ``slide_id``, ``patient_id`` and its files,
+    as in the plan) read with the ``senca_core.io`` reader it names, as read (counts not validated). The spec's
+    input check (``senca_platform.spec.check_inputs``) reads through it too."""
     from senca_core import io
 
     reader = slide["reader"]
     sid, pid = slide["slide_id"], slide["patient_id"]
     if reader == "legacy_st":
-        adata = io.read_legacy_st(slide["counts"], slide["spots"], labels=slide.get("labels"),
-                                  image=slide.get("image"), image_scale=float(slide.get("image_scale") or 1.0),
-                                  slide_id=sid, patient_id=pid)
-    elif reader == "visium":
-        adata = io.read_visium(slide["path"], image=slide.get("image"), labels=slide.get("labels"),
-                               slide_id=sid, patient_id=pid)
-    elif reader == "h5ad":
-        adata = io.read_h5ad(slide["path"], slide_id=sid, patient_id=pid)
-    else:  # the spec refuses this already
-        raise ValueError(f"unknown reader {reader!r}")
-    return io.validate_counts(adata)  # its return value: spots with zero counts are dropped in a copy
+        return io.read_legacy_st(slide["counts"], slide["spots"], labels=slide.get("labels"),
+                                 image=slide.get("image"), image_scale=float(slide.get("image_scale") or 1.0),
+                                 slide_id=sid, patient_id=pid)
+    if reader == "visium":
+        return io.read_visium(slide["path"], image=slide.get("image"), labels=slide.get("labels"),
+                              slide_id=sid, patient_id=pid)
+    if reader == "h5ad":
+        return io.read_h5ad(slide["path"], slide_id=sid, patient_id=pid)
+    raise ValueError(f"unknown reader {reader!r}")  # the spec refuses this already
 
 
 def prepare_slide(adata, cfg: dict[str, Any]) -> None:

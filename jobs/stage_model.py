@@ -30,7 +30,7 @@ DEFAULT_METRIC = "reconstruction"
 LABEL_METRICS = ("ari",)
 
 
-def resolve_metric(plan: dict[str, Any], status: dict[str, dict] | None = None) -> str:
+def resolve_metric(plan: dict[str, Any]) -> str:
     """The tuning objective: the spec's ``tuning.metric``; ``auto`` is :data:`DEFAULT_METRIC`, whatever the slides
     hold (labels never choose a model unless the spec asks for ``ari``)."""
     metric = plan["tuning"].get("metric", "auto")
@@ -186,7 +186,7 @@ def stage_tune(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tra
 
     out = Path(plan["output_dir"])
     t, tuning = plan["training"], plan["tuning"]
-    metric = resolve_metric(plan, status)
+    metric = resolve_metric(plan)
     epochs = int(tuning.get("epochs") or t["epochs"])
     paths = list(pre["paths"].values())
     workers, why = train_workers(plan, pre)

@@ -227,7 +227,7 @@ def test_oversized_spec_is_refused_by_its_size(tmp_path):
 
 
 def test_too_many_patients_or_slides_are_counted_before_anything_is_built(tmp_path):
-    from senca_platform import spec_limits
+    from senca_platform.spec import limits as spec_limits
 
     patients = "".join(f"  - id: P{i}\n    slides:\n      - {{id: S{i}, reader: h5ad, path: d/{i}.h5ad}}\n"
                        for i in range(10_001))
@@ -313,7 +313,7 @@ def test_truncated_cache_outputs_are_a_miss_said_once(tmp_path):
 
 def test_validate_warns_when_the_spec_asks_more_than_this_machine(tmp_path):
     from senca_platform.spec import load_spec
-    from senca_platform.spec_limits import resource_warnings
+    from senca_platform.spec import resource_warnings
 
     slides = "".join(f"  - id: P{i}\n    slides:\n      - {{id: S{i}, reader: h5ad, path: d/{i}.h5ad}}\n"
                      for i in range(8))

@@ -102,13 +102,20 @@ def test_synthetic_cohort_end_to_end(synthetic_run):
     best = [t for t in trials["trials"] if t["trial_id"] == trials["best"]["trial_id"]]
     assert best and best[0]["epochs"] == 6  # kept: a trial that ran its whole budget
 
-    # per-patient table: one row per patient, region proportions sum to 1
+    # per-patient indices table: one row per patient; region proportions (composition, long form) sum to 1
     table = pd.read_parquet(summary["tables"]["patients_parquet"])
     assert sorted(table["patient_id"]) == ["P1", "P2", "P3"]
-    props = table[[c for c in table.columns if c.startswith("prop_region_")]].to_numpy()
-    assert np.allclose(props.sum(axis=1), 1.0)
-    assert (table["shannon_regions"] > 0).all() and table["ari"].notna().all()
-    assert table["het_shannon"].notna().all() and table["het_neighbour_mixing"].between(0, 1).all()
+    tables_dir = Path(summary["tables"]["patients_parquet"]).parent
+    comp = pd.read_parquet(tables_dir / "composition.parquet")
+    assert np.allclose(comp.groupby("patient_id")["proportion"].sum(), 1.0)
+    assert (table["shannon"] > 0).all() and table["ari"].notna().all()
+    assert table["neighbour_mixing"].between(0, 1).all() and table["tumour_fraction"].between(0, 1).all()
+    regions = pd.read_csv(tables_dir / "regions.csv", dtype={"region": str})
+    assert list(regions["region"]) == categories and regions["region_name"].is_unique
+    for s in summary["slides"]:  # one set of names per run, on every slide
+        a = ad.read_h5ad(s["h5ad"])
+        assert list(a.uns["senca"]["region_names"]["region_name"]) == list(regions["region_name"])
+        assert set(a.obs["region_name"].astype(str)) <= set(regions["region_name"])
     markers = pd.read_csv(summary["tables"]["markers_csv"])
     assert set(markers["slide_id"]) == {s["slide"] for s in summary["slides"]} and markers["gene"].notna().all()
     for s in summary["slides"]:
@@ -154,13 +161,28 @@ def test_synthetic_cohort_is_tracked_in_mlflow(synthetic_run):
     assert model["version"] == 1 and model["alias"] == "champion"
     mv = client.get_model_version_by_alias("senca-demo", "champion")
     assert str(mv.version) == "1"
+    # the registered model's metrics are the final ones (the last epoch's train_loss), with the cohort's scores
+    linked: dict = {}
+    for m in client.get_logged_model(mv.source.removeprefix("models:/")).metrics:
+        linked.setdefault(m.key, []).append(m)
+    curve = client.get_metric_history(parent.info.run_id, "train_loss")
+    assert [m.value for m in linked["train_loss"]] == [max(curve, key=lambda m: m.step).value]
+    assert "mean_ari" in linked and "k" in linked
     pyfunc = mlflow.pyfunc.load_model(f"models:/senca-demo@champion")
     slide = summary["slides"][0]
     a = ad.read_h5ad(slide["h5ad"])
     Z = pyfunc.predict({"X_pca": a.obsm["X_pca"].astype(np.float32),
                         "X_hist": a.obsm["X_hist"].astype(np.float32),
                         "spatial_neighbors": a.obsm["spatial_neighbors"].astype(np.int64)})
-    assert np.allclose(Z, a.obsm["X_senca_latent"], atol=1e-5)  # the fused embedding z
+    zcols = [c for c in Z.columns if c.startswith("z_")]
+    assert np.allclose(Z[zcols].to_numpy(), a.obsm["X_senca_latent"], atol=1e-5)  # the fused embedding z
+    # ... and the spots' regions, from the run's region model (as the run assigned them)
+    assert (Z["region"].astype(str).to_numpy() == a.obs["region"].astype(str).to_numpy()).mean() > 0.95
+    # a slide without an image goes through the same signature (X_hist of width 0)
+    Z0 = pyfunc.predict({"X_pca": a.obsm["X_pca"].astype(np.float32),
+                         "X_hist": np.zeros((a.n_obs, 0), dtype=np.float32),
+                         "spatial_neighbors": a.obsm["spatial_neighbors"].astype(np.int64)})
+    assert len(Z0) == a.n_obs and set(Z0["region"]) <= set(range(int(summary["k"] or 99)))
 
 
 def test_rerun_through_the_cli_reuses_every_stage(synthetic_run):

@@ -83,6 +83,10 @@ def test_cohort_run_against_the_tracking_server_with_artifacts(server, trained, 
     assert {"model_state/manifest.json", "model_state/pca_state.npz", "model_state/region_model.pkl"} <= state
     mv = mc.get_model_version_by_alias(NAME, "champion")
     assert int(mv.version) == summary["registered_model_version"] == 1
+    # a described record: the run's note and source, the version's description and selection rule
+    assert "SENCA-st cohort run of" in run.data.tags["mlflow.note.content"]
+    assert run.data.tags["mlflow.source.name"] == "senca-platform run"
+    assert "SENCA-st spot-embedding model" in mv.description and summary["mlflow_run_id"] in mv.description
     print(f"\nrun against mlflow server: {summary['_seconds']:.1f}s")
 
 
@@ -104,7 +108,7 @@ def test_models_list_and_show(trained, uri):
 
     local = mlflow.artifacts.download_artifacts(info["summary"]["runs:/patients.parquet"], tracking_uri=uri)
     table = pd.read_parquet(local)
-    assert sorted(table["patient_id"]) == ["P1", "P2"] and "shannon_regions" in table
+    assert sorted(table["patient_id"]) == ["P1", "P2"] and "shannon" in table
     text = _invoke("models", "show", NAME, "--version", "1").stdout
     assert "per-patient summary (patients.parquet)" in text and "mean_ari" in text and "P1_S1" in text
 

@@ -34,9 +34,8 @@ def test_no_label_reaches_the_default_tuning_objective(slides):
     from jobs.stage_model import LABEL_METRICS, _eval_cfg, resolve_metric
     from jobs.train_loop import evaluate
 
-    labelled = {"A": {"has_labels": True, "status": "ok"}}
-    metric = resolve_metric(_plan(), labelled)
-    assert metric not in LABEL_METRICS and metric == resolve_metric(_plan(), {})
+    metric = resolve_metric(_plan())
+    assert metric not in LABEL_METRICS and metric == resolve_metric(_plan())
     model = sc.tl.senca([a.copy() for a in slides], SencaConfig(seed=0, epochs=15))
     ev = _eval_cfg(_plan(), metric, 1)
 

@@ -158,6 +158,42 @@ def test_marker_genes_recover_the_programmes(syn):
         marker_genes(one, key="one")
 
 
+# ---- name_regions -------------------------------------------------------------------------------------
+def test_name_regions_on_the_synthetic_truth(syn):
+    from senca_core.tl import name_regions
+
+    a = syn.copy()
+    names = name_regions(a).set_index("region")
+    assert names.attrs["context"] == "breast"
+    assert names.loc["tumour_A", "is_tumour"] and names.loc["tumour_B", "is_tumour"]  # both clones, kept apart
+    assert names.loc["tumour_A", "region_name"] != names.loc["tumour_B", "region_name"]
+    assert names.loc["immune", "tissue"] == "immune" and names.loc["gland", "tissue"] == "normal gland"
+    assert names.loc["stroma", "tissue"] == "stroma" and not names.loc["gland", "is_tumour"]
+    assert names.loc["tumour_A", "region_name"].startswith("Rtumour_A · ")
+    assert names["n_spots"].sum() == a.n_obs and names["fraction"].sum() == pytest.approx(1.0)
+    assert (a.obs["region_name"].astype(str) == a.obs["region"].map(names["region_name"]).astype(str)).all()
+    assert list(a.uns["region_names"]["region"]) == list(names.index)
+
+
+def test_name_regions_brain_context_and_unassigned():
+    from senca_core.tl import name_regions
+
+    genes = ["SNAP25", "SYT1", "MBP", "PLP1", "MOBP", "MOG", "PCP4", "TRABD2A", "FEZF2", "ACTB", "GAPDH"]
+    base = {g: 2.0 for g in genes}
+    wm = dict(base, MBP=4.0, PLP1=4.0, MOBP=3.0, MOG=3.0)
+    l5 = dict(base, PCP4=3.5, TRABD2A=3.0, FEZF2=3.0)
+    flat = dict(base, ACTB=2.2)
+    prof = pd.DataFrame([wm, l5, flat], index=["0", "1", "2"])
+    names = name_regions(prof, n_spots={"0": 50, "1": 30, "2": 20}).set_index("region")
+    assert names.attrs["context"] == "brain"
+    assert names.loc["0", "tissue"] == "white matter" and names.loc["1", "tissue"] == "L5"
+    assert names.loc["2", "tissue"] == "unassigned" and not names["is_tumour"].any()  # never forced
+    assert names.loc["0", "region_name"] in ("R0 · MBP/PLP1", "R0 · PLP1/MBP")
+    assert names.loc["0", "fraction"] == pytest.approx(0.5)
+    with pytest.raises(Exception, match="n_spots"):
+        name_regions(prof)
+
+
 # ---- region map ---------------------------------------------------------------------------------------
 def test_region_map_writes_a_real_picture(tmp_path):
     a = synthetic_slide(600, seed=2, out_dir=tmp_path, slide_id="map2")

@@ -201,3 +201,21 @@ def test_live_sends_are_throttled_thread_safe_and_never_raise(tmp_path, store):
     assert isinstance(tracker.live.error, MlflowException)
     with pytest.raises(MlflowException):
         tracker.stage("tune", {"status": "ok", "cached": False, "seconds": 1, "started_at": t0, "ended_at": t0 + 1})
+
+
+def test_the_parent_run_describes_itself(tmp_path, store):
+    """A description the MLflow UI shows, the command as source, the tool's version and the code's git commit."""
+    import subprocess
+
+    from senca_platform.tracking import MlflowTracker
+
+    tracker = MlflowTracker(_spec(tmp_path, store, "described"), spec_path=tmp_path / "cohort.yaml")
+    tags = tracker.client.get_run(tracker.run_id).data.tags
+    assert "cohort run of 'described': 1 patient(s), 1 slide(s)" in tags["mlflow.note.content"]
+    assert str(tmp_path / "cohort.yaml") in tags["mlflow.note.content"]
+    assert tags["mlflow.source.name"] == "senca-platform run" and tags["senca.version"]
+    here = Path(__file__).resolve().parent
+    head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout: the commit that ran
+        assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+        assert tags["senca.git_dirty"] in ("true", "false")

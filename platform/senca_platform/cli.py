@@ -59,8 +59,20 @@ def _main(version: bool = typer.Option(False, "--version", callback=_show_versio
     """SENCA-st cohort platform: cohort.yaml -> Ray Data / Ray Train / Ray Tune -> MLflow."""
 
 
+def _verbosity(quiet: bool, verbose: bool) -> str:
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose exclude each other")
+    return "quiet" if quiet else "verbose" if verbose else "normal"
+
+
+QUIET = typer.Option(False, "--quiet", "-q", help="print only warnings, errors and the result (the rest: "
+                     "OUTPUT/logs/run.log)")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="also show Ray's, Tune's, MLflow's and torch's own output "
+                       "(by default it goes to OUTPUT/logs/run.log)")
+
+
 def _run(spec_path: Path, out: Optional[str], fresh: bool, as_json: bool, resume: bool,
-         force_out: bool = False) -> int:
+         force_out: bool = False, verbosity: str = "normal") -> int:
     import signal
 
     from .runner import EXIT_NOT_STARTED, INTERRUPTED, RunNotStarted, run_cohort
@@ -78,7 +90,7 @@ def _run(spec_path: Path, out: Optional[str], fresh: bool, as_json: bool, resume
     with stdout_to_stderr(as_json):
         try:
             result = run_cohort(spec, output_dir=out, fresh=fresh, resume=resume, progress=not as_json,
-                                spec_path=spec_path, command=True, force_out=force_out)
+                                spec_path=spec_path, command=True, force_out=force_out, verbosity=verbosity)
         except RunNotStarted as err:  # nothing ran: one line, no traceback
             _err(f"error: {err}")
             return EXIT_NOT_STARTED
@@ -90,6 +102,9 @@ def _run(spec_path: Path, out: Optional[str], fresh: bool, as_json: bool, resume
             signal.signal(signal.SIGTERM, previous)
     if as_json:
         typer.echo(json.dumps(result.summary, indent=2))
+    elif verbosity == "quiet":
+        summary = result.summary
+        typer.echo(f"summary: {Path(summary['output_dir']) / 'cohort_summary.json'} ({summary['status']})")
     else:
         _print_table(result.summary)
     return result.exit_code
@@ -125,9 +140,11 @@ def run(
     force_out: bool = typer.Option(False, "--force-out", help="write into a non-empty output folder that no run "
                                    "wrote (nothing of yours in it is deleted; files named like the run's outputs "
                                    "are overwritten)"),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Run the cohort: preprocess (Ray Data), train (Ray Train) or tune (Ray Tune), infer + summaries, MLflow."""
-    raise typer.Exit(_run(spec, out, fresh, as_json, resume, force_out))
+    raise typer.Exit(_run(spec, out, fresh, as_json, resume, force_out, _verbosity(quiet, verbose)))
 
 
 @app.command()
@@ -163,8 +180,7 @@ def validate(
                                 "unreadable data is always an error)"),
 ) -> None:
     """Check a cohort spec without running it (schema, field and line of each problem; input files)."""
-    from .spec import SpecError, load_spec, missing_files
-    from .spec_limits import resource_warnings
+    from .spec import SpecError, load_spec, missing_files, resource_warnings
 
     try:
         s = load_spec(spec)
@@ -211,14 +227,18 @@ def demo(
     seed: int = typer.Option(0),
     fresh: bool = typer.Option(False, "--fresh"),
     as_json: bool = typer.Option(False, "--json"),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Generate a synthetic cohort (with ground truth) into OUT, write OUT/cohort.yaml and run it."""
     from .demo import write_demo
 
+    verbosity = _verbosity(quiet, verbose)
     spec_path = write_demo(out, n_patients=patients, n_spots=spots, seed=seed)
-    _err(f"demo cohort spec: {spec_path}")
-    code = _run(spec_path, None, fresh, as_json, False)
-    if code == 0 and not as_json:
+    if verbosity != "quiet":
+        _err(f"demo cohort spec: {spec_path}")
+    code = _run(spec_path, None, fresh, as_json, False, verbosity=verbosity)
+    if code == 0 and not as_json and verbosity != "quiet":
         typer.echo(f"browse it: mlflow ui --backend-store-uri sqlite:///{(out / 'results' / 'mlflow.db').resolve()}")
     raise typer.Exit(code)
 

@@ -11,11 +11,13 @@ import contextlib
 import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ._console import RunConsole
+from .model_state import attach_after_run as _attach_predict_state
+from .tracking_guard import TrackingGuard, mark_untracked as _mark_untracked
 from .ray_local import ray_session, start_local_ray, unreachable
 from .spec import CohortSpec, load_spec, spec_to_dict
 
@@ -95,65 +97,19 @@ def output_lock(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
-class TrackingGuard:
-    """Calls into the MLflow tracker. The first failure (server gone, network, refused request) is recorded, and
-    tracking stops for the rest of the run — every further call would wait out MLflow's retries again — while the
-    run itself goes on; each item that was not logged is listed (``pending``) for ``senca-platform sync``."""
-
-    def __init__(self, echo: Callable[[str], None], uri: str = ""):
-        self.echo = echo
-        self.uri = uri
-        self.error: str | None = None
-        self.pending: list[str] = []
-        self.logged: list[str] = []
-
-    @property
-    def failed(self) -> bool:
-        return self.error is not None
-
-    def call(self, item: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self.error is not None:
-            self.pending.append(item)
-            return None
-        try:
-            value = fn(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - tracking never stops the cohort
-            self._failed(item, err)
-            self.pending.append(item)
-            return None
-        self.logged.append(item)
-        return value
-
-    def attempt(self, item: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """A preliminary call (a stage's start) whose item the later :meth:`call` of the same item books as
-        logged or pending: a failure here stops tracking like any other, without booking the item twice."""
-        if self.error is not None:
-            return None
-        try:
-            return fn(*args)
-        except Exception as err:  # noqa: BLE001
-            self._failed(item, err)
-            return None
-
-    def _failed(self, item: str, err: Exception) -> None:
-        from .registry import _explain
-        from .tracking import redact_uris
-
-        self.error = redact_uris(str(_explain(err, self.uri, f"logging {item}")))
-        self.echo(f"warning: MLflow tracking failed ({self.error}); the run goes on without it: results stay "
-                  "on disk, `senca-platform sync OUTPUT_DIR` logs them later")
-
-
 def run_cohort(spec: CohortSpec | str | Path, *, output_dir: str | Path | None = None, fresh: bool = False,
                resume: bool = False, progress: bool = True, echo: Callable[[str], None] | None = None,
                track: bool = True, spec_path: str | Path | None = None, command: bool = False,
-               force_out: bool = False) -> CohortResult:
+               force_out: bool = False, verbosity: str | None = None) -> CohortResult:
     """Run every stage of the cohort. Writes ``cohort_summary.json``; returns it with the exit code.
 
     Raises :class:`RunNotStarted` (before any work) when the output directory is locked by another run, cannot
     be used (``outdir.claim_output_dir``: empty, a file, not writable, or a non-empty folder no run wrote unless
     ``force_out``) or the tracking server does not answer. A tracking failure later does not stop the run (exit
     code 4 when every slide finished; see :class:`TrackingGuard` and ``senca-platform sync``).
+
+    ``verbosity`` (``quiet`` / ``normal`` / ``verbose``, the CLI's): the run's console (:class:`RunConsole`): the
+    engines' output goes to ``OUTPUT/logs/run.log``; None (a notebook, a test): nothing is redirected.
     """
     from .outdir import OutputDirError, check_out_arg, claim_output_dir
 
@@ -173,12 +129,16 @@ def run_cohort(spec: CohortSpec | str | Path, *, output_dir: str | Path | None =
 
     from .tracking import RUN_HTTP_DEFAULTS, http_settings
 
-    with output_lock(out), http_settings(RUN_HTTP_DEFAULTS, override=False):
+    console = RunConsole(out / "logs" if verbosity else None, verbosity or "verbose")
+    with output_lock(out), http_settings(RUN_HTTP_DEFAULTS, override=False), console:
+        echo = console.echo if verbosity else echo
+        if console.log_path is not None and verbosity != "verbose":
+            echo(f"log: {console.log_path} (Ray, Tune, MLflow and torch output; --verbose shows it here)")
         removed = sweep_partial_files(out)
         if removed:
             echo(f"removed {len(removed)} partial file(s) an interrupted run left behind")
         return _run_locked(spec, out, spec_path=spec_path, fresh=fresh, resume=resume, progress=progress,
-                           echo=echo, track=track, command=command)
+                           echo=echo, track=track, command=command, console=console)
 
 
 class _Background:
@@ -255,7 +215,8 @@ def _open_tracker(spec: CohortSpec, spec_path: Path | None, resume: bool, echo: 
 
 
 def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: bool, resume: bool, progress: bool,
-                echo: Callable[[str], None], track: bool, command: bool = False) -> CohortResult:
+                echo: Callable[[str], None], track: bool, command: bool = False,
+                console: RunConsole | None = None) -> CohortResult:
     from jobs import warmup
     from jobs._util import atomic_write_json
     from jobs.pipeline import Tracker, run_pipeline
@@ -286,16 +247,22 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
     guard = TrackingGuard(echo, uri or "")
     journal = Journal(out)
 
+    console = console or RunConsole(None)
+
     class _Both(Tracker):
         def stage_started(self, name, started_at):
+            if name in ("train", "tune"):
+                console.start_stage(name, _epochs_total(spec, name))
             if tracker is not None:
                 guard.attempt(f"stage:{name}", tracker.stage_started, name, started_at)
 
         def epoch(self, stage, record):
+            console.epoch(stage, record)
             if tracker is not None and not guard.failed:
                 tracker.epoch(stage, record)  # never raises: a failure resurfaces at the stage's end
 
         def stage(self, name, info):
+            console.end_stage()
             echo(f"{name}: {info['status']}{' (cached)' if info.get('cached') else ''} in {info['seconds']:.1f}s")
             journal.stage(name, info)
             if tracker is not None:
@@ -355,12 +322,8 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
         "slides": [{k: v for k, v in s.items() if k not in ("traceback", "has_labels", "hist_dim")} for s in slides],
         "k": result.get("k"),
         "tuning": result.get("tuning"),
-        "tables": {"patients_parquet": result["tables"].get("patients_parquet_path"),
-                   "patients_csv": result["tables"].get("patients_csv_path"),
-                   "slides_parquet": result["tables"].get("slides_parquet_path"),
-                   "slides_csv": result["tables"].get("slides_csv_path"),
-                   "markers_parquet": result["tables"].get("markers_parquet_path"),
-                   "markers_csv": result["tables"].get("markers_csv_path")},
+        "tables": {f"{name}_{fmt}": result["tables"].get(f"{name}_{fmt}_path")
+                   for name in ("patients", "regions", "composition", "slides", "markers") for fmt in ("parquet", "csv")},
         "model_path": result.get("model_path"),
         "stages": result.get("stages", {}),
         "mlflow": None if tracker is None else tracker.summary_info(),
@@ -376,6 +339,11 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
     if guard.failed:
         _mark_untracked(summary, guard, journal, tracker, out)
     atomic_write_json(summary_path, summary)
+    from jobs.report import write_report  # never raises: None and one warning line when it cannot be written
+
+    report = write_report(out, on_error=lambda msg: echo(f"warning: {msg}"))
+    if report is not None:
+        echo(f"report: {report}")
     if tracker is not None and not guard.failed:
         if model_info.get("version") is not None:
             attached = guard.call("model_state", tracker.model_state_attached, model_info)
@@ -410,34 +378,11 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
                                "history": result.get("history")})
 
 
-def _mark_untracked(summary: dict[str, Any], guard: TrackingGuard, journal, tracker, out: Path) -> None:
-    """The summary of a run whose tracking failed: what failed, what was not logged, how to log it later."""
-    pending = list(guard.pending)
-    if "finish" not in pending:
-        pending.append("finish")
-    pending_file = journal.write_pending(tracker, guard.error, pending, guard.logged)
-    summary["tracking"] = {"status": "incomplete", "error": guard.error, "pending": pending,
-                           "pending_file": str(pending_file), "sync": f"senca-platform sync {out}"}
-    summary["tracking_error"] = guard.error
-
-
-def _attach_predict_state(tracker, model_info: dict[str, Any], out: Path, echo) -> None:
-    """Log what ``predict`` needs (gene panel, PCA basis, region model) with the run, so a registered version is
-    usable where this output directory is not visible. A failure here leaves the regions intact: it is reported,
-    and ``senca-platform models attach-state`` can redo it."""
-    from .predict import attach_model_state
-
-    try:
-        attach_model_state(tracker.uri, tracker.run_id, out, model_name=model_info.get("name"),
-                           model_version=model_info.get("version"))
-        echo("model state for predict logged with the run (gene panel, PCA basis, region model)")
-    except Exception as err:  # noqa: BLE001 - never lose finished results over this
-        echo(f"warning: model state for predict not logged ({type(err).__name__}: {err}); "
-             "run `senca-platform models attach-state` later")
-
-
-def format_traceback(err: BaseException) -> str:  # pragma: no cover - CLI diagnostics
-    return "".join(traceback.format_exception(type(err), err, err.__traceback__))
+def _epochs_total(spec: CohortSpec, stage: str) -> int:
+    """Epochs a training stage runs in all (every trial's, for ``tune``): the progress display's total."""
+    if stage == "tune":
+        return int(spec.tuning.num_samples) * int(spec.tuning.epochs or spec.training.epochs)
+    return int(spec.training.epochs)
 
 
 __all__ = ["CohortResult", "RunNotStarted", "TrackingGuard", "build_plan", "output_lock", "ray_session",

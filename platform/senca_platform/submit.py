@@ -42,8 +42,6 @@ own token (the nodes' environment).
 
 from __future__ import annotations
 
-import asyncio
-import fnmatch
 import json
 import os
 import re
@@ -56,112 +54,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from .ray_local import ClusterError, ClusterUnreachable
-
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from .job_api import (ClusterError, ClusterUnreachable, _address_of, _explain, auth_token, follow_logs, job_client,
+                      job_logs, job_status, list_jobs, normalize_address, stop_job)
+from ._confine import is_inside
+from .project_copy import _size, copy_project, project_root
 
 BUNDLE = ".senca_cohort"
-#: excluded from the uploaded project copy (besides what .gitignore lists)
-PROJECT_EXCLUDES = [".venv/", "venv/", "runs/", "data/", ".git/", "__pycache__/", "*.pyc", "*.egg-info/",
-                    ".pytest_cache/", ".hypothesis/", "build/", "dist/", "mlruns/", "mlartifacts/", "mlflow.db",
-                    "/demo_out/", "*.h5ad", ".senca_cohort/", "node_modules/", ".ipynb_checkpoints/"]
-_PATH_FIELDS = ("counts", "spots", "labels", "image", "path")
 _SECRET_ENV = re.compile(r"(TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL|API_?KEY)", re.I)
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-
-
-# ================================================================================================ auth + client
-def auth_token() -> str | None:
-    """The Ray token from ``$RAY_AUTH_TOKEN`` or the file named by ``$RAY_AUTH_TOKEN_PATH`` (never printed)."""
-    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
-    if token:
-        return token
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if path:
-        try:
-            token = Path(path).expanduser().read_text().strip()
-        except OSError as err:
-            raise ClusterError(f"RAY_AUTH_TOKEN_PATH points at an unreadable file ({err.strerror})") from None
-        if not token:
-            raise ClusterError("RAY_AUTH_TOKEN_PATH points at an empty file")
-        return token
-    return None
-
-
-def scrub(text: str) -> str:
-    """``text`` with the auth token (``$RAY_AUTH_TOKEN`` or the file ``$RAY_AUTH_TOKEN_PATH``) replaced by ``***``."""
-    try:
-        token = auth_token()
-    except ClusterError:
-        token = None
-    return text.replace(token, "***") if token and len(token) >= 4 else text
-
-
-def normalize_address(address: str | None) -> str:
-    """``http://HOST:8265`` from ``--address`` / ``$RAY_API_SERVER_ADDRESS`` / ``$RAY_ADDRESS`` (``HOST:PORT`` gets
-    ``http://``). Ray Client (``ray://``) and GCS addresses are refused: the Job API is the dashboard's port."""
-    address = (address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or "").strip()
-    if not address:
-        raise ClusterError("no cluster address: pass --address http://HOST:8265 (the Ray dashboard / Job API) "
-                           "or set RAY_API_SERVER_ADDRESS")
-    if address.startswith("ray://"):
-        raise ClusterError(f"{address}: Ray Client addresses are not used; give the dashboard address "
-                           "http://HOST:8265")
-    if address == "auto":
-        raise ClusterError("'auto' is not a Job API address; give http://HOST:8265")
-    if "://" not in address:
-        address = f"http://{address}"
-    if not re.match(r"^https?://", address):
-        raise ClusterError(f"{address}: expected http://HOST:PORT (the Ray dashboard / Job API)")
-    return address.rstrip("/")
-
-
-def _explain(err: BaseException, address: str, what: str) -> ClusterError:
-    """One line for whatever the SDK raised (connection refused, auth failure, HTTP error, unknown job)."""
-    try:
-        from ray.exceptions import AuthenticationError
-    except ImportError:  # pragma: no cover
-        AuthenticationError = ()  # type: ignore[assignment]
-    text = scrub(str(err).strip())
-    first = text.splitlines()[0] if text else type(err).__name__
-    low = text.lower()
-    if isinstance(err, AuthenticationError) or "authentication" in low or "status code 401" in low \
-            or "status code 403" in low or "unauthorized" in low or "forbidden" in low:
-        hint = ("the token in RAY_AUTH_TOKEN was refused" if auth_token() else
-                "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token")
-        return ClusterError(f"Ray cluster at {address} refused the request ({what}): authentication failed; {hint}")
-    if isinstance(err, (ConnectionError, OSError)) or "failed to connect" in low or "connection refused" in low \
-            or "max retries exceeded" in low or "cannot connect" in low:
-        return ClusterUnreachable(f"cannot reach the Ray Job API at {address} ({what}): is the cluster up and the "
-                                  "dashboard port (default 8265) reachable?")
-    if "does not exist" in low or "status code 404" in low or "not found" in low:
-        return ClusterError(f"{what}: not found on {address} ({first[:300]})")
-    return ClusterError(f"{what} on {address} failed: {type(err).__name__}: {first[:500]}")
-
-
-def job_client(address: str | None):
-    """A ``JobSubmissionClient`` on the cluster (connection and auth checked now)."""
-    address = normalize_address(address)
-    token = auth_token()
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    import logging
-
-    from ray.job_submission import JobSubmissionClient
-
-    for name in ("ray", "ray.dashboard", "ray._private.runtime_env"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # not the SDK's per-package upload chatter
-
-    try:
-        c = JobSubmissionClient(address, headers=headers)
-        c._do_request("GET", "/api/jobs/")  # version check may be open; this one needs the token
-    except Exception as err:  # noqa: BLE001 - translated into one line
-        raise _explain(err, address, "connecting") from None
-    c._senca_address = address  # type: ignore[attr-defined]
-    return c
-
-
-def _address_of(c) -> str:
-    return getattr(c, "_senca_address", "the cluster")
 
 
 # ================================================================================================ submission
@@ -182,80 +81,6 @@ class Submission:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def project_root() -> Path | None:
-    """The source tree this package runs from (``pyproject.toml`` two levels above ``senca_platform``)."""
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / "pyproject.toml").exists() and (root / "jobs").is_dir() else None
-
-
-def _ignore_patterns(root: Path) -> list[str]:
-    pats = list(PROJECT_EXCLUDES)
-    gi = root / ".gitignore"
-    if gi.exists():
-        for line in gi.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#") and not line.startswith("!"):
-                pats.append(line)
-    return pats
-
-
-def _ignored(rel: PurePosixPath, is_dir: bool, patterns: list[str]) -> bool:
-    """A small .gitignore matcher: ``name``, ``dir/``, ``/anchored``, globs on any path component."""
-    s = str(rel)
-    for pat in patterns:
-        dir_only = pat.endswith("/")
-        p = pat.rstrip("/")
-        if dir_only and not is_dir:
-            continue
-        if p.startswith("/"):
-            if fnmatch.fnmatch(s, p.lstrip("/")):
-                return True
-        elif "/" in p:
-            if fnmatch.fnmatch(s, p) or fnmatch.fnmatch(s, f"*/{p}"):
-                return True
-        elif fnmatch.fnmatch(rel.name, p):
-            return True
-    return False
-
-
-def copy_project(root: Path, dest: Path) -> int:
-    """Copy the project source tree into ``dest`` without the excluded paths; returns the bytes copied."""
-    patterns = _ignore_patterns(root)
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        d = Path(dirpath)
-        rel_dir = PurePosixPath(d.relative_to(root).as_posix()) if d != root else PurePosixPath("")
-        dirnames[:] = sorted(n for n in dirnames
-                             if not _ignored(rel_dir / n, True, patterns) and not (d / n).is_symlink())
-        for name in sorted(filenames):
-            rel = rel_dir / name
-            if _ignored(rel, False, patterns) or name in (".gitignore", ".rayignore"):
-                continue  # our own filter replaces them (Ray would apply them to the bundle too)
-            src = d / name
-            if src.is_symlink() or not src.is_file():
-                continue
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, target)
-            total += src.stat().st_size
-    return total
-
-
-def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
-
-
-def _is_under(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-        return True
-    except ValueError:
-        return False
-
 
 def resolve_tracking(option: str | None, spec_uri: str | None) -> tuple[str | None, str]:
     """(uri, where it came from): ``--tracking-uri`` > the spec's ``tracking.uri`` > ``$MLFLOW_TRACKING_URI``;
@@ -293,7 +118,7 @@ def prepare_submission(spec_path: str | Path, *, out: str | None = None, trackin
     Raises ``SpecError`` (invalid spec) or :class:`ClusterError` (a path / size / option problem)."""
     import yaml
 
-    from .spec import load_spec, parse_yaml
+    from .spec import PATH_FIELDS, load_spec, parse_yaml
 
     spec_path = Path(spec_path)
     spec = load_spec(spec_path)  # SpecError: field + line
@@ -329,7 +154,7 @@ def prepare_submission(spec_path: str | Path, *, out: str | None = None, trackin
             p = Path(value).expanduser()
             local = p if p.is_absolute() else (cohort_dir / p)
             local = Path(os.path.normpath(local))
-            if data == "auto" and _is_under(local, cohort_dir):
+            if data == "auto" and is_inside(local, cohort_dir):
                 rel = local.relative_to(cohort_dir)
                 if not local.exists():
                     missing.append(f"{field_name}: {local}")
@@ -353,7 +178,7 @@ def prepare_submission(spec_path: str | Path, *, out: str | None = None, trackin
 
         for pi, patient in enumerate(raw.get("patients") or []):
             for si, slide in enumerate(patient.get("slides") or []):
-                for name in _PATH_FIELDS:
+                for name in PATH_FIELDS:
                     if isinstance(slide.get(name), str):
                         slide[name] = place(f"patients[{pi}].slides[{si}].{name}", slide[name])
         pre = raw.get("preprocess") or {}
@@ -447,87 +272,6 @@ def submit(spec_path: str | Path, *, address: str | None, echo: Callable[[str], 
         sub.cleanup()
 
 
-# ================================================================================================ job verbs
-def job_status(address: str | None, job_id: str) -> dict[str, Any]:
-    c = job_client(address)
-    try:
-        info = c.get_job_info(job_id)
-    except Exception as err:  # noqa: BLE001
-        raise _explain(err, _address_of(c), f"job {job_id}") from None
-    return _info_dict(info)
-
-
-def _info_dict(info) -> dict[str, Any]:
-    status = getattr(info.status, "value", str(info.status))
-    return {"job_id": info.submission_id or info.job_id, "status": str(status),
-            "entrypoint": info.entrypoint, "message": scrub(info.message or ""),
-            "start_time": info.start_time, "end_time": info.end_time, "metadata": dict(info.metadata or {}),
-            "driver_exit_code": getattr(info, "driver_exit_code", None)}
-
-
-def job_logs(address: str | None, job_id: str) -> str:
-    c = job_client(address)
-    try:
-        return scrub(c.get_job_logs(job_id))
-    except Exception as err:  # noqa: BLE001
-        raise _explain(err, _address_of(c), f"logs of job {job_id}") from None
-
-
-def follow_logs(address: str | None, job_id: str, write: Callable[[str], None], *, poll_s: float = 1.0,
-                timeout_s: float | None = None) -> dict[str, Any]:
-    """Stream the job's logs to ``write`` until it ends; returns its final status dict."""
-    c = job_client(address)
-    try:
-        c.get_job_info(job_id)
-    except Exception as err:  # noqa: BLE001
-        raise _explain(err, _address_of(c), f"job {job_id}") from None
-
-    async def _tail() -> None:
-        async for chunk in c.tail_job_logs(job_id):
-            write(scrub(chunk))
-
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    try:
-        if deadline is None:
-            asyncio.run(_tail())
-        else:
-            asyncio.run(asyncio.wait_for(_tail(), timeout=timeout_s))
-    except asyncio.TimeoutError:
-        raise ClusterError(f"job {job_id} still running after {timeout_s:.0f}s (it goes on; "
-                           f"`senca-platform jobs stop {job_id}` stops it)") from None
-    except ClusterError:
-        raise
-    except Exception as err:  # noqa: BLE001 - the stream broke: fall back to polling
-        write(f"[senca-platform] log stream interrupted ({type(err).__name__}); polling for the end\n")
-    while True:
-        info = job_status(address, job_id)
-        if info["status"] in TERMINAL:
-            return info
-        if deadline is not None and time.monotonic() > deadline:
-            raise ClusterError(f"job {job_id} still {info['status']} after {timeout_s:.0f}s")
-        time.sleep(poll_s)
-
-
-def stop_job(address: str | None, job_id: str) -> bool:
-    c = job_client(address)
-    try:
-        return bool(c.stop_job(job_id))
-    except Exception as err:  # noqa: BLE001
-        raise _explain(err, _address_of(c), f"stopping job {job_id}") from None
-
-
-def list_jobs(address: str | None, *, all_jobs: bool = False) -> list[dict[str, Any]]:
-    c = job_client(address)
-    try:
-        jobs = c.list_jobs()
-    except Exception as err:  # noqa: BLE001
-        raise _explain(err, _address_of(c), "listing jobs") from None
-    rows = [_info_dict(j) for j in jobs if j.submission_id]
-    if not all_jobs:
-        rows = [r for r in rows if "senca.cohort" in r["metadata"]]
-    return sorted(rows, key=lambda r: r["start_time"] or 0, reverse=True)
-
-
 # ================================================================================================ cluster side
 def job_entry(spec_path: str | Path, *, fresh: bool = False, tracking_uri: str | None = None,
               echo: Callable[[str], None] | None = None) -> tuple[int, dict[str, Any] | None]:
@@ -556,7 +300,7 @@ def job_entry(spec_path: str | Path, *, fresh: bool = False, tracking_uri: str |
     model = summary.get("registered_model") or {}
     if summary.get("mlflow_run_id") and model.get("version") is not None:
         try:
-            from .predict import attach_model_state
+            from .model_state import attach_model_state
 
             attach_model_state(summary["mlflow"]["tracking_uri"], model_run_id(summary), spec.output_dir,
                                model_name=model["name"], model_version=model["version"], echo=echo)

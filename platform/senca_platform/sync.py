@@ -173,7 +173,8 @@ def sync_output(output_dir: str | Path, tracking_uri: str | None = None, *,
     from jobs._util import atomic_write_json
 
     from .registry import _explain, redact_uri
-    from .runner import RunNotStarted, _attach_predict_state, output_lock
+    from .model_state import attach_after_run as _attach_predict_state
+    from .runner import RunNotStarted, output_lock
     from .spec import CohortSpec
     from .tracking import (RUN_HTTP_DEFAULTS, MlflowTracker, TrackingUnavailable, http_settings, probe_tracking,
                            redact_uris)

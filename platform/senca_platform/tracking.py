@@ -22,12 +22,10 @@ half second); rows logged later (a cached stage, ``sync``) keep their recorded `
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import time
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +33,8 @@ from .spec import CohortSpec, spec_to_dict, spec_to_yaml
 from .tracking_conn import (PROBE_HTTP, RUN_HTTP_DEFAULTS, TrackingUnavailable, driver_alive, driver_id,  # noqa: F401
                             http_settings, is_remote, probe_tracking, redact_text, redact_uris)
 from .tracking_log import (LiveLog, _flatten, history_items, log_items, log_metrics, log_params, ms, now_ms,
-                           selection_tags, set_tags, slide_tags)
-from .tracking_model import _pyfunc_class, model_example  # noqa: F401 - importable from here too
+                           selection_tags, set_tags, slide_tags, source_tags)
+from .tracking_model import _pyfunc_class, log_pyfunc, model_example  # noqa: F401 - importable here too
 
 PARENT_TAG = "senca.role"
 
@@ -102,6 +100,7 @@ class MlflowTracker:
                                          tags={PARENT_TAG: "parent", "senca.cohort": spec.name,
                                                "senca.output_dir": str(self.out), "senca.run_key": self.run_key,
                                                "senca.driver": driver_id(),
+                                               **source_tags(spec, spec_path),
                                                **({"senca.synced_from": run_id} if run_id else {})})
             self.run_id = run.info.run_id
             self._log_spec()
@@ -311,65 +310,7 @@ class MlflowTracker:
                   selection: dict[str, Any] | None = None) -> dict[str, Any]:
         """Log the model as a pyfunc with a signature, register it under the spec's name, set the alias; the
         version carries how it was chosen (``selection``, a tuned run: ``jobs.stage_model.selection_rule``)."""
-        import mlflow
-        from mlflow.models import infer_signature
-
-        name = self.spec.model_name
-        sha = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
-        registered = self._registered_with(name, sha) if self.spec.tracking.register_model else None
-        if registered is not None:  # the same weights are registered already (a cached re-run): reuse
-            self.client.set_registered_model_alias(name, self.spec.tracking.alias, str(registered.version))
-            self.client.set_tag(self.run_id, "senca.model_version_reused", str(registered.version))
-            return {"name": name, "uri": registered.source, "version": int(registered.version),
-                    "alias": self.spec.tracking.alias, "registered_uri": f"models:/{name}@{self.spec.tracking.alias}",
-                    "reused": True}
-        example = model_example(example_slide)
-        import torch
-        from senca_core.model import load_model
-
-        torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-        with warnings.catch_warnings():  # "add type hints to predict": the input is a dict of arrays, on purpose
-            warnings.simplefilter("ignore")
-            embedder = _pyfunc_class()()
-        embedder.model = load_model(model_path, device="cpu")
-        output = embedder.predict(None, example)
-        signature = infer_signature(example, output)
-        # slides without an image send X_hist with width 0: make its feature axis free
-        for spec in signature.inputs.inputs:
-            if getattr(spec, "name", None) == "X_hist":
-                spec._shape = (-1, -1)
-        with mlflow.start_run(run_id=self.run_id), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=_pyfunc_class()(), artifacts={"model": str(model_path)},
-                signature=signature,
-                pip_requirements=["torch", "anndata", "numpy", "scipy", "senca-platform"],
-            )
-        self.client.update_run(self.run_id, status="RUNNING")  # leaving start_run() ended it: finish() does
-        result = {"name": name, "uri": info.model_uri, "version": None, "alias": None}
-        if self.spec.tracking.register_model:
-            # registered with its identifying tags in one request: a version never exists without its sha256, so a
-            # re-run / resume / sync after a kill at any point finds it and never registers the weights twice
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                mv = mlflow.register_model(info.model_uri, name, await_registration_for=60,
-                                           tags={"senca.cohort": self.spec.name, "senca.model_sha256": sha,
-                                                 **selection_tags(selection)})
-            version = int(mv.version)
-            self.client.set_registered_model_alias(name, self.spec.tracking.alias, str(version))
-            result.update(version=version, alias=self.spec.tracking.alias,
-                          registered_uri=f"models:/{name}@{self.spec.tracking.alias}")
-        return result
-
-    def _registered_with(self, name: str, sha: str):
-        try:
-            versions = self.client.search_model_versions(f"name = '{name}'")
-        except Exception:  # noqa: BLE001 - no such model yet
-            return None
-        for v in sorted(versions, key=lambda v: -int(v.version)):
-            if (v.tags or {}).get("senca.model_sha256") == sha:
-                return v
-        return None
+        return log_pyfunc(self, model_path, example_slide, selection)
 
     def summary_info(self) -> dict[str, Any]:
         """The ``mlflow`` block of ``cohort_summary.json`` (credentials removed from the URI)."""
@@ -390,6 +331,8 @@ class MlflowTracker:
             self.client.set_tag(self.run_id, "senca.error", summary["error"][:5000])
         self.client.set_tag(self.run_id, "senca.status", summary["status"])
         self.client.log_artifact(self.run_id, str(summary_path))
+        if (Path(summary_path).parent / "report.html").is_file():  # jobs.report, written just before finish()
+            self.client.log_artifact(self.run_id, str(Path(summary_path).parent / "report.html"))
         self.client.set_tag(self.run_id, "senca.tracking", "complete")
         self.client.set_terminated(self.run_id, "FAILED" if summary["status"] == "failed" else "FINISHED")
 

@@ -11,6 +11,7 @@ import json
 import math
 import threading
 import time
+from pathlib import Path
 from typing import Any, Iterable
 
 from .spec import redact
@@ -116,6 +117,45 @@ def selection_tags(selection: dict[str, Any] | None) -> dict[str, str]:
     return {"senca.model_selection": str(selection.get("rule", ""))[:5000],
             "senca.selection_metric": str(selection.get("metric")),
             "senca.selected_on_annotations": "true" if selection.get("uses_labels") else "false"}
+
+
+def source_tags(spec, spec_path: str | Path | None) -> dict[str, str]:
+    """What a new parent run says about itself: a description (``mlflow.note.content``, shown by the UI), the
+    command as its source, the package version, and the code's git commit when it runs from a git checkout."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    n_slides = sum(len(p.slides) for p in spec.patients)
+    try:
+        tool = version("senca-platform")
+    except PackageNotFoundError:
+        tool = "unknown"
+    tags = {"mlflow.note.content": f"SENCA-st cohort run of '{spec.name}': {len(spec.patients)} patient(s), "
+                                   f"{n_slides} slide(s); spec {spec_path or '(in memory)'}; outputs in "
+                                   f"{spec.output_dir} (cohort_summary.json, tables/, maps/, report.html).",
+            "mlflow.source.name": "senca-platform run", "mlflow.source.type": "LOCAL",
+            "senca.version": tool}
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5)
+        if commit.returncode == 0 and commit.stdout.strip():
+            tags["mlflow.source.git.commit"] = commit.stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5)
+            tags["senca.git_dirty"] = "true" if dirty.stdout.strip() else "false"
+    except (OSError, subprocess.SubprocessError):
+        pass  # not a checkout, or no git: the version tag says what ran
+    return tags
+
+
+def model_description(selection: dict[str, Any] | None, tracker) -> str:
+    """The registered version's description: what it is, which run made it, how it was chosen."""
+    how = (f"chosen by Ray Tune: {selection.get('rule')}" if selection else "trained with the spec's settings "
+           "(no tuning)")
+    return (f"SENCA-st spot-embedding model of cohort '{tracker.spec.name}' (run {tracker.run_id}); {how}. "
+            "Input: a preprocessed slide (X_pca in the cohort's PCA basis, X_hist or none, spatial neighbours); "
+            "regions for new slides: `senca-platform predict`.")
 
 
 def history_items(history: Iterable[dict[str, Any]], now: int | None = None) -> list:

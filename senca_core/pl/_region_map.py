@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,17 @@ def _thumbnail(path: str, max_px: int) -> tuple[np.ndarray, float] | None:
         Image.MAX_IMAGE_PIXELS = old
 
 
+def _legend_names(adata: AnnData, key: str) -> dict[str, str]:
+    """``{region: "R2 · A/B — tissue"}`` from a names table of ``tl.name_regions`` on the slide, if any."""
+    senca = adata.uns.get("senca") if isinstance(adata.uns.get("senca"), dict) else {}
+    table = senca.get("region_names") if isinstance(senca.get("region_names"), dict) else adata.uns.get("region_names")
+    if not isinstance(table, dict) or "region" not in table or "region_name" not in table or key != "region":
+        return {}
+    tissue = list(table.get("tissue", [""] * len(table["region"])))
+    return {str(r): (f"{n} — {t}" if t and str(t) != "unassigned" else str(n))
+            for r, n, t in zip(table["region"], table["region_name"], tissue)}
+
+
 def region_map(
     adata: AnnData,
     key: str = "region",
@@ -65,6 +77,7 @@ def region_map(
     title: str | None = None,
     alpha: float = 0.8,
     dpi: int = 150,
+    names: Mapping[str, str] | None = None,
 ) -> Path:
     """Draw ``obs[key]`` as coloured spots over the slide's H&E thumbnail and save a PNG.
 
@@ -74,7 +87,10 @@ def region_map(
     0.9 × the grid pitch when unknown) at ``obsm["spatial"]``, coloured per category (colours from
     ``uns[f"{key}_colors"]`` when present, else tab10/tab20); NA spots are grey. The view is cropped
     to the spots (+ a margin). The title names the slide id and the key; a legend lists the
-    categories with their spot counts.
+    categories with their spot counts, each under its name: ``names`` ({category: text}) or, when None and
+    ``key`` is the named key, the ``tl.name_regions`` table in ``uns["senca"]["region_names"]`` /
+    ``uns["region_names"]`` (``"R2 · ERBB2/KRT19 — tumour"``; the tissue only when assigned). A category keeps
+    its colour (its position among all categories) whether or not the other categories occur on the slide.
 
     Returns the path written. Nothing is written to adata.
     """
@@ -94,11 +110,13 @@ def region_map(
     xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
     col = adata.obs[key]
     cats = list(col.cat.categories) if isinstance(col.dtype, pd.CategoricalDtype) else sorted(col.dropna().astype(str).unique())
-    cats = [str(c) for c in cats if (col.astype(str) == str(c)).any()] or cats
+    cats = [str(c) for c in cats]
     colours = adata.uns.get(f"{key}_colors")
     if colours is None or len(colours) < len(cats):
         colours = _palette(len(cats))
-    cmap = {c: colours[i] for i, c in enumerate(cats)}
+    cmap = {c: colours[i] for i, c in enumerate(cats)}  # by position among ALL categories: stable per region
+    cats = [c for c in cats if (col.astype(str) == c).any()] or cats
+    legend = _legend_names(adata, key) if names is None else {str(k): str(v) for k, v in names.items()}
     labels = col.astype(object).where(col.notna(), None).to_numpy()
     face = [cmap.get(str(v), _NA_COLOUR) if v is not None else _NA_COLOUR for v in labels]
 
@@ -142,7 +160,7 @@ def region_map(
     for s in ax.spines.values():
         s.set_visible(False)
     counts = pd.Series([str(v) for v in labels if v is not None]).value_counts()
-    handles = [Patch(facecolor=cmap[c], edgecolor="none", label=f"{c} ({int(counts.get(c, 0))})")
+    handles = [Patch(facecolor=cmap[c], edgecolor="none", label=f"{legend.get(c, c)} ({int(counts.get(c, 0))})")
                for c in cats]
     n_na = int(sum(v is None for v in labels))
     if n_na:

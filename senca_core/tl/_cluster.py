@@ -174,7 +174,7 @@ def _order_by_size(labels: np.ndarray) -> np.ndarray:
 def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method: str = "gmm",
             use_rep: str = "X_senca", refine: bool = True, n_pcs: int | None = 15, seed: int = 0,
             key_added: str = "region", k_max: int = 12, align: str | None = "matched",
-            return_model: bool = False) -> int | RegionModel:
+            covariance: str = "full", return_model: bool = False) -> int | RegionModel:
     """Cluster ``obsm[use_rep]`` into ``k`` regions; writes ``obs[key_added]`` (categorical) on every slide.
 
     A list of slides is clustered on the pooled embeddings, so region ``"3"`` means the same in every slide.
@@ -182,12 +182,16 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     slides only): remove each slide's offset before pooling (:class:`~senca_core.tl._align.SlideAligner`,
     ``"matched"`` (default) or ``"centre"``; None = pool as is), so regions are tissue states, not patients. Returns k, or with
     ``return_model`` the fitted :class:`RegionModel` (``.k``) that assigns the same ids to new slides.
+    ``covariance``: the GMM's covariance type (``"full"``, ``"tied"`` (mclust's EEE), ``"diag"``, ``"spherical"``;
+    compared in ``bench/bench_clustering.py``).
     """
     adatas = [adatas] if isinstance(adatas, AnnData) else list(adatas)
     if method not in METHODS:
         raise ConfigError("method", f"unknown clustering method {method!r}; use one of {METHODS}")
     if not adatas:
         raise ConfigError("adatas", "no slides to cluster")
+    if covariance not in ("full", "tied", "diag", "spherical"):
+        raise ConfigError("covariance", f"unknown GMM covariance {covariance!r}; use full, tied, diag or spherical")
     X = _pooled(adatas, use_rep)
     n = X.shape[0]
     if n < 2:
@@ -216,7 +220,7 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         k = _choose_k(Xr, seed, min(k_max, max(2, n // 10)))
     estimator = None
     if method == "gmm":
-        estimator = GaussianMixture(n_components=k, covariance_type="full", reg_covar=1e-4, n_init=3,
+        estimator = GaussianMixture(n_components=k, covariance_type=covariance, reg_covar=1e-4, n_init=3,
                                     random_state=seed).fit(Xr)
         labels = estimator.predict(Xr)
     elif method == "kmeans":

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from .schema import SpecError, SpecIssue
+
 #: the largest spec file read (a cohort of thousands of slides is a few hundred KB)
 MAX_SPEC_BYTES = 5 * 1024 * 1024
 #: most patients / slides one spec may list (counted before anything is built)
@@ -24,8 +26,6 @@ MAX_SLIDES = 20_000
 
 
 def _refuse(path: str | Path, message: str, line: int | None = None):
-    from .spec import SpecError, SpecIssue  # here: spec imports this module
-
     return SpecError(path, [SpecIssue("<file>" if line is None else "patients", line, message)])
 
 

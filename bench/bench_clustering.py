@@ -1,0 +1,111 @@
+"""How regions are cut from the embedding: clustering settings compared, and chosen by leave-one-section-out, on
+every labelled shared section (HER2ST A1, B1, C1, DLPFC 151673).
+
+    .venv/bin/python bench/bench_clustering.py [--seeds 3] [--sections A1 B1 C1 DLPFC]
+
+SENCA-st is trained once per section and seed with the shipped defaults; each clustering variant (``VARIANTS``:
+``tl.cluster`` keyword arguments, or a representation other than the region readout) is applied to the same
+embeddings at k = the number of annotated classes. The representation variants test whether clustering uses the
+embedding well: the fused ``z`` alone, the readout beside ``z``, and the readout mixed with its spatial
+neighbours' average (BANKSY's idea, applied after the model). Then each section is held out in turn: the variant
+with the best mean ARI on the other sections is picked and scored on the held-out one. Labels only score here;
+nothing in the product reads them. Prints markdown tables; numbers are benchmarks, never assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+import numpy as np
+
+warnings.filterwarnings("ignore")
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+
+from bench_regions import SHARED, fmt, load_section, n_classes  # noqa: E402
+
+import senca_core as sc  # noqa: E402
+from senca_core.model import SencaConfig  # noqa: E402
+
+#: variant -> (representation, tl.cluster keyword arguments); "default" is what the product does
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "default": ("readout", {}),
+    "n_pcs=10": ("readout", {"n_pcs": 10}),
+    "n_pcs=30": ("readout", {"n_pcs": 30}),
+    "covariance=tied": ("readout", {"covariance": "tied"}),
+    "covariance=tied, n_pcs=30": ("readout", {"covariance": "tied", "n_pcs": 30}),
+    "covariance=diag": ("readout", {"covariance": "diag"}),
+    "no refinement": ("readout", {"refine": False}),
+    "kmeans": ("readout", {"method": "kmeans"}),
+    "z only": ("z", {}),
+    "readout + z": ("readout+z", {}),
+    "readout + neighbour mean (0.3)": ("readout+nb", {}),
+}
+
+
+def neighbour_mix(a, X: np.ndarray, lam: float = 0.3) -> np.ndarray:
+    """``[sqrt(1-λ) X, sqrt(λ) mean over the spot's spatial neighbours of X]`` (columns scaled to unit mean sd)."""
+    Xs = X / (X.std(0).mean() or 1.0)
+    nb = np.asarray(a.obsm["spatial_neighbors"])[:, 1:]
+    return np.hstack([np.sqrt(1 - lam) * Xs, np.sqrt(lam) * Xs[nb].mean(axis=1)])
+
+
+def representation(a, kind: str, readout: np.ndarray, z: np.ndarray) -> np.ndarray:
+    if kind == "z":
+        return z
+    if kind == "readout+z":
+        return np.hstack([readout / (readout.std(0).mean() or 1.0), z / (z.std(0).mean() or 1.0)])
+    if kind == "readout+nb":
+        return neighbour_mix(a, readout)
+    return readout
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--sections", nargs="+", default=["A1", "B1", "C1", "DLPFC"])
+    args = p.parse_args()
+    if not (SHARED / "data" / "her2st").exists():
+        print(f"(skipped: {SHARED / 'data'} not found)")
+        return
+    import torch
+
+    torch.set_num_threads(1)
+    ari: dict[tuple[str, str], list[float]] = {}
+    for name in args.sections:
+        a = load_section(name)
+        k = n_classes(a)
+        for seed in range(args.seeds):
+            sc.tl.senca(a, SencaConfig(seed=seed))
+            readout = np.asarray(a.obsm["X_senca"], dtype=np.float32)
+            z = np.asarray(a.obsm["X_senca_latent"], dtype=np.float32)
+            for variant, (kind, kwargs) in VARIANTS.items():
+                a.obsm["X_senca"] = representation(a, kind, readout, z).astype(np.float32)
+                sc.tl.cluster(a, k, seed=seed, **kwargs)
+                ari.setdefault((name, variant), []).append(sc.metrics.ari(a))
+            a.obsm["X_senca"] = readout
+            print(f"  {name} seed {seed}: default {ari[(name, 'default')][-1]:.3f}", file=sys.stderr, flush=True)
+
+    print(f"\n### Clustering variants: ARI per section (mean ± sd over {args.seeds} seeds, same embeddings)")
+    print("| variant | " + " | ".join(args.sections) + " | mean |")
+    print("|---|" + "---|" * (len(args.sections) + 1))
+    for v in VARIANTS:
+        means = [np.mean(ari[(s, v)]) for s in args.sections]
+        print(f"| {v} | " + " | ".join(fmt(ari[(s, v)]) for s in args.sections) + f" | {np.mean(means):.3f} |")
+
+    print("\n### Leave one section out: the variant picked on the other sections, scored on the held-out one")
+    print("| held out | picked on the others | its ARI there | default's ARI there |")
+    print("|---|---|---|---|")
+    picked, default = [], []
+    for held in args.sections:
+        others = [s for s in args.sections if s != held]
+        pick = max(VARIANTS, key=lambda v: np.mean([np.mean(ari[(s, v)]) for s in others]))
+        picked.append(np.mean(ari[(held, pick)]))
+        default.append(np.mean(ari[(held, "default")]))
+        print(f"| {held} | {pick} | {fmt(ari[(held, pick)])} | {fmt(ari[(held, 'default')])} |")
+    print(f"| mean | | {np.mean(picked):.3f} | {np.mean(default):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
