@@ -70,6 +70,7 @@ def synthetic():
     print(f"\n## synthetic 4 x 600 spots, k = {len(names)} (naming {secs:.3f} s)")
     print(tab.drop(columns=["cancer_share", "WM_share"]).to_string(index=False, float_format="%.2f"))
     clones(adatas, names)
+    subregions(adatas, names, "true_region")
     for k in (7, 8):  # the same embedding, more regions
         sc.tl.cluster(adatas, k, seed=0)
         names = sc.tl.name_regions(adatas)
@@ -86,6 +87,15 @@ def clones(adatas, names):
               f"flagged tumour: {bool(row['is_tumour'])}")
 
 
+def subregions(adatas, names, truth: str) -> None:
+    """The hierarchy's second level (``tl.tumour_subregions``) and what each sub-region holds (scoring only)."""
+    table = sc.tl.tumour_subregions(adatas, [r for r, t in zip(names["region"], names["is_tumour"]) if t])
+    print("tumour sub-regions:")
+    print(table.to_string(index=False, float_format="%.2f"))
+    obs = pd.concat([a.obs[["tumour_subregion", truth]] for a in adatas]).dropna(subset=["tumour_subregion"])
+    print(pd.crosstab(obs["tumour_subregion"].astype(str), obs[truth].astype(str)).to_string())
+
+
 def her2st():
     root = SHARED / "data" / "her2st"
     adatas = [sc.io.read_her2st(root, s) for s in ("A1", "B1", "C1")]
@@ -100,6 +110,7 @@ def her2st():
     cancer = obs["label"].astype(str).isin(CANCER)
     print(f"tumour-flagged regions {list(t['region'])}: {cancer[in_t].mean():.0%} of their scored spots are cancer; "
           f"they hold {in_t[cancer].mean():.0%} of the cancer spots")
+    subregions(adatas, names, "label")
 
 
 def dlpfc():

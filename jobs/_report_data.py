@@ -27,7 +27,8 @@ PATIENT_COLUMNS = [
     ("Tumour fraction", ("tumour_fraction", "het_tumour_fraction")),
     ("Tumour foci", ("n_tumour_components", "het_n_tumour_components")),
     ("Tumour spread", ("tumour_spread", "het_tumour_spread")),
-    ("Tumour regions", ("tumour_regions",)), ("ARI", ("ari",)), ("NMI", ("nmi",)),
+    ("Tumour regions", ("tumour_regions",)), ("Tumour sub-regions", ("n_tumour_subregions",)),
+    ("ARI", ("ari",)), ("NMI", ("nmi",)),
 ]
 _NOT_INDEX = re.compile(r"^(prop_region_|env_|top_markers|slides$|het_n_spots|het_pitch)")
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")

@@ -83,6 +83,9 @@ def patient_table(slide_rows: list[dict[str, Any]], categories: list[str], names
         tumour = [str(t) for s in slides for t in ((s.get("heterogeneity") or {}).get("tumour_regions") or [])]
         row["n_tumour_regions"] = len(set(tumour))
         row["tumour_regions"] = ",".join(_sort_regions(tumour))
+        subs = {k for s in slides for k in (s.get("tumour_subregion_counts") or {})}
+        row["n_tumour_subregions"] = len(subs)
+        row["tumour_subregions"] = ",".join(_sort_regions(subs))
         ring: dict[str, list[tuple[float, float]]] = {}
         enrich: dict[str, list[tuple[float, float]]] = {}
         for s in slides:
@@ -172,6 +175,7 @@ def slides_table(summaries: list[dict[str, Any]]):
                                       "nmi", "silhouette")}
         row.update({k: _num(het.get(k)) for k in HET_KEYS})
         row["tumour_regions"] = ",".join(_sort_regions(het.get("tumour_regions") or []))
+        row["tumour_subregions"] = ",".join(_sort_regions(s.get("tumour_subregion_counts") or {}))
         row["n_warnings"] = len(warnings)
         row["warnings"] = " | ".join(warnings)
         row.update({k: s.get(k) for k in ("h5ad_path", "map_path", "markers_path", "summary_file", "seconds",
@@ -181,9 +185,10 @@ def slides_table(summaries: list[dict[str, Any]]):
 
 
 def write_tables(tables_dir: str | Path, summaries: list[dict[str, Any]], categories: list[str],
-                 names: dict[str, list] | None = None) -> dict[str, str]:
-    """Write ``regions``, ``composition``, ``patients``, ``slides`` and ``markers`` (when any slide has markers)
-    as ``<name>.parquet`` + ``<name>.csv``; returns ``{<name>_parquet_path, <name>_csv_path: str}``."""
+                 names: dict[str, list] | None = None, subregions: dict[str, list] | None = None) -> dict[str, str]:
+    """Write ``regions``, ``composition``, ``patients``, ``slides``, ``markers`` (when any slide has markers) and
+    ``tumour_subregions`` (``subregions``: ``tl.tumour_subregions``' table as ``{column: list}``, when given) as
+    ``<name>.parquet`` + ``<name>.csv``; returns ``{<name>_parquet_path, <name>_csv_path: str}``."""
     import pandas as pd
 
     tables_dir = Path(tables_dir)
@@ -194,6 +199,8 @@ def write_tables(tables_dir: str | Path, summaries: list[dict[str, Any]], catego
               "patients": patient_table(ok, categories, names), "slides": slides_table(summaries),
               "markers": pd.concat([pd.read_csv(f) for f in marker_files], ignore_index=True) if marker_files
               else pd.DataFrame()}
+    if subregions is not None:
+        frames["tumour_subregions"] = pd.DataFrame(subregions)
     paths: dict[str, str] = {}
     for name, df in frames.items():
         paths[f"{name}_parquet_path"] = str(atomic_write_with(tables_dir / f"{name}.parquet",

@@ -130,14 +130,12 @@ def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regio
     return {"k": int(k_used), "categories": categories, "region_paths": paths, "region_model_path": str(model_path)}
 
 
-def name_cohort_regions(rows: list[dict[str, Any]], regions: dict[str, Any]) -> dict[str, list]:
-    """One set of region names for the run (``senca_core.tl.name_regions``): the region × gene mean
-    ``layers["log1p"]`` pooled over every slide (the driver reads only ``var`` and that layer of each
-    preprocessed slide, plus the region labels). Returns the names table as ``{column: list}``."""
+def _slims(rows: list[dict[str, Any]], regions: dict[str, Any], *, embeddings: bool = False) -> list:
+    """Light AnnDatas of the cohort for the driver's cohort-level steps: ``var``, ``layers["log1p"]`` (read alone
+    from each preprocessed slide), the region labels and, with ``embeddings``, ``obsm["X_senca"]``."""
     import anndata as ad
     import h5py
     import pandas as pd
-    from senca_core.tl import name_regions, region_names_dict, region_profile
 
     read_elem = getattr(getattr(ad, "io", ad), "read_elem", None) or ad.experimental.read_elem
     slims = []
@@ -153,9 +151,39 @@ def name_cohort_regions(rows: list[dict[str, Any]], regions: dict[str, Any]) -> 
             a.layers["log1p"] = X
         labels = np.load(regions["region_paths"][r["slide_id"]])
         a.obs["region"] = pd.Categorical(labels.astype(str), categories=list(regions["categories"]))
+        if embeddings:
+            a.obsm["X_senca"] = np.load(r["emb_path"])
+        a.uns["senca"] = {"slide_id": r["slide_id"]}
         slims.append(a)
-    means, counts = region_profile(slims, "region")
+    return slims
+
+
+def name_cohort_regions(rows: list[dict[str, Any]], regions: dict[str, Any]) -> dict[str, list]:
+    """One set of region names for the run (``senca_core.tl.name_regions``): the region × gene mean
+    ``layers["log1p"]`` pooled over every slide. Returns the names table as ``{column: list}``."""
+    from senca_core.tl import name_regions, region_names_dict, region_profile
+
+    means, counts = region_profile(_slims(rows, regions), "region")
     return region_names_dict(name_regions(means.loc[regions["categories"]], n_spots=counts))
+
+
+def cohort_subregions(rows: list[dict[str, Any]], regions: dict[str, Any], names: dict[str, list],
+                      folder: str | Path) -> dict[str, Any]:
+    """The tumour regions' sub-regions for the run (``senca_core.tl.tumour_subregions``, pooled over every slide):
+    each slide's labels to ``folder/<slide>.npy`` (str, "" outside tumour); returns ``{"table": {column: list},
+    "paths": {slide: path}}``."""
+    from senca_core.tl import tumour_subregions
+
+    tumour = [str(r) for r, t in zip(names["region"], names["is_tumour"]) if t]
+    slims = _slims(rows, regions, embeddings=True)
+    table = tumour_subregions(slims, tumour)
+    paths = {}
+    for r, a in zip(rows, slims):
+        labels = a.obs["tumour_subregion"].astype(object).where(a.obs["tumour_subregion"].notna(), "")
+        path = Path(folder) / f"{r['slide_id']}.npy"
+        atomic_write_with(path, lambda tmp, v=labels.to_numpy().astype(str): np.save(open(tmp, "wb"), v))
+        paths[r["slide_id"]] = str(path)
+    return {"table": {c: table[c].tolist() for c in table.columns}, "paths": paths}
 
 
 # ------------------------------------------------------------------------------------------- 3. per slide
@@ -212,7 +240,8 @@ def _top_markers(markers, n: int = 5) -> dict[str, list[str]]:
 
 
 def summarise_slide(row: dict[str, Any]) -> dict[str, Any]:
-    """Ray Data task: regions + summaries + region map + final h5ad of one slide; never raises."""
+    """Ray Data task: regions + summaries + region map + final h5ad of one slide; never raises. An optional
+    ``row["stamp"]`` (predict: the model version) is written to the h5ad's ``uns["senca"]["model"]``."""
     import anndata as ad
     import pandas as pd
     from senca_core import metrics
@@ -244,6 +273,12 @@ def summarise_slide(row: dict[str, Any]) -> dict[str, Any]:
             out["silhouette"] = clean_float(metrics.silhouette(adata)) if out["n_regions"] > 1 else None
         except Exception as err:  # noqa: BLE001
             out["warnings"].append(f"silhouette: {error_text(err)}")
+        if row.get("subregion_path"):  # the hierarchy's second level (tl.tumour_subregions), cohort-level
+            sub = np.load(row["subregion_path"]).astype(object)
+            sub[sub == ""] = None
+            adata.obs["tumour_subregion"] = pd.Categorical(sub)
+            out["tumour_subregion_counts"] = {str(k): int(v) for k, v in
+                                              adata.obs["tumour_subregion"].value_counts().items() if v}
         names = row.get("region_names") or None  # the cohort's tl.name_regions table ({column: list})
         tumour = None  # without names (predict): each summary picks tumour regions by tl.tumour_like_regions
         if names:
@@ -288,6 +323,8 @@ def summarise_slide(row: dict[str, Any]) -> dict[str, Any]:
             out["warnings"].append(f"region_map: {error_text(err)}")
         adata.uns.setdefault("senca", {})["regions"] = {"k": int(len(row["categories"])),
                                                          "pooled_over_cohort": True}
+        if row.get("stamp"):  # predict: the registered model version that produced the regions
+            adata.uns["senca"]["model"] = {str(k): str(v) for k, v in row["stamp"].items()}
         _strip_none(adata.uns)
         atomic_write_with(Path(row["h5ad_path"]), lambda tmp: adata.write_h5ad(tmp, compression="gzip"))
         out["h5ad_path"] = row["h5ad_path"]

@@ -21,14 +21,13 @@ A slide that fails at any stage is recorded with its error and left out of the l
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 from typing import Any
 
 from ._stage import PIPELINE_VERSION, PipelineError, StageClock, Tracker, _model_cfg  # noqa: F401 - re-exported
 from ._util import StageCache, atomic_write_with, file_fingerprint, is_output_dir, is_temp_of, stable_hash, \
     unlink_all
-from .stage_model import _eval_cfg, resolve_metric, stage_train, stage_tune  # noqa: F401 - re-exported
+from .stage_model import _eval_cfg, check_slide_cpus, resolve_metric, stage_train, stage_tune  # noqa: F401
 
 _SLIDE_FILES = ("counts", "spots", "labels", "image", "path")
 
@@ -82,6 +81,7 @@ def stage_preprocess(plan: dict[str, Any], cache: StageCache, tracker: Tracker, 
 
     out = Path(plan["output_dir"])
     pp_cfg = dict(plan["preprocess"])
+    check_slide_cpus(plan, "preprocess", tracker)  # a task larger than any node: Ray Data would wait for ever
     clock = StageClock(tracker, "preprocess")
     prepared_rows, todo = [], []
     for slide in plan["slides"]:
@@ -168,7 +168,7 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
 
     from ._tables import write_tables
     from ._util import atomic_write_json
-    from .infer import cluster_cohort, embed_slide, name_cohort_regions, summarise_slide
+    from .infer import cluster_cohort, cohort_subregions, embed_slide, name_cohort_regions, summarise_slide
     from .preprocess import run_map
 
     out = Path(plan["output_dir"])
@@ -200,15 +200,23 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
         except Exception as err:  # noqa: BLE001 - unnamed regions (ids only) rather than no result
             names = None
             tracker.progress(f"infer: regions left unnamed ({type(err).__name__}: {err})")
+        subregions = None
+        if names and any(names["is_tumour"]):
+            try:  # the hierarchy's second level: tumour regions split where they hold two populations
+                subregions = cohort_subregions(ok, regions, names, out / "infer" / "subregions")
+            except Exception as err:  # noqa: BLE001 - regions without sub-regions rather than no result
+                tracker.progress(f"infer: tumour sub-regions not computed ({type(err).__name__}: {err})")
         rows = [{"slide_id": r["slide_id"], "patient_id": patients[r["slide_id"]], "path": r["path"],
                  "emb_path": r["emb_path"], "region_path": regions["region_paths"][r["slide_id"]],
                  "categories": regions["categories"], "region_names": names,
+                 "subregion_path": (subregions or {}).get("paths", {}).get(r["slide_id"]),
                  "h5ad_path": str(out / "slides" / f"{r['slide_id']}.h5ad"),
                  "map_path": str(out / "maps" / f"{r['slide_id']}_regions.png"),
                  "markers_path": str(out / "infer" / "markers" / f"{r['slide_id']}.csv"),
                  "summary_file": str(out / "infer" / "summaries" / f"{r['slide_id']}.json")} for r in ok]
         summaries = run_map(rows, summarise_slide, concurrency=conc, num_cpus=1.0, progress=progress)
-        paths = write_tables(out / "tables", summaries, regions["categories"], names)
+        paths = write_tables(out / "tables", summaries, regions["categories"], names,
+                             (subregions or {}).get("table"))
         hit = {"k": regions["k"], "categories": regions["categories"], "region_names": names, "summaries": summaries,
                "embed_failures": [r for r in embedded if r["status"] != "ok"], **paths}
         if all(s["status"] == "ok" for s in summaries) and not hit["embed_failures"]:

@@ -13,7 +13,8 @@ than one slide:
    the same gene selection and solver as in-process). The driver reads only ``var`` and the selected genes'
    ``layers["log1p"]`` columns of each slide.
 3. ``project_slide`` (Ray Data ``map``): subset one slide to the shared panel and project it on the basis
-   (``pp.pca_project``); writes ``OUT/preprocess/slides/<slide>.h5ad`` (the model's input).
+   (``pp.pca_project``); writes ``OUT/preprocess/slides/<slide>.h5ad`` (the model's input). The same
+   ``project_prepared`` projects a new slide on a registered model's basis (``senca-platform predict``).
 
 Every output is written atomically (temp file + rename) and is keyed by a content hash (see ``jobs.pipeline``).
 
@@ -58,23 +59,13 @@ def read_slide(slide: dict[str, Any]):
 
 
 def read_entry(slide: dict[str, Any]):
-    """The one reader dispatch: a plain-dict slide entry (``reader``, ``slide_id``, ``patient_id`` and its files,
-    as in the plan) read with the ``senca_core.io`` reader it names, as read (counts not validated). The spec's
-    input check (``senca_platform.spec.check_inputs``) reads through it too."""
+    """A plain-dict slide entry (``reader``, ``slide_id``, ``patient_id`` and its files, as in the plan) read with
+    the one reader dispatch, ``senca_core.io.read`` (counts not validated). The spec's input check
+    (``senca_platform.spec.check_inputs``) reads through it too."""
     from senca_core import io
 
-    reader = slide["reader"]
-    sid, pid = slide["slide_id"], slide["patient_id"]
-    if reader == "legacy_st":
-        return io.read_legacy_st(slide["counts"], slide["spots"], labels=slide.get("labels"),
-                                 image=slide.get("image"), image_scale=float(slide.get("image_scale") or 1.0),
-                                 slide_id=sid, patient_id=pid)
-    if reader == "visium":
-        return io.read_visium(slide["path"], image=slide.get("image"), labels=slide.get("labels"),
-                              slide_id=sid, patient_id=pid)
-    if reader == "h5ad":
-        return io.read_h5ad(slide["path"], slide_id=sid, patient_id=pid)
-    raise ValueError(f"unknown reader {reader!r}")  # the spec refuses this already
+    rest = {k: v for k, v in slide.items() if k not in ("reader", "path", "counts")}
+    return io.read(slide.get("path") or slide.get("counts"), reader=slide["reader"], **rest)
 
 
 def prepare_slide(adata, cfg: dict[str, Any]) -> None:
@@ -213,36 +204,15 @@ def fit_shared_basis(paths: list[str], *, n_comps: int, seed: int = 0) -> tuple[
 
 def project_slide(row: dict[str, Any]) -> dict[str, Any]:
     """Ray Data task: subset one prepared slide to the shared panel, project it on the basis, write it."""
-    import anndata as ad
-    from senca_core import pp
-    from senca_core.io import add_warning
-
     t0 = time.perf_counter()
     out = {"slide_id": row["slide_id"], "status": "ok", "error": None, "traceback": None, "path": None,
            "seconds": 0.0, "peak_rss_mb": 0.0}
     try:
         remove_stale_temps(row["out_path"])  # a killed earlier attempt of this task
-        adata = ad.read_h5ad(row["prepared_path"])
+        state = load_state(row["state_file"])
         genes = np.load(row["genes_file"], allow_pickle=False)
-        state = _load_state(row["state_file"])
-        idx = adata.var_names.get_indexer(genes)
-        if (idx < 0).any():  # never index with -1 (that would silently take the last gene)
-            from senca_core.errors import SlideError
-
-            have = int((idx >= 0).sum())
-            raise SlideError(f"its {adata.n_vars} gene(s) cover only {have} of the {len(genes)} genes of the "
-                             "cohort's shared panel: a slide must cover at least max(50, 10 %) of the genes the "
-                             "other slides share, else it would shrink every slide's panel; it is left out of the "
-                             f"panel (missing e.g. {str(genes[np.flatnonzero(idx < 0)[0]])!r}; wrong or filtered "
-                             "counts file?)", slide=row["slide_id"],
-                             file=(adata.uns.get("senca", {}).get("source_files") or {}).get("counts"),
-                             field="var_names")
-        adata = adata[:, idx].copy()
-        pp.pca_project(adata, state)
-        for w in np.atleast_1d(state.get("cohort_warnings", [])):
-            add_warning(adata, str(w))
-        adata.uns.setdefault("senca", {})["gene_panel"] = {"n_genes": int(len(genes)), "shared": True}
-        atomic_write_with(Path(row["out_path"]), lambda tmp: adata.write_h5ad(tmp, compression=None))
+        project_prepared(row["prepared_path"], genes, state, row["out_path"], slide_id=row["slide_id"],
+                         cohort_warnings=state.get("cohort_warnings", []))
         out["path"] = row["out_path"]
     except Exception as err:  # noqa: BLE001
         out.update(status="failed", error=error_text(err, row["slide_id"]), traceback=short_traceback(err))
@@ -251,13 +221,52 @@ def project_slide(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def project_prepared(prepared_path: str | Path, genes: np.ndarray, state: dict[str, Any], out_path: str | Path, *,
+                     slide_id: str, allow_missing: bool = False, cohort_warnings=()) -> tuple[Any, int]:
+    """One prepared slide subset to the gene panel ``genes`` and projected on the PCA basis ``state``
+    (``pp.pca_project``), ``cohort_warnings`` added to the slide's, written to ``out_path``. Returns the projected
+    AnnData (as written) and the number of panel genes the slide lacks.
+
+    A slide lacking panel genes is a SlideError (the run: the panel is what every slide shares), unless
+    ``allow_missing`` (``predict``: the genes it lacks are left out and ``pca_project`` takes them at the basis
+    mean; ``uns["senca"]["gene_panel"]["n_missing"]`` counts them)."""
+    import anndata as ad
+    from senca_core import pp
+    from senca_core.io import add_warning
+
+    adata = ad.read_h5ad(prepared_path)
+    idx = adata.var_names.get_indexer(genes)
+    present = idx >= 0
+    if not allow_missing and not present.all():  # never index with -1 (that would silently take the last gene)
+        from senca_core.errors import SlideError
+
+        raise SlideError(f"its {adata.n_vars} gene(s) cover only {int(present.sum())} of the {len(genes)} genes of "
+                         "the cohort's shared panel: a slide must cover at least max(50, 10 %) of the genes the "
+                         "other slides share, else it would shrink every slide's panel; it is left out of the "
+                         f"panel (missing e.g. {str(genes[np.flatnonzero(~present)[0]])!r}; wrong or filtered "
+                         "counts file?)", slide=slide_id,
+                         file=(adata.uns.get("senca", {}).get("source_files") or {}).get("counts"),
+                         field="var_names")
+    adata = adata[:, idx[present]].copy()
+    pp.pca_project(adata, state)
+    for w in np.atleast_1d(cohort_warnings):
+        add_warning(adata, str(w))
+    panel = {"n_genes": int(len(genes)), "shared": True}
+    if allow_missing:
+        panel["n_missing"] = int((~present).sum())
+    adata.uns.setdefault("senca", {})["gene_panel"] = panel
+    atomic_write_with(Path(out_path), lambda tmp: adata.write_h5ad(tmp, compression=None))
+    return adata, int((~present).sum())
+
+
 def save_state(state: dict[str, Any], path: str | Path) -> Path:
     """The PCA state as an ``.npz`` (arrays and scalars), written atomically."""
     arrays = {k: (np.asarray(v) if not isinstance(v, (int, float, str)) else np.asarray(v)) for k, v in state.items()}
     return atomic_write_with(Path(path), lambda tmp: np.savez(open(tmp, "wb"), **arrays))
 
 
-def _load_state(path: str | Path) -> dict[str, Any]:
+def load_state(path: str | Path) -> dict[str, Any]:
+    """The PCA state :func:`save_state` wrote (scalars back to Python numbers)."""
     with np.load(path, allow_pickle=False) as z:
         state = {k: z[k] for k in z.files}
     for k in ("target_sum",):
@@ -268,6 +277,9 @@ def _load_state(path: str | Path) -> dict[str, Any]:
         if k in state:
             state[k] = int(state[k])
     return state
+
+
+_load_state = load_state  # the name senca_platform.model_state imports (to become load_state)
 
 
 # ------------------------------------------------------------------------------------------- Ray Data driver

@@ -77,11 +77,10 @@ def check_resources(plan: dict[str, Any], stage: str, workers: int, resources: d
                     tracker: Tracker) -> None:
     """Fail the stage at once when its workers can never be placed on the Ray cluster (Ray would wait forever);
     on a cluster that might autoscale (not the embedded local Ray) print a warning instead."""
-    from .train import check_cluster_fits, ray_is_embedded
+    from .train import check_cluster_fits
 
     t = plan["training"]
-    embedded = plan.get("ray_embedded")
-    can_grow = not (ray_is_embedded() if embedded is None else bool(embedded))
+    can_grow = _can_grow(plan)
     try:
         problems = check_cluster_fits(workers=workers, use_gpu=bool(t.get("use_gpu")), resources_per_worker=resources,
                                       can_autoscale=can_grow, num_workers=int(t["num_workers"]))
@@ -89,6 +88,33 @@ def check_resources(plan: dict[str, Any], stage: str, workers: int, resources: d
         raise PipelineError(stage, str(err)) from None
     for line in problems:
         tracker.progress(f"{stage}: warning: {line} (waiting for the cluster to add nodes)")
+
+
+def check_slide_cpus(plan: dict[str, Any], stage: str, tracker: Tracker) -> None:
+    """``preprocess.cpus_per_slide`` (the CPUs of each per-slide Ray Data task) larger than any Ray node: the stage
+    fails at once naming the field (Ray Data would wait for ever); on a cluster that might autoscale, a warning."""
+    import os
+
+    import ray
+
+    from .train import cluster_snapshot, task_cpu_problems
+
+    # not started yet: Ray Data will start a local Ray with this machine's CPUs
+    cluster, largest = cluster_snapshot() if ray.is_initialized() else ({"CPU": float(os.cpu_count() or 1)}, None)
+    problems = task_cpu_problems(float(plan["preprocess"].get("cpus_per_slide", 1.0)), "preprocess.cpus_per_slide",
+                                 cluster=cluster, largest_node=largest)
+    if problems and not _can_grow(plan):
+        raise PipelineError(stage, "; ".join(problems))
+    for line in problems:
+        tracker.progress(f"{stage}: warning: {line} (waiting for the cluster to add nodes)")
+
+
+def _can_grow(plan: dict[str, Any]) -> bool:
+    """Whether the Ray cluster might add nodes (not the embedded local Ray, which has no autoscaler)."""
+    from .train import ray_is_embedded
+
+    embedded = plan.get("ray_embedded")
+    return not (ray_is_embedded() if embedded is None else bool(embedded))
 
 
 @contextlib.contextmanager

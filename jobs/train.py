@@ -91,16 +91,33 @@ def check_cluster_fits(*, workers: int, use_gpu: bool, resources_per_worker: dic
     Raises ``RuntimeError`` (one line per problem) when the workers can never be placed and no autoscaler could add
     nodes (the embedded local Ray cannot); returns the problems as warnings when one could (a remote cluster).
     """
-    import ray
-
-    cluster = {k: float(v) for k, v in ray.cluster_resources().items()}
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    largest = {k: max(float(n.get(k, 0.0)) for n in nodes) for k in cluster} if nodes else None
+    cluster, largest = cluster_snapshot()
     problems = resource_problems(workers=workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker,
                                  cluster=cluster, largest_node=largest, num_workers=num_workers)
     if problems and not can_autoscale:
         raise RuntimeError("; ".join(problems))
     return problems
+
+
+def cluster_snapshot() -> tuple[dict[str, float], dict[str, float] | None]:
+    """(``ray.cluster_resources()``, the largest amount of each resource on one alive node; None: no node list)."""
+    import ray
+
+    cluster = {k: float(v) for k, v in ray.cluster_resources().items()}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    largest = {k: max(float(n.get(k, 0.0)) for n in nodes) for k in cluster} if nodes else None
+    return cluster, largest
+
+
+def task_cpu_problems(cpus: float, field: str, *, cluster: dict[str, float],
+                      largest_node: dict[str, float] | None = None) -> list[str]:
+    """Why one Ray Data task asking ``cpus`` CPUs (the spec field ``field``, e.g. ``preprocess.cpus_per_slide``)
+    can never be scheduled: more than the largest node has (a task runs on one node; Ray Data would wait for ever)."""
+    node = float((largest_node or cluster).get("CPU", 0.0))
+    if float(cpus) <= node + 1e-9:
+        return []
+    return [f"{field}: one slide task asks {float(cpus):g} CPU, the largest Ray node has {node:g} (the cluster "
+            f"{float(cluster.get('CPU', 0.0)):g}): lower {field}"]
 
 
 def ray_is_embedded() -> bool:

@@ -90,3 +90,16 @@ def test_one_slide_is_never_aligned_and_bad_align_is_a_config_error():
     assert model.aligner is None
     with pytest.raises(ConfigError, match="align"):
         tl.cluster(_cohort(), k=3, align="harmony")
+
+
+@pytest.mark.parametrize("covariance", ["full", "tied", "diag", "spherical"])
+def test_gmm_covariance_is_a_switch(covariance):
+    """``covariance`` picks the GMM's covariance type (bench/bench_clustering.py compares them); the estimator the
+    RegionModel keeps is the one fitted, so new spots get the same regions."""
+    a = _slide("S1", [0.4, 0.3, 0.3], [0, 0, 0, 0])
+    model = tl.cluster(a, 3, covariance=covariance, refine=False, return_model=True)
+    assert model.estimator.covariance_type == covariance
+    assert adjusted_rand_score(a.obs["truth"], a.obs["region"]) > 0.9
+    assert (model.labels(np.asarray(a.obsm["X_senca"])) == a.obs["region"].astype(int).to_numpy()).all()
+    with pytest.raises(ConfigError):
+        tl.cluster(a, 3, covariance="EEE")

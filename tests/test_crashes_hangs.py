@@ -128,6 +128,14 @@ def test_training_that_cannot_be_placed_fails_at_once_on_an_embedded_ray():
         tr = T()
         check_resources({"training": base, "num_cpus": 2, "ray_embedded": False}, "train", 64, {"CPU": 1.0}, tr)
         print("remote", tr.lines)
+        from jobs.stage_model import check_slide_cpus  # a per-slide Ray Data task larger than any node
+        for name, cpus, embedded in [("slide", 8.0, True), ("slideok", 2.0, True), ("slideremote", 8.0, False)]:
+            tr = T()
+            try:
+                check_slide_cpus({"preprocess": {"cpus_per_slide": cpus}, "ray_embedded": embedded}, "preprocess", tr)
+                print(name, "OK", tr.lines)
+            except PipelineError as err:
+                print(name, "FAIL", err)
         ray.shutdown()
     """, timeout=150)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -137,6 +145,9 @@ def test_training_that_cannot_be_placed_fails_at_once_on_an_embedded_ray():
     assert out["ok"] == "ok OK"
     assert "warning: training.num_workers" in out["remote"]
     assert out["gcs"] == "gcs None"
+    assert out["slide"].startswith("slide FAIL stage 'preprocess': preprocess.cpus_per_slide: one slide task asks 8 "
+                                   "CPU, the largest Ray node has 2"), out["slide"]
+    assert out["slideok"] == "slideok OK []" and "OK" in out["slideremote"] and "warning: preprocess" in out["slideremote"]
 
 
 # --------------------------------------------------------------------------------- 3. unreachable Ray address
@@ -259,21 +270,18 @@ def _png_bomb(path: Path, width: int, height: int) -> None:
                      + chunk(b"IDAT", body) + chunk(b"IEND", b""))
 
 
-def test_png_that_would_decode_to_gigabytes_is_refused_from_its_header(tmp_path):
+def test_a_plain_image_above_the_hard_cap_is_refused_from_its_header(tmp_path):
+    # below the cap a large JPEG/PNG is read downsampled within a memory bound (tests/test_large_images.py)
     from senca_core import hist
     from senca_core.errors import SlideError
 
     bomb = tmp_path / "bomb.png"
-    _png_bomb(bomb, 20_000, 20_000)
+    _png_bomb(bomb, 40_000, 30_000)  # 1.2 Gpx from ~150 KB
     assert bomb.stat().st_size < 1_000_000
     with pytest.raises(SlideError) as err:
         hist.open_slide(bomb, slide_id="S1")
     assert err.value.field == "image_path" and err.value.file == str(bomb) and err.value.slide == "S1"
-    assert "20000x20000" in err.value.problem and "pyramidal" in err.value.problem
-    ok = tmp_path / "ok.png"
-    _png_bomb(ok, 2_000, 1_000)
-    with hist.open_slide(ok) as slide:
-        assert slide.dimensions == (2000, 1000)
+    assert "40000x30000" in err.value.problem and "1,000,000,000 px" in err.value.problem
 
 
 # ---------------------------------------------------------------------------------- 6. truncated cache entries
@@ -326,3 +334,41 @@ def test_validate_warns_when_the_spec_asks_more_than_this_machine(tmp_path):
     assert res.returncode == 0 and f"warning: {spec}: training.num_workers: 8 worker(s)" in res.stderr
     spec.write_text(spec.read_text().replace("ray: {num_cpus: 2}", "ray: {address: 'head:6379'}"))
     assert resource_warnings(load_spec(spec)) == []  # a cluster may have more: not this machine's business
+
+
+# ---------------------------------------------------------------------------------- 7. predict --out
+def test_predict_out_is_claimed_as_run_claims_it_and_nothing_of_the_users_is_deleted(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import senca_platform.predict as predict
+    from jobs._util import OUTPUT_MARKER
+    from senca_platform.cli import app
+
+    legacy = ROOT / "tests" / "bad_inputs" / "legacy"
+    slides = tmp_path / "slides.yaml"
+    slides.write_text(f"patients:\n  - id: P1\n    slides:\n      - id: S1\n        reader: legacy_st\n"
+                      f"        counts: {legacy / 'S1.tsv.gz'}\n        spots: {legacy / 'S1_selection.tsv'}\n")
+    monkeypatch.setattr(predict, "client", lambda uri: None)  # a registered model version, never downloaded
+    monkeypatch.setattr(predict, "get_version", lambda mc, uri, ref: SimpleNamespace(name="m", version="1"))
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / ".env.backup01").write_text("mine")
+    (out / "notes.md").write_text("mine too")
+
+    def cli(*args):
+        res = CliRunner().invoke(app, ["predict", str(slides), "--model", "models:/m/1", "--tracking-uri",
+                                       f"sqlite:///{tmp_path / 'no.db'}", *args])
+        assert "Traceback" not in res.output and isinstance(res.exception, (SystemExit, type(None))), res.output
+        return res.exit_code, [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+
+    assert cli("--out", "") == (3, ["error: --out is empty: name the output folder (e.g. --out results); '.' for "
+                                    "the current folder must be written out"])
+    code, lines = cli("--out", str(out))
+    assert code == 3 and len(lines) == 1 and "is not empty" in lines[0] and "--force-out" in lines[0], lines
+    assert sorted(p.name for p in out.iterdir()) == [".env.backup01", "notes.md"]  # nothing added or removed
+    code, lines = cli("--out", str(out), "--force-out")  # past the folder: fails at the (absent) model download
+    assert code == 1 and "cannot load m version 1" in lines[0], lines
+    assert json.loads((out / OUTPUT_MARKER).read_text())["forced"] is True
+    assert (out / ".env.backup01").read_text() == "mine" and (out / "notes.md").read_text() == "mine too"

@@ -779,3 +779,76 @@ def test_header_only_counts_names_the_gene_count(tmp_path):
     with pytest.raises(SlideError) as e:
         read_legacy_st(counts, spots)
     assert_slide_error(e, slide="S1", file=counts, field="counts", text="0 spots × 3 genes")
+
+
+# ------------------------------------------------------------------------------------------------ io.read
+def test_read_dispatches_by_reader_name(tmp_path):
+    from senca_core.io import read
+
+    counts, spots = write_legacy(tmp_path)
+    a = read(counts, reader="legacy_st", spots=spots, slide_id="S1", patient_id="P", labels=None)
+    b = read_legacy_st(counts, spots, slide_id="S1", patient_id="P")
+    assert (a.X != b.X).nnz == 0 and a.uns["senca"]["patient_id"] == "P" and list(a.obs_names) == list(b.obs_names)
+    folder = write_visium(tmp_path / "vis")
+    v = read(folder, reader="visium", slide_id="vis", image=None)
+    assert v.n_obs == read_visium(folder).n_obs and v.uns["senca"]["platform"] == "visium"
+    v.write_h5ad(tmp_path / "v.h5ad")
+    h = read(tmp_path / "v.h5ad", reader="h5ad", slide_id="h")
+    assert h.uns["senca"]["slide_id"] == "h" and h.n_obs == v.n_obs
+    root = tmp_path / "her2st"
+    (root / "counts").mkdir(parents=True)
+    (root / "spots").mkdir()
+    counts.rename(root / "counts" / "S1.tsv.gz")
+    spots.rename(root / "spots" / "S1_selection.tsv")
+    s = read(root, reader="her2st", section="S1")
+    assert s.uns["senca"]["slide_id"] == "S1" and s.n_obs == a.n_obs
+
+
+def test_read_infers_the_reader_from_the_path(tmp_path):
+    from senca_core.io import infer_reader, read
+
+    counts, spots = write_legacy(tmp_path)
+    plain, _ = write_legacy(tmp_path, gz=False, name="S2")
+    folder = write_visium(tmp_path / "vis")
+    assert infer_reader(counts) == "legacy_st" and infer_reader(plain) == "legacy_st"
+    assert infer_reader(folder) == "visium" and infer_reader(tmp_path / "x.h5ad") == "h5ad"
+    assert read(counts, spots=spots).uns["senca"]["platform"] == "legacy_st"
+    v = read(folder)
+    assert v.uns["senca"]["platform"] == "visium" and v.uns["senca"]["slide_id"] == "vis"
+    v.write_h5ad(tmp_path / "v.h5ad")
+    assert read(tmp_path / "v.h5ad").n_obs == v.n_obs
+    root = tmp_path / "her2st"
+    (root / "counts").mkdir(parents=True)
+    (root / "spots").mkdir()
+    assert infer_reader(root) == "her2st"
+    # the read of the plan's slide entry (jobs.preprocess.read_entry) is this dispatch
+    from jobs.preprocess import read_entry
+
+    e = read_entry({"reader": "legacy_st", "slide_id": "S1", "patient_id": "P", "counts": str(counts),
+                    "spots": str(spots), "labels": None, "image": None, "image_scale": 1.0})
+    assert e.uns["senca"]["slide_id"] == "S1" and e.n_obs == read(counts, spots=spots).n_obs
+
+
+def test_read_refuses_unknown_or_ambiguous_readers(tmp_path):
+    from senca_core.errors import ConfigError
+    from senca_core.io import read
+
+    counts, spots = write_legacy(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        read(counts, reader="slideseq", spots=spots)
+    assert e.value.field == "reader" and "unknown reader 'slideseq'" in str(e.value) and "legacy_st" in str(e.value)
+    with pytest.raises(ConfigError) as e:  # a folder that is neither Space Ranger nor HER2ST
+        read(tmp_path)
+    assert e.value.field == "reader" and "cannot tell the reader" in str(e.value)
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(ConfigError, match="cannot tell the reader"):
+        read(tmp_path / "x.csv")
+    with pytest.raises(SlideError) as e:
+        read(tmp_path / "nowhere")
+    assert e.value.field == "path" and "nowhere" in str(e.value)
+    with pytest.raises(ConfigError) as e:  # legacy ST counts without their spot file
+        read(counts)
+    assert e.value.field == "spots"
+    with pytest.raises(ConfigError) as e:  # a keyword the reader does not take
+        read(counts, spots=spots, section="S1")
+    assert e.value.field == "section" and "legacy_st" in str(e.value)

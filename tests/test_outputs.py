@@ -52,17 +52,21 @@ def run(tmp_path_factory):
     t0 = time.perf_counter()
     names = infer.name_cohort_regions(rows, regions)
     seconds = time.perf_counter() - t0
+    assert any(names["is_tumour"]), names  # the synthetic slides have tumour: sub-regions are computed
+    subregions = infer.cohort_subregions(rows, regions, names, out / "infer" / "subregions")
     summaries = [infer.summarise_slide({
         "slide_id": r["slide_id"], "patient_id": r["patient_id"], "path": r["path"], "emb_path": r["emb_path"],
         "region_path": regions["region_paths"][r["slide_id"]], "categories": regions["categories"],
         "region_names": json.loads(json.dumps(names)),  # as Ray Data rows carry it (JSON)
+        "subregion_path": subregions["paths"][r["slide_id"]],
         "h5ad_path": str(out / "slides" / f"{r['slide_id']}.h5ad"),
         "map_path": str(out / "maps" / f"{r['slide_id']}_regions.png"),
         "markers_path": str(out / "infer" / "markers" / f"{r['slide_id']}.csv"),
         "summary_file": str(out / "infer" / "summaries" / f"{r['slide_id']}.json")}) for r in rows]
     assert all(s["status"] == "ok" for s in summaries), [s["error"] for s in summaries]
-    paths = write_tables(out / "tables", summaries, regions["categories"], names)
+    paths = write_tables(out / "tables", summaries, regions["categories"], names, subregions["table"])
     return {"out": out, "names": names, "regions": regions, "summaries": summaries, "paths": paths,
+            "subregions": subregions,
             "seconds": seconds}
 
 
@@ -102,7 +106,7 @@ def _is_json(v) -> bool:
 def test_every_column_is_documented_and_tidy(run):
     doc = documented()
     cats = run["regions"]["categories"]
-    for name in TABLES:
+    for name in (*TABLES, "tumour_subregions"):
         csv = pd.read_csv(run["paths"][f"{name}_csv_path"])
         pq = pd.read_parquet(run["paths"][f"{name}_parquet_path"])
         assert list(csv.columns) == list(pq.columns) and len(csv) == len(pq) > 0, name
@@ -160,3 +164,24 @@ def test_naming_is_cheap_and_label_free(run):
     b.obs["label"] = "scrambled"
     assert name_regions(a).equals(name_regions(b))
     assert "region_name" in a.obs and "region_names" in a.uns
+
+
+def test_tumour_subregions_reach_tables_and_slides(run):
+    """The hierarchy's second level: every tumour region has its sub-region rows, the slides carry
+    ``obs["tumour_subregion"]`` (NA outside tumour) and the patients table counts them."""
+    import anndata as ad
+
+    table = pd.read_csv(run["paths"]["tumour_subregions_csv_path"], dtype={"region": str, "subregion": str})
+    tumour = {str(r) for r, t in zip(run["names"]["region"], run["names"]["is_tumour"]) if t}
+    assert set(table["region"]) == tumour
+    for region, part in table.groupby("region"):
+        assert len(part) == (2 if part["split"].all() else 1)
+        assert part["n_spots"].sum() > 0 and abs(part["fraction_of_region"].sum() - 1) < 1e-9
+    for s in run["summaries"]:
+        a = ad.read_h5ad(s["h5ad_path"])
+        sub = a.obs["tumour_subregion"]
+        in_tumour = a.obs["region"].astype(str).isin(tumour).to_numpy()
+        assert sub[in_tumour].notna().all() and sub[~in_tumour].isna().all()
+        assert set(sub.dropna().astype(str)) <= set(table["subregion"])
+    patients = pd.read_parquet(run["paths"]["patients_parquet_path"])
+    assert (patients["n_tumour_subregions"] >= patients["n_tumour_regions"]).all()

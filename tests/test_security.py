@@ -365,3 +365,17 @@ def test_an_output_folder_of_an_earlier_version_is_taken_back(tmp_path):
         claim_output_dir(out)
     (out / "tracking" / "run.json").write_text(json.dumps({"format": 1, "output_dir": str(out)}))
     assert claim_output_dir(out) == out and is_output_dir(out)
+
+
+def test_model_files_follow_the_umask(tmp_path):
+    from jobs._util import is_temp_of
+    from senca_core.model import SencaConfig, SencaModel, load_model, save_model
+
+    old = os.umask(0o022)
+    try:
+        path = save_model(SencaModel(SencaConfig(), n_expr=5, n_hist=0), tmp_path / "ckpt" / "model.pt")
+    finally:
+        os.umask(old)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)  # was 0600 (mkstemp), unlike every other result
+    assert load_model(path).n_expr == 5 and sorted(p.name for p in path.parent.iterdir()) == ["model.pt"]
+    assert is_temp_of(".model.senca-tmp-abc_1234.pt", path)  # its temp is named as a run's clean-up knows

@@ -228,3 +228,32 @@ def test_tumour_rule_on_her2st_labels(her2st_root, section, expected):
     h = heterogeneity(a, "label")
     assert h["tumour_rule"] == "tumour_genes"
     assert h["n_tumour_components"] >= 1 and h["tumour_component_sizes"][0] >= 20
+
+
+def test_tumour_subregions_split_two_populations_and_leave_one_alone():
+    """The hierarchy's second level: a tumour region holding two distinct populations (in the embedding) is split
+    into sub-regions ``<r>a`` / ``<r>b``; a homogeneous one, and non-tumour regions, are left as they are."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from senca_core import tl
+
+    rng = np.random.default_rng(0)
+    n = 120
+    emb = np.vstack([rng.normal(0, 1, (70, 8)), rng.normal(6, 1, (50, 8)),   # region 0: two clones
+                     rng.normal(0, 1, (60, 8)),                              # region 1: one population
+                     rng.normal(-6, 1, (40, 8))])                            # region 2: not tumour
+    region = ["0"] * n + ["1"] * 60 + ["2"] * 40
+    a = ad.AnnData(np.zeros((len(region), 3), dtype=np.float32))
+    a.obs["region"] = pd.Categorical(region)
+    a.obsm["X_senca"] = emb.astype(np.float32)
+    a.layers["log1p"] = np.abs(rng.normal(0, 1, a.shape)).astype(np.float32)
+    slides = [a[:100].copy(), a[100:].copy()]  # pooled over slides
+    table = tl.tumour_subregions(slides, ["0", "1"])
+    assert list(table["subregion"]) == ["0a", "0b", "1"]
+    assert table.set_index("subregion").loc[["0a", "0b"], "n_spots"].tolist() == [70, 50]
+    assert not table.set_index("subregion").loc["1", "split"]
+    sub = np.concatenate([s.obs["tumour_subregion"].astype(object).to_numpy() for s in slides])
+    assert (sub[:70] == "0a").all() and (sub[70:120] == "0b").all() and (sub[120:180] == "1").all()
+    assert pd.isna(sub[180:]).all()

@@ -182,8 +182,11 @@ def predict_cmd(
     slides: Path = typer.Argument(..., help="slides.yaml: `patients:` as in a cohort spec (a cohort.yaml works "
                                   "too: only its patients are used)", show_default=False),
     model: str = typer.Option(..., "--model", "-m", help="models:/NAME@ALIAS or models:/NAME/VERSION"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (default: the slides file's "
-                                       "output_dir if set, else predict_out/ next to it)"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="output directory (default: the slides file's "
+                                      "output_dir if set, else predict_out/ next to it); a non-empty folder that "
+                                      "no run wrote is refused (see --force-out)"),
+    force_out: bool = typer.Option(False, "--force-out", help="write into a non-empty output folder that no run "
+                                   "wrote (nothing in it is deleted; files named like the outputs are overwritten)"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment of the prediction run "
                                              "(default: the training run's)"),
@@ -196,7 +199,8 @@ def predict_cmd(
     with _guard():
         with stdout_to_stderr(as_json):
             result = predict_cohort(model, slides, tracking_uri=_uri(tracking_uri), output_dir=out,
-                                    experiment=experiment, track=not no_track, echo=_progress)
+                                    experiment=experiment, track=not no_track, echo=_progress,
+                                    force_out=force_out)
         if as_json:
             _echo_json(result.summary)
         else:

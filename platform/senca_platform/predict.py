@@ -4,11 +4,12 @@ A prediction must preprocess a new slide exactly as the training cohort was prep
 SAME regions. So a model version comes with its **model state** (``senca_platform.model_state``: gene panel, PCA
 basis, preprocess settings, region model).
 
-Per slide (in this process; no Ray needed): read + ``jobs.preprocess.prepare_slide`` with the training
-``preprocess`` settings → subset to the shared panel and ``senca_core.pp.pca_project`` on the cohort basis → the
-registered model's region readout (``senca_core.model.readout`` on the SencaModel inside the registered pyfunc, as
-the pipeline's infer stage does) → regions with the region model → ``jobs.infer.summarise_slide`` (ARI/NMI when labels,
-heterogeneity, micro-environment, markers, region map, ``slides/<slide>.h5ad``) → per-patient table.
+Per slide (in this process; no Ray needed), the pipeline's own per-slide functions: ``jobs.preprocess``
+``read_and_prepare`` with the training ``preprocess`` settings → ``project_prepared`` on the cohort's panel and basis
+(panel genes the slide lacks taken at the basis mean) → ``jobs.infer.embed_slide`` with the registered pyfunc's
+model file → regions with the region model → ``jobs.infer.summarise_slide`` (ARI/NMI when labels, heterogeneity,
+micro-environment, markers, region map, ``slides/<slide>.h5ad`` stamped with the model version) → the tables
+(``jobs._tables.write_tables``).
 For a slide of the training cohort this reproduces the training run's regions exactly (tested).
 
 Outputs under ``--out``: ``predict_summary.json``, ``slides/<slide>.h5ad``, ``maps/<slide>_regions.png``,
@@ -19,11 +20,11 @@ training run's experiment unless ``--experiment``) with the tables, region maps 
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +34,8 @@ from ._redact import redact_text
 from .model_state import (ModelState, PredictError, assign_regions, attach_model_state, build_model_state,  # noqa: F401
                           load_state_dir, resolve_model_state)
 from .registry import ModelRef, client, get_version, parse_model_uri, redact_uri
+from .runner import CohortResult
+
 
 # ============================================================================================ slides spec
 def load_slides(path: str | Path):
@@ -58,49 +61,105 @@ def load_slides(path: str | Path):
 
 
 # ============================================================================================ predict
-@dataclass
-class PredictResult:
-    summary: dict[str, Any]
-    summary_path: Path
-    exit_code: int
-    extra: dict[str, Any] = field(default_factory=dict)
+#: what predict returns: a run's result (summary, its path, the exit code)
+PredictResult = CohortResult
 
 
-def _project(prepared: Path, state: ModelState, out_path: Path) -> dict[str, Any]:
-    """Subset a prepared slide to the shared panel (genes it lacks are left out: ``pca_project`` takes them at
-    the basis mean) and project it on the cohort's PCA basis. Same result as ``jobs.preprocess.project_slide``
-    for a slide that has every panel gene."""
-    import anndata as ad
-    from senca_core import pp
+def _model_file(model_dir: Path) -> Path | None:
+    """The SENCA-st model file in a downloaded pyfunc: its ``model`` artifact (``MLmodel``), what the pyfunc's
+    ``load_context`` loads. None when there is none."""
+    from mlflow.models import Model
 
-    from jobs._util import atomic_write_with
+    artifacts = Model.load(str(model_dir)).flavors.get("python_function", {}).get("artifacts") or {}
+    rel = (artifacts.get("model") or {}).get("path")
+    return model_dir / rel if rel and (model_dir / rel).is_file() else None
 
-    adata = ad.read_h5ad(prepared)
-    idx = adata.var_names.get_indexer(state.genes)
-    present = idx >= 0
-    adata = adata[:, idx[present]].copy()
-    pp.pca_project(adata, state.pca_state)
-    adata.uns.setdefault("senca", {})["gene_panel"] = {"n_genes": int(len(state.genes)), "shared": True,
-                                                       "n_missing": int((~present).sum())}
-    atomic_write_with(out_path, lambda tmp: adata.write_h5ad(tmp, compression=None))
-    return {"n_missing_genes": int((~present).sum()), "n_genes": int(present.sum()),
-            "hist_dim": int(adata.obsm["X_hist"].shape[1]) if "X_hist" in adata.obsm else 0}
+
+def _predict_slide(entry: dict[str, Any], *, out: Path, state: ModelState, model_file: Path, n_hist: int,
+                   stamp: dict[str, Any], echo: Callable[[str], None]) -> tuple[dict[str, Any], dict | None]:
+    """One new slide through the pipeline's per-slide functions: ``jobs.preprocess.read_and_prepare`` (the training
+    ``preprocess`` settings) → ``project_prepared`` on the cohort basis (panel genes it lacks taken at the basis
+    mean) → ``jobs.infer.embed_slide`` → the training run's region model → ``summarise_slide`` (the h5ad stamped
+    with the model version). Returns the slide's status row and its summary (None when it failed before)."""
+    from jobs._util import atomic_write_with, error_text, short_traceback
+    from jobs.infer import embed_slide, summarise_slide
+    from jobs.preprocess import project_prepared, read_and_prepare
+
+    sid = entry["slide_id"]
+    st = {"patient": entry["patient_id"], "slide": sid, "n_spots": 0, "n_regions": 0, "ari": None, "nmi": None,
+          "status": "ok", "error": None}
+    echo(f"slide {sid}: preprocess, project on the cohort basis, embed, regions, summaries")
+    row = read_and_prepare({"slide": entry, "cfg": dict(state.preprocess), "key": "predict",
+                            "out_path": str(out / "preprocess" / "prepared" / f"{sid}.h5ad")})
+    if row["status"] != "ok":
+        st.update(status="failed", stage="preprocess", error=row["error"])
+        return st, None
+    path, emb_path = out / "preprocess" / "slides" / f"{sid}.h5ad", out / "infer" / "embeddings" / f"{sid}.npy"
+    reg_path = out / "infer" / "regions" / f"{sid}.npy"
+    try:
+        adata, n_missing = project_prepared(row["path"], state.genes, state.pca_state, path, slide_id=sid,
+                                            allow_missing=True)
+        if n_missing:
+            st["warnings"] = [f"{n_missing} of {len(state.genes)} panel genes absent (taken at the basis mean)"]
+        hist_dim = int(adata.obsm["X_hist"].shape[1]) if "X_hist" in adata.obsm else 0
+        if hist_dim and n_hist and hist_dim != n_hist:
+            raise PredictError(f"histology features have {hist_dim} columns, the model expects {n_hist} (same "
+                               "encoder / patch settings as training?)")
+        neighbors = np.asarray(adata.obsm["spatial_neighbors"])
+        del adata
+        emb = embed_slide({"slide_id": sid, "path": str(path), "model_path": str(model_file),
+                           "emb_path": str(emb_path)})  # the pipeline's infer stage: the same readout, float32
+        if emb["status"] != "ok":
+            st.update(status="failed", stage="predict", error=emb["error"], traceback=emb["traceback"])
+            return st, None
+        labels = assign_regions(state.region_model, np.load(emb_path), neighbors)
+        atomic_write_with(reg_path, lambda tmp: np.save(open(tmp, "wb"), labels))
+    except Exception as err:  # noqa: BLE001 - this slide's failure, recorded
+        st.update(status="failed", stage="predict", error=error_text(err, sid), traceback=short_traceback(err))
+        return st, None
+    summ = summarise_slide({"slide_id": sid, "patient_id": entry["patient_id"], "path": str(path),
+                            "emb_path": str(emb_path), "region_path": str(reg_path),
+                            "categories": list(state.manifest["categories"]),
+                            "h5ad_path": str(out / "slides" / f"{sid}.h5ad"),
+                            "map_path": str(out / "maps" / f"{sid}_regions.png"),
+                            "markers_path": str(out / "infer" / "markers" / f"{sid}.csv"),
+                            "summary_file": str(out / "infer" / "summaries" / f"{sid}.json"),
+                            "region_names": state.manifest.get("region_names"), "stamp": stamp})
+    if summ["status"] != "ok":
+        st.update(status="failed", stage="summarise", error=summ["error"])
+        return st, summ
+    st.update(n_spots=summ["n_spots"], n_regions=summ["n_regions"], ari=summ["ari"], nmi=summ["nmi"],
+              silhouette=summ["silhouette"], h5ad=summ["h5ad_path"], region_map=summ["map_path"],
+              warnings=st.get("warnings", []) + (summ.get("warnings") or []))
+    return st, summ
+
+
+def _claim_out(out, cohort: str | None = None, force: bool = False):
+    """``--out`` as ``run`` treats it (``outdir``): ``""`` refused; with ``cohort``, the folder claimed (a new,
+    empty or marked one; any other non-empty folder only with ``--force-out``, nothing in it deleted). A refusal
+    is :class:`RunNotStarted` (one line, exit 3)."""
+    from .outdir import OutputDirError, check_out_arg, claim_output_dir
+    from .runner import RunNotStarted
+
+    try:
+        if cohort is None:
+            return check_out_arg(out)
+        return claim_output_dir(out, cohort=cohort, force=force)
+    except OutputDirError as err:
+        raise RunNotStarted(str(err)) from None
 
 
 def predict_cohort(model_uri: str, slides_path: str | Path, *, tracking_uri: str, output_dir: str | Path | None = None,
                    experiment: str | None = None, track: bool = True,
-                   echo: Callable[[str], None] | None = None) -> PredictResult:
+                   echo: Callable[[str], None] | None = None, force_out: bool = False) -> PredictResult:
     """Apply the registered model ``model_uri`` to the slides of ``slides_path``; see the module docstring."""
     import mlflow
-    import torch
 
-    from jobs._util import atomic_write_json, atomic_write_with, error_text, short_traceback
-    from jobs.infer import latent_path_of, summarise_slide
-    from jobs.preprocess import read_and_prepare
-    from senca_core.model import readout
+    from jobs._util import atomic_write_json
 
     echo = echo or (lambda m: print(f"[senca-platform] {m}", file=sys.stderr, flush=True))
     t0 = time.perf_counter()
+    _claim_out(output_dir)  # --out "": refused before anything is looked up
     ref = parse_model_uri(model_uri)
     spec, explicit_out = load_slides(slides_path)
     mc = client(tracking_uri)
@@ -111,7 +170,7 @@ def predict_cohort(model_uri: str, slides_path: str | Path, *, tracking_uri: str
     out = out.resolve()
     if (out / "cohort_summary.json").exists():
         raise PredictError(f"{out} holds a training run (cohort_summary.json): choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _claim_out(out, spec.name, force_out)
     echo(f"model {name} version {version} ({ref.uri}) from {redact_uri(tracking_uri)}")
 
     work = Path(tempfile.mkdtemp(prefix="senca-predict-"))
@@ -145,76 +204,22 @@ def predict_cohort(model_uri: str, slides_path: str | Path, *, tracking_uri: str
         if n_expr and n_expr != int(state.pca_state["n_comps"]):
             raise PredictError(f"the model expects {n_expr} PCA components, the model state has "
                                f"{state.pca_state['n_comps']}")
-        pp_cfg = dict(state.preprocess)
         categories = list(state.manifest["categories"])
         names = state.manifest.get("region_names")  # the training run's region names (None: an older state)
 
-        torch.set_num_threads(1)  # as the pipeline's infer stage: bit-identical embeddings
-        slides = []
-        patients = {}
-        for pid, s in spec.slides():
-            d = s.model_dump(mode="json")
-            entry = {"patient_id": pid, "slide_id": d.pop("id"), **d}
-            slides.append(entry)
-            patients[entry["slide_id"]] = pid
+        model_file = _model_file(model_dir)
+        if model_file is None:
+            raise PredictError(f"{name} version {version} is not a SENCA-st pyfunc (no model artifact)")
+        slide = functools.partial(_predict_slide, out=out, state=state, model_file=model_file, n_hist=n_hist,
+                                  stamp={"name": name, "version": version, "uri": ref.uri,
+                                         "training_run_id": mv.run_id or ""}, echo=echo)
         status: dict[str, dict[str, Any]] = {}
         summaries = []
-        for entry in slides:
-            sid = entry["slide_id"]
-            st = {"patient": entry["patient_id"], "slide": sid, "n_spots": 0, "n_regions": 0, "ari": None,
-                  "nmi": None, "status": "ok", "error": None}
-            status[sid] = st
-            echo(f"slide {sid}: preprocess, project on the cohort basis, embed, regions, summaries")
-            row = read_and_prepare({"slide": entry, "cfg": pp_cfg, "key": "predict",
-                                    "out_path": str(out / "preprocess" / "prepared" / f"{sid}.h5ad")})
-            if row["status"] != "ok":
-                st.update(status="failed", stage="preprocess", error=row["error"])
-                continue
-            try:
-                proj = _project(Path(row["path"]), state, out / "preprocess" / "slides" / f"{sid}.h5ad")
-                if proj["n_missing_genes"]:
-                    st.setdefault("warnings", []).append(
-                        f"{proj['n_missing_genes']} of {len(state.genes)} panel genes absent (taken at the basis mean)")
-                import anndata as ad
-
-                adata = ad.read_h5ad(out / "preprocess" / "slides" / f"{sid}.h5ad")
-                if "X_hist" in adata.obsm and n_hist and adata.obsm["X_hist"].shape[1] != n_hist:
-                    raise PredictError(f"histology features have {adata.obsm['X_hist'].shape[1]} columns, the "
-                                       f"model expects {n_hist} (same encoder / patch settings as training?)")
-                if "X_hist" in adata.obsm and not n_hist:
-                    del adata.obsm["X_hist"]  # the model has no image branch
-                latent, Z = readout(net, adata)  # what the infer stage clusters (float32 as stored there)
-                Z = Z.astype(np.float32)
-                if not (np.isfinite(Z).all() and np.isfinite(latent).all()):
-                    raise PredictError("the embedding has NaN/inf values")
-                emb_path = out / "infer" / "embeddings" / f"{sid}.npy"
-                atomic_write_with(emb_path, lambda tmp, Z=Z: np.save(open(tmp, "wb"), Z))
-                atomic_write_with(latent_path_of(emb_path), lambda tmp, z=latent: np.save(open(tmp, "wb"), z))
-                labels = assign_regions(state.region_model, Z, np.asarray(adata.obsm["spatial_neighbors"]))
-                reg_path = out / "infer" / "regions" / f"{sid}.npy"
-                atomic_write_with(reg_path, lambda tmp, labels=labels: np.save(open(tmp, "wb"), labels))
-                del adata
-            except Exception as err:  # noqa: BLE001 - this slide's failure, recorded
-                st.update(status="failed", stage="predict", error=error_text(err, sid),
-                          traceback=short_traceback(err))
-                continue
-            summ = summarise_slide({"slide_id": sid, "patient_id": entry["patient_id"],
-                                    "path": str(out / "preprocess" / "slides" / f"{sid}.h5ad"),
-                                    "emb_path": str(emb_path), "region_path": str(reg_path),
-                                    "categories": categories, "h5ad_path": str(out / "slides" / f"{sid}.h5ad"),
-                                    "map_path": str(out / "maps" / f"{sid}_regions.png"),
-                                    "markers_path": str(out / "infer" / "markers" / f"{sid}.csv"),
-                                    "summary_file": str(out / "infer" / "summaries" / f"{sid}.json"),
-                                    "region_names": names})
-            summaries.append(summ)
-            if summ["status"] != "ok":
-                st.update(status="failed", stage="summarise", error=summ["error"])
-                continue
-            _stamp_h5ad(Path(summ["h5ad_path"]), {"name": name, "version": version, "uri": ref.uri,
-                                                  "training_run_id": mv.run_id or ""})
-            st.update(n_spots=summ["n_spots"], n_regions=summ["n_regions"], ari=summ["ari"], nmi=summ["nmi"],
-                      silhouette=summ["silhouette"], h5ad=summ["h5ad_path"], region_map=summ["map_path"],
-                      warnings=st.get("warnings", []) + (summ.get("warnings") or []))
+        for pid, s in spec.slides():
+            d = s.model_dump(mode="json")
+            st, summ = slide({"patient_id": pid, "slide_id": d.pop("id"), **d})
+            status[st["slide"]] = st
+            summaries += [summ] if summ is not None else []
 
         tables = {}
         if any(s["status"] == "ok" for s in summaries):  # the same tables as the run's infer stage
@@ -248,17 +253,6 @@ def predict_cohort(model_uri: str, slides_path: str | Path, *, tracking_uri: str
         return PredictResult(summary, Path(summary_path), 0 if not n_failed else 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _stamp_h5ad(path: Path, model: dict[str, Any]) -> None:
-    """Record the model version that produced the regions in ``uns["senca"]["model"]``."""
-    import anndata as ad
-
-    from jobs._util import atomic_write_with
-
-    a = ad.read_h5ad(path)
-    a.uns.setdefault("senca", {})["model"] = {k: str(v) for k, v in model.items()}
-    atomic_write_with(path, lambda tmp: a.write_h5ad(tmp, compression="gzip"))
 
 
 def _log_predict_run(mc, mv, ref: ModelRef, summary: dict[str, Any], slides_path, experiment: str | None,

@@ -19,7 +19,7 @@ from ._console import RunConsole
 from .model_state import attach_after_run as _attach_predict_state
 from .tracking_guard import TrackingGuard, mark_untracked as _mark_untracked
 from .ray_local import ray_session, start_local_ray, unreachable
-from .spec import CohortSpec, load_spec, spec_to_dict
+from .spec import CohortSpec, build_plan, load_spec, spec_to_dict
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -34,19 +34,6 @@ class CohortResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
-
-
-def build_plan(spec: CohortSpec, num_cpus: int) -> dict[str, Any]:
-    """The resolved spec as the plain data ``jobs.pipeline`` takes (one flat list of slides)."""
-    data = spec.model_dump(mode="json")
-    slides = []
-    for patient in data["patients"]:
-        for s in patient["slides"]:
-            entry = {"patient_id": patient["id"], "slide_id": s["id"], **{k: v for k, v in s.items() if k != "id"}}
-            slides.append(entry)
-    return {"name": spec.name, "output_dir": str(Path(spec.output_dir).resolve()), "slides": slides,
-            "preprocess": data["preprocess"], "model": data["model"], "training": data["training"],
-            "tuning": data["tuning"], "clustering": data["clustering"], "num_cpus": num_cpus}
 
 
 def _status(slides: list[dict], error: str | None) -> str:

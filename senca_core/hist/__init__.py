@@ -1,6 +1,7 @@
 """Histology: open slides, cut one H&E patch per spot, describe it (writes ``obsm["X_hist"]``).
 
 * :func:`open_slide` — OpenSlide (pyramidal TIFF/SVS/NDPI …) or a plain JPEG/PNG;
+* :func:`decode_reduced` — a plain image decoded once, downsampled within a memory bound;
 * :func:`extract_patches` — ``uint8 (n, size, size, 3)`` patches centred on the spots;
 * :func:`morphology_features` — weights-free H&E descriptors (colour deconvolution, nuclei, texture);
 * :func:`patch_features` — the verb: patches -> ``obsm["X_hist"]``;
@@ -11,6 +12,7 @@
 from ._extract_patches import extract_patches
 from ._morphology_features import morphology_features
 from ._open_slide import open_slide
+from ._plain_decode import decode_reduced
 from ._patch_features import patch_features
 
 
@@ -28,4 +30,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["open_slide", "extract_patches", "morphology_features", "patch_features", "CNNEncoder", "ViTEncoder"]
+__all__ = ["open_slide", "decode_reduced", "extract_patches", "morphology_features", "patch_features", "CNNEncoder", "ViTEncoder"]

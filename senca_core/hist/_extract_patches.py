@@ -18,6 +18,8 @@ The patch is read from the level whose downsample is closest to, but not above,
   free (Pillow ``Image.draft``); the chosen one is decoded once, which for a 9,300 × 9,900 HER2ST
   JPEG at the default 64 px output is a 1/4-scale decode, ~6x faster than a full decode.
 * Other plain images (PNG, …): level 0 only, decoded once.
+* A plain image above ``MAX_WHOLE_DECODE_PIXELS``: decoded downsampled within that bound (JPEG draft + box
+  reduction, PNG streamed; ``_plain_decode``), said in the slide's warnings; patches keep level-0 geometry.
 
 Strategies (``strategy=``)
 --------------------------
@@ -41,7 +43,8 @@ from anndata import AnnData
 from PIL import Image
 
 from ..errors import ConfigError, SlideError
-from ._open_slide import _pil_pixel_limit_lifted, open_slide
+from ._open_slide import MAX_WHOLE_DECODE_PIXELS, open_slide
+from ._plain_decode import decode_reduced
 
 __all__ = ["extract_patches"]
 
@@ -131,26 +134,15 @@ class _RegionReader:
 
 
 def _decode_plain(slide: openslide.AbstractSlide, path: str | None, target: float):
-    """Decode a plain image once at the best JPEG draft scale (or level 0). Returns a _DecodedLevel."""
+    """Decode a plain image once at the best JPEG draft scale (or level 0), downsampled further when it is larger
+    than ``MAX_WHOLE_DECODE_PIXELS`` (``_plain_decode.decode_reduced``). Returns (_DecodedLevel, forced factor)."""
     w0, h0 = slide.dimensions
     if path is not None:
-        with _pil_pixel_limit_lifted():
-            img = Image.open(path)
-        try:
-            if img.format == "JPEG":
-                scale = _JPEG_SCALES[_best_level(_JPEG_SCALES, target)]
-                if scale > 1:
-                    img.draft("RGB", (w0 // scale, h0 // scale))
-            img.load()
-            rgb = _to_rgb_over_white(img)
-            if rgb is not img:
-                img.close()
-        except BaseException:
-            img.close()
-            raise
-    else:  # an ImageSlide handed in without a path: one full-image read through its own API
-        rgb = _to_rgb_over_white(slide.read_region((0, 0), 0, (w0, h0)))
-    return _DecodedLevel(rgb, (w0 / rgb.size[0], h0 / rgb.size[1]))
+        rgb, ds, forced = decode_reduced(path, min_factor=target, to_rgb=_to_rgb_over_white)
+        return _DecodedLevel(rgb, ds), forced
+    # an ImageSlide handed in without a path: one full-image read through its own API
+    rgb = _to_rgb_over_white(slide.read_region((0, 0), 0, (w0, h0)))
+    return _DecodedLevel(rgb, (w0 / rgb.size[0], h0 / rgb.size[1])), 1
 
 
 def _decode_openslide_bbox(slide: openslide.OpenSlide, level: int, boxes: np.ndarray):
@@ -167,6 +159,15 @@ def _decode_openslide_bbox(slide: openslide.OpenSlide, level: int, boxes: np.nda
         return None
     region = slide.read_region((int(round(bx0 * ds)), int(round(by0 * ds))), level, (bx1 - bx0, by1 - by0))
     return _DecodedLevel(_to_rgb_over_white(region), (ds, ds), offset=(bx0, by0))
+
+
+def _say_downsampled(adata, path, dims, reader, forced: int, target: float) -> None:
+    from ..io._validate import add_warning
+
+    loss = ("the patches get less detail than the image holds" if forced > target * (1 + 1e-3)
+            else "the patches need no finer resolution")
+    add_warning(adata, f"image: {path} is {dims[0]}x{dims[1]} px, above {MAX_WHOLE_DECODE_PIXELS:,} px: read "
+                       f"downsampled {forced}x ({reader.w}x{reader.h} px) to bound memory; {loss}")
 
 
 def _spot_list(keys: Sequence[str]) -> str:
@@ -300,11 +301,15 @@ def _extract(adata, slide, path, coords, diam, context, size, on_outside, strate
                           slide=slide_id, file=path, field="image_path")
 
     out = np.full((n, size, size, 3), 255, dtype=np.uint8)
+    if is_plain and path is not None and width * height > MAX_WHOLE_DECODE_PIXELS:
+        strategy = "decode"  # per spot, an ImageSlide would decode the whole image at full size
     try:
         reader = None
         if strategy == "decode" and finite.any():
             if is_plain:
-                reader = _decode_plain(slide, path, target)
+                reader, forced = _decode_plain(slide, path, target)
+                if forced > 1:
+                    _say_downsampled(adata, path, (width, height), reader, forced, target)
             else:
                 reader = _decode_openslide_bbox(slide, _best_level(slide.level_downsamples, target),
                                                 boxes[finite])

@@ -13,10 +13,12 @@ instead: a plain (non-pyramidal) image may have at most :data:`MAX_IMAGE_PIXELS`
 once decoded as RGB). Larger images must be converted to a pyramidal tiled TIFF, which OpenSlide
 reads tile by tile without decoding the whole image.
 
-**Images that can only be decoded whole.** A JPEG is decoded at a reduced scale when the patches allow it
-(``Image.draft``); a PNG (or an untiled TIFF, BMP, …) can only be decoded at full size, ≈ 4 bytes per pixel,
-whatever its file size (a 438 KB PNG of 20,000 × 20,000 px decodes to 1.6 GB). Such images are refused above
-:data:`MAX_WHOLE_DECODE_PIXELS` (checked from the header, before any pixel is decoded).
+**Large plain images are read downsampled.** A plain image above :data:`MAX_WHOLE_DECODE_PIXELS` is not
+decoded at full size: a JPEG is decoded at a reduced scale (``Image.draft``), a (non-interlaced) PNG is
+streamed into a box-averaged reduction (``_plain_decode.decode_reduced``), so the decoded image stays within
+the bound; the factor is said in the slide's warnings. Other plain formats (untiled TIFF, BMP, interlaced
+PNG, …) can only be decoded whole and are refused above it (checked from the header, before any pixel is
+decoded), as is any plain image above :data:`MAX_IMAGE_PIXELS` (a decompression bomb, or an image to convert).
 """
 
 from __future__ import annotations
@@ -34,10 +36,10 @@ from ..errors import SlideError
 
 __all__ = ["open_slide", "MAX_IMAGE_PIXELS", "MAX_WHOLE_DECODE_PIXELS"]
 
-#: Largest plain (single-level) image, in pixels, that ``open_slide`` accepts (decoded whole).
+#: Largest plain (single-level) image, in pixels, that ``open_slide`` accepts (larger: a decompression bomb).
 MAX_IMAGE_PIXELS: int = 1_000_000_000
-#: Largest plain image that has no reduced-scale decoding (not JPEG: PNG, untiled TIFF, …), in pixels:
-#: ≈ 0.5 GB once decoded as RGBA (the HER2ST JPEGs are ≈ 92 Mpx; Visium's hires PNGs ≈ 4 Mpx).
+#: Largest plain image decoded at full size, in pixels (≈ 0.5 GB as RGBA; the HER2ST JPEGs are ≈ 92 Mpx, Visium's
+#: hires PNGs ≈ 4 Mpx): a larger JPEG/PNG is decoded downsampled within it, any other format refused.
 MAX_WHOLE_DECODE_PIXELS: int = 120_000_000
 
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -81,7 +83,8 @@ def open_slide(path: str | os.PathLike, *, slide_id: str | None = None) -> opens
     SlideError
         ``field='image_path'``, naming the file (and slide when given), when the file is missing, not
         a regular readable file, not an image OpenSlide or Pillow recognises, corrupt in its header,
-        empty, or a plain image above :data:`MAX_IMAGE_PIXELS`. Corruption in the pixel data of a
+        empty, a plain image above :data:`MAX_IMAGE_PIXELS`, or one above :data:`MAX_WHOLE_DECODE_PIXELS` that
+        cannot be decoded downsampled (not JPEG / non-interlaced PNG). Corruption in the pixel data of a
         plain JPEG/PNG only shows when it is decoded: :func:`senca_core.hist.extract_patches`
         reports that as a ``SlideError`` too.
     """
@@ -119,25 +122,27 @@ def open_slide(path: str | os.PathLike, *, slide_id: str | None = None) -> opens
     if isinstance(slide, openslide.ImageSlide) and width * height > MAX_IMAGE_PIXELS:
         slide.close()
         raise fail(
-            f"plain (non-pyramidal) image of {width}x{height} px is above the {MAX_IMAGE_PIXELS:,} px "
-            "limit for images decoded whole; convert it to a pyramidal tiled TIFF"
+            f"plain (non-pyramidal) image of {width}x{height} px ({width * height:,} px) is above the "
+            f"{MAX_IMAGE_PIXELS:,} px limit for plain images (a decompression bomb?); convert it to a pyramidal "
+            "tiled TIFF"
         )
     if isinstance(slide, openslide.ImageSlide) and width * height > MAX_WHOLE_DECODE_PIXELS:
-        fmt = _plain_format(p)
-        if fmt != "JPEG":  # no reduced-scale decoding: the whole image would be decoded at full size
+        fmt, interlaced = _plain_format(p)
+        if fmt not in ("JPEG", "PNG") or interlaced:  # no reduced-scale decoding: it would be decoded whole
             slide.close()
             raise fail(
-                f"{fmt or 'plain'} image of {width}x{height} px ({width * height:,} px) can only be decoded "
-                f"whole (≈ {4 * width * height / 1e9:.1f} GB), above the {MAX_WHOLE_DECODE_PIXELS:,} px limit; "
-                "convert it to a pyramidal tiled TIFF (or a JPEG, which is decoded at a reduced scale)"
+                f"{'interlaced ' if interlaced else ''}{fmt or 'plain'} image of {width}x{height} px "
+                f"({width * height:,} px) can only be decoded whole (≈ {4 * width * height / 1e9:.1f} GB), above "
+                f"the {MAX_WHOLE_DECODE_PIXELS:,} px limit; convert it to a pyramidal tiled TIFF (or a JPEG or "
+                "non-interlaced PNG, which are read downsampled)"
             )
     return slide
 
 
-def _plain_format(p: Path) -> str | None:
-    """Pillow's format name of a plain image, from its header only (no pixel decoded)."""
+def _plain_format(p: Path) -> tuple[str | None, bool]:
+    """Pillow's format name of a plain image and whether it is interlaced, from its header only."""
     try:
         with _pil_pixel_limit_lifted(), Image.open(p) as im:
-            return im.format
+            return im.format, bool(im.info.get("interlace"))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
+        return None, False

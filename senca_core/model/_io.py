@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
@@ -13,6 +13,7 @@ from ._config import SencaConfig
 from ._network import SencaModel
 
 FORMAT = "senca-st/1"
+_TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 
 def save_model(model: SencaModel, path: str | Path) -> Path:
@@ -22,15 +23,29 @@ def save_model(model: SencaModel, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "config": model.config.to_dict(), "n_expr": model.n_expr,
                "n_hist": model.n_hist, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+    fd, tmp = _new_temp(path)
     try:
-        torch.save(payload, tmp)
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _new_temp(path: Path) -> tuple[int, str]:
+    """A new temp file next to ``path``, named as every atomic write of a run names its temp
+    (``.<stem>.senca-tmp-XXXXXXXX<suffix>``, which a run's clean-up recognises) and created with mode 0666 less
+    the umask, like any result file (``tempfile.mkstemp`` would make it 0600)."""
+    for _ in range(100):
+        tag = "".join(secrets.choice(_TEMP_CHARS) for _ in range(8))
+        tmp = str(path.parent / f".{path.stem}.senca-tmp-{tag}{path.suffix}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp file name next to {path}")
 
 
 def load_model(path: str | Path, *, device: str | None = None) -> SencaModel:

@@ -39,10 +39,12 @@ def _thumbnail(path: str, max_px: int) -> tuple[np.ndarray, float] | None:
         Image.MAX_IMAGE_PIXELS = None  # full-resolution H&E are legitimately huge
         with Image.open(p) as im:
             W, H = im.size
-            im.draft("RGB", (max_px, max_px))  # JPEG: decode at a reduced size (fast)
-            im = im.convert("RGB")
-            im.thumbnail((max_px, max_px))
-            return np.asarray(im), im.size[0] / W
+        from ..hist._plain_decode import decode_reduced
+
+        # JPEG: decoded at a reduced size (fast); a huge PNG streamed into a reduction (bounded memory)
+        im, _, _ = decode_reduced(p, min_factor=max(W, H) / max_px)
+        im.thumbnail((max_px, max_px))
+        return np.asarray(im), im.size[0] / W
     except Exception:  # pyramidal TIFF / SVS: try OpenSlide
         try:
             import openslide

@@ -8,8 +8,9 @@ from ._microenvironment import microenvironment
 from ._name_regions import (REGION_COLUMNS, annotate_region_names, name_regions, region_colors, region_names_dict,
                             region_profile)
 from ._senca import apply, senca
+from ._subregions import SUBREGION_COLUMNS, tumour_subregions
 
 __all__ = ["senca", "apply", "cluster", "refine_labels", "RegionModel", "assign_regions", "heterogeneity", "microenvironment", "marker_genes",
            "tumour_like_regions", "tumour_scores", "DEFAULT_TUMOUR_GENES", "DEFAULT_NORMAL_GENES",
            "name_regions", "region_profile", "region_colors", "region_names_dict", "annotate_region_names",
-           "REGION_COLUMNS"]
+           "REGION_COLUMNS", "tumour_subregions", "SUBREGION_COLUMNS"]

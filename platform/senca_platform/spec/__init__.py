@@ -16,12 +16,14 @@ too many patients/slides: before parsing). Non-finite numbers (``.nan``, ``.inf`
 
 Modules: ``schema`` (the models, their defaults, :class:`SpecIssue` / :class:`SpecError`), ``yaml_lines``
 (:func:`parse_yaml`), ``limits`` (size limits checked before parsing, resource warnings), ``validate``
-(:func:`validate_data`, :func:`load_spec`), ``checks`` (the input files: :func:`check_inputs`)."""
+(:func:`validate_data`, :func:`load_spec`), ``checks`` (the input files: :func:`check_inputs`), ``plan``
+(:func:`build_plan`: the spec as the plain data ``jobs.pipeline`` takes)."""
 
 from .._redact import SECRET_WORDS, redact  # noqa: F401 - re-exported (the one redaction helper)
 from . import checks as _checks
 from .checks import check_inputs, missing_files, read_slide
 from .limits import MAX_PATIENTS, MAX_SLIDES, MAX_SPEC_BYTES, check_cohort_size, read_spec_bytes, resource_warnings
+from .plan import build_plan
 from .schema import (ID_PATTERN, PATH_FIELDS, ClusteringSpec, CohortSpec, H5adSlide, LegacySTSlide, PathsSpec,
                      Patient, PreprocessSpec, RaySpec, SearchDim, Slide, SpecError, SpecIssue, SpecPath,
                      TrackingSpec, TrainingSpec, TuningSpec, VisiumSlide, spec_to_dict, spec_to_yaml)
@@ -33,6 +35,6 @@ _decode_image = _checks._decode_image  # private, kept importable here for tests
 __all__ = ["ID_PATTERN", "MAX_PATIENTS", "MAX_SLIDES", "MAX_SPEC_BYTES", "MAX_YAML_VALUES", "PATH_FIELDS",
            "SECRET_WORDS", "ClusteringSpec", "CohortSpec", "H5adSlide", "LegacySTSlide", "PathsSpec", "Patient",
            "PreprocessSpec", "RaySpec", "SearchDim", "Slide", "SpecError", "SpecIssue", "SpecPath", "TrackingSpec",
-           "TrainingSpec", "TuningSpec", "VisiumSlide", "check_cohort_size", "check_inputs", "load_spec",
-           "missing_files", "parse_yaml", "read_slide", "read_spec_bytes", "redact", "resource_warnings",
+           "TrainingSpec", "TuningSpec", "VisiumSlide", "build_plan", "check_cohort_size", "check_inputs",
+           "load_spec", "missing_files", "parse_yaml", "read_slide", "read_spec_bytes", "redact", "resource_warnings",
            "spec_to_dict", "spec_to_yaml", "validate_data"]

@@ -37,8 +37,8 @@ def _field_of_file(slide: Any, file: str | None) -> str | None:
 def read_slide(slide: Any, patient_id: str):
     """Read one spec slide with its senca_core reader (what a run does first). Raises SlideError.
 
-    Through the one reader dispatch, ``jobs.preprocess.read_entry`` (the plan's slide entry: ``slide_id``,
-    ``patient_id`` and the slide's fields)."""
+    Through ``jobs.preprocess.read_entry`` (the plan's slide entry: ``slide_id``, ``patient_id`` and the slide's
+    fields), i.e. the one reader dispatch ``senca_core.io.read``, as a run reads it."""
     from jobs.preprocess import read_entry
 
     fields = {k: v for k, v in slide.model_dump().items() if k != "id"}
@@ -50,30 +50,22 @@ def _decode_image(path: str, slide_id: str) -> None:
     JPEG/PNG/TIFF whose header is fine but whose pixel data is cut or corrupt fails here (SlideError).
 
     Opened with ``senca_core.hist.open_slide`` (its header checks and size limits); a plain image is then decoded
-    by Pillow (JPEG in draft mode at 1/8 scale: the whole stream is read, ~50x less memory and time than full
-    size), a whole-slide image by reading its smallest pyramid level."""
+    by ``senca_core.hist.decode_reduced`` (JPEG in draft mode at 1/8 scale: the whole stream is read,
+    ~50x less memory and time than full size; a PNG above the decode bound streamed), a whole-slide image by
+    reading its smallest pyramid level."""
     import warnings
 
     import openslide
-    from PIL import Image
 
     from senca_core.errors import SlideError
-    from senca_core.hist import open_slide
+    from senca_core.hist import decode_reduced, open_slide
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's "corrupt EXIF" etc.: an error or nothing, not noise
             with open_slide(path, slide_id=slide_id) as osl:
-                if isinstance(osl, openslide.ImageSlide):
-                    old = Image.MAX_IMAGE_PIXELS
-                    Image.MAX_IMAGE_PIXELS = None  # open_slide enforced its own limit already
-                    try:
-                        with Image.open(path) as im:
-                            if im.format == "JPEG":
-                                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
-                            im.load()
-                    finally:
-                        Image.MAX_IMAGE_PIXELS = old
+                if isinstance(osl, openslide.ImageSlide):  # JPEG at 1/8; a PNG above the bound streamed
+                    decode_reduced(path, min_factor=8, to_rgb=lambda im: im)[0].close()
                 else:
                     level = osl.level_count - 1
                     osl.read_region((0, 0), level, osl.level_dimensions[level])

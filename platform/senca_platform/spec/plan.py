@@ -1,0 +1,21 @@
+"""The plan: a resolved cohort spec as the plain data ``jobs.pipeline`` takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .schema import CohortSpec
+
+
+def build_plan(spec: CohortSpec, num_cpus: int) -> dict[str, Any]:
+    """The resolved spec as the plain data ``jobs.pipeline`` takes (one flat list of slides)."""
+    data = spec.model_dump(mode="json")
+    slides = []
+    for patient in data["patients"]:
+        for s in patient["slides"]:
+            entry = {"patient_id": patient["id"], "slide_id": s["id"], **{k: v for k, v in s.items() if k != "id"}}
+            slides.append(entry)
+    return {"name": spec.name, "output_dir": str(Path(spec.output_dir).resolve()), "slides": slides,
+            "preprocess": data["preprocess"], "model": data["model"], "training": data["training"],
+            "tuning": data["tuning"], "clustering": data["clustering"], "num_cpus": num_cpus}
