@@ -14,7 +14,6 @@ nothing in the product reads them. Prints markdown tables; numbers are benchmark
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 
@@ -23,7 +22,7 @@ import numpy as np
 warnings.filterwarnings("ignore")
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 
-from bench_regions import SHARED, fmt, load_section, n_classes  # noqa: E402
+from bench_regions import fmt, load_section, n_classes, section_parser, shared_ready  # noqa: E402
 
 import senca_core as sc  # noqa: E402
 from senca_core.model import SencaConfig  # noqa: E402
@@ -62,16 +61,9 @@ def representation(a, kind: str, readout: np.ndarray, z: np.ndarray) -> np.ndarr
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--sections", nargs="+", default=["A1", "B1", "C1", "DLPFC"])
-    args = p.parse_args()
-    if not (SHARED / "data" / "her2st").exists():
-        print(f"(skipped: {SHARED / 'data'} not found)")
+    args = section_parser(__doc__, seeds=3).parse_args()
+    if not shared_ready():
         return
-    import torch
-
-    torch.set_num_threads(1)
     ari: dict[tuple[str, str], list[float]] = {}
     for name in args.sections:
         a = load_section(name)

@@ -14,7 +14,6 @@ product reads them. Prints markdown tables; numbers are benchmarks, never assert
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import warnings
@@ -24,7 +23,7 @@ import numpy as np
 warnings.filterwarnings("ignore")
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 
-from bench_regions import SHARED, fmt, load_section, n_classes  # noqa: E402
+from bench_regions import fmt, load_section, n_classes, section_parser, shared_ready  # noqa: E402
 
 import senca_core as sc  # noqa: E402
 from senca_core.model import SencaConfig  # noqa: E402
@@ -59,17 +58,11 @@ def score_labels(a, labels) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--sections", nargs="+", default=["A1", "B1", "C1", "DLPFC"])
+    p = section_parser(__doc__, seeds=3)
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     args = p.parse_args()
-    if not (SHARED / "data" / "her2st").exists():
-        print(f"(skipped: {SHARED / 'data'} not found)")
+    if not shared_ready():
         return
-    import torch
-
-    torch.set_num_threads(1)
     ari: dict[tuple[str, str], list[float]] = {}
     cons: dict[tuple[str, str], float] = {}
     secs: dict[tuple[str, str], float] = {}

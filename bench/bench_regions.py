@@ -31,6 +31,29 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score  #
 from sklearn.mixture import GaussianMixture  # noqa: E402
 
 
+LABELLED_SECTIONS = ["A1", "B1", "C1", "DLPFC"]
+
+
+def section_parser(doc: str, **options: int) -> argparse.ArgumentParser:
+    """The labelled-section benches' command line: ``--sections`` plus one int option per keyword (its default)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in options.items():
+        p.add_argument(f"--{name}", type=int, default=default)
+    p.add_argument("--sections", nargs="+", default=list(LABELLED_SECTIONS))
+    return p
+
+
+def shared_ready() -> bool:
+    """Whether the shared sections are here (else one skip line); torch then runs on one thread, as the pipeline."""
+    if not (SHARED / "data" / "her2st").exists():
+        print(f"(skipped: {SHARED / 'data'} not found)")
+        return False
+    import torch
+
+    torch.set_num_threads(1)
+    return True
+
+
 def load_section(name: str):
     her2st = SHARED / "data" / "her2st"
     if name == "A1":

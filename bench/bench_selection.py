@@ -13,7 +13,6 @@ configuration and the label-chosen oracle. Labels only score. Numbers are benchm
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 
@@ -22,7 +21,7 @@ import numpy as np
 warnings.filterwarnings("ignore")
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 
-from bench_regions import SHARED, load_section, n_classes  # noqa: E402
+from bench_regions import load_section, n_classes, section_parser, shared_ready  # noqa: E402
 
 import senca_core as sc  # noqa: E402
 from senca_core.model import SencaConfig, heldout_r2  # noqa: E402
@@ -42,17 +41,11 @@ def draw_configs(n: int) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", type=int, default=10)
-    p.add_argument("--sections", nargs="+", default=["A1", "B1", "C1", "DLPFC"])
-    args = p.parse_args()
-    if not (SHARED / "data" / "her2st").exists():
-        print(f"(skipped: {SHARED / 'data'} not found)")
+    args = section_parser(__doc__, configs=10).parse_args()
+    if not shared_ready():
         return
-    import torch
     from scipy.stats import spearmanr
 
-    torch.set_num_threads(1)
     configs = draw_configs(args.configs)
     table: dict[str, list[dict]] = {}
     for name in args.sections:

@@ -130,7 +130,7 @@ def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regio
     return {"k": int(k_used), "categories": categories, "region_paths": paths, "region_model_path": str(model_path)}
 
 
-def _slims(rows: list[dict[str, Any]], regions: dict[str, Any], *, embeddings: bool = False) -> list:
+def cohort_slims(rows: list[dict[str, Any]], regions: dict[str, Any], *, embeddings: bool = True) -> list:
     """Light AnnDatas of the cohort for the driver's cohort-level steps: ``var``, ``layers["log1p"]`` (read alone
     from each preprocessed slide), the region labels and, with ``embeddings``, ``obsm["X_senca"]``."""
     import anndata as ad
@@ -158,24 +158,27 @@ def _slims(rows: list[dict[str, Any]], regions: dict[str, Any], *, embeddings: b
     return slims
 
 
-def name_cohort_regions(rows: list[dict[str, Any]], regions: dict[str, Any]) -> dict[str, list]:
+def name_cohort_regions(rows: list[dict[str, Any]], regions: dict[str, Any],
+                        slims: list | None = None) -> dict[str, list]:
     """One set of region names for the run (``senca_core.tl.name_regions``): the region × gene mean
-    ``layers["log1p"]`` pooled over every slide. Returns the names table as ``{column: list}``."""
+    ``layers["log1p"]`` pooled over every slide (``slims``: :func:`cohort_slims`, read here when not given).
+    Returns the names table as ``{column: list}``."""
     from senca_core.tl import name_regions, region_names_dict, region_profile
 
-    means, counts = region_profile(_slims(rows, regions), "region")
+    means, counts = region_profile(slims if slims is not None else cohort_slims(rows, regions, embeddings=False),
+                                   "region")
     return region_names_dict(name_regions(means.loc[regions["categories"]], n_spots=counts))
 
 
 def cohort_subregions(rows: list[dict[str, Any]], regions: dict[str, Any], names: dict[str, list],
-                      folder: str | Path) -> dict[str, Any]:
+                      folder: str | Path, slims: list | None = None) -> dict[str, Any]:
     """The tumour regions' sub-regions for the run (``senca_core.tl.tumour_subregions``, pooled over every slide):
     each slide's labels to ``folder/<slide>.npy`` (str, "" outside tumour); returns ``{"table": {column: list},
     "paths": {slide: path}}``."""
     from senca_core.tl import tumour_subregions
 
     tumour = [str(r) for r, t in zip(names["region"], names["is_tumour"]) if t]
-    slims = _slims(rows, regions, embeddings=True)
+    slims = slims if slims is not None else cohort_slims(rows, regions)
     table = tumour_subregions(slims, tumour)
     paths = {}
     for r, a in zip(rows, slims):

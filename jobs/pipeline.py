@@ -168,7 +168,8 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
 
     from ._tables import write_tables
     from ._util import atomic_write_json
-    from .infer import cluster_cohort, cohort_subregions, embed_slide, name_cohort_regions, summarise_slide
+    from .infer import (cluster_cohort, cohort_slims, cohort_subregions, embed_slide, name_cohort_regions,
+                        summarise_slide)
     from .preprocess import run_map
 
     out = Path(plan["output_dir"])
@@ -195,7 +196,8 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
             raise PipelineError("infer", "no slide could be embedded")
         regions = cluster_cohort(ok, plan["clustering"], out / "infer" / "regions")
         try:  # one set of names / tissue labels / tumour flags for the run
-            names = name_cohort_regions(ok, regions)
+            slims = cohort_slims(ok, regions)  # each slide's expression and embedding, read once for both steps
+            names = name_cohort_regions(ok, regions, slims)
             atomic_write_json(out / "infer" / "region_names.json", names)
         except Exception as err:  # noqa: BLE001 - unnamed regions (ids only) rather than no result
             names = None
@@ -203,7 +205,7 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
         subregions = None
         if names and any(names["is_tumour"]):
             try:  # the hierarchy's second level: tumour regions split where they hold two populations
-                subregions = cohort_subregions(ok, regions, names, out / "infer" / "subregions")
+                subregions = cohort_subregions(ok, regions, names, out / "infer" / "subregions", slims)
             except Exception as err:  # noqa: BLE001 - regions without sub-regions rather than no result
                 tracker.progress(f"infer: tumour sub-regions not computed ({type(err).__name__}: {err})")
         rows = [{"slide_id": r["slide_id"], "patient_id": patients[r["slide_id"]], "path": r["path"],
