@@ -126,7 +126,8 @@ def in_process(spec_path: Path, threads: int) -> dict:
     from jobs import infer, preprocess
     from jobs.pipeline import _eval_cfg, _model_cfg
     from jobs.stage_model import _checkpoint_cfg
-    from jobs.train_loop import SoloSession, run_loop
+    from jobs.train_loop import run_loop
+    from jobs.train_sessions import SoloSession
     from senca_platform.runner import build_plan
     from senca_platform.spec import load_spec
 

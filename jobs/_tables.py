@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ._util import atomic_write_with
+from ._files import atomic_write_with
 
 #: ``tl.heterogeneity`` scalars kept in the slides / patients tables (settings and duplicates left out:
 #: ``n_spots``/``n_regions`` come from the counts, ``pitch_px``/``min_component`` are settings,

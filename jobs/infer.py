@@ -26,7 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from ._util import atomic_write_json, atomic_write_with, clean_float, error_text, peak_rss_mb, short_traceback
+from ._errors import error_text, short_traceback
+from ._files import atomic_write_json, atomic_write_with
+from ._jsonsafe import clean_float
+from ._memory import peak_rss_mb
 
 _MODEL_CACHE: dict[str, Any] = {}
 
@@ -79,7 +82,8 @@ def embed_slide(row: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- 2. regions
-def _read_obsm(path: str, key: str) -> np.ndarray | None:
+def read_obsm(path: str | Path, key: str) -> np.ndarray | None:
+    """``obsm[key]`` of an h5ad file, read alone (None when absent)."""
     import anndata as ad
     import h5py
 
@@ -110,7 +114,7 @@ def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regio
         Z = np.load(r["emb_path"])
         a = AnnData(X=sp.csr_matrix((Z.shape[0], 0), dtype=np.float32))
         a.obsm["X_senca"] = Z
-        nb = _read_obsm(r["path"], "spatial_neighbors")
+        nb = read_obsm(r["path"], "spatial_neighbors")
         if nb is not None:
             a.obsm["spatial_neighbors"] = nb
         a.uns["senca"] = {"slide_id": r["slide_id"]}

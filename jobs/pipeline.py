@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ._stage import PIPELINE_VERSION, PipelineError, StageClock, Tracker, _model_cfg  # noqa: F401 - re-exported
-from ._util import StageCache, atomic_write_with, file_fingerprint, is_output_dir, is_temp_of, stable_hash, \
-    unlink_all
+from ._cache import StageCache, file_fingerprint, stable_hash
+from ._files import atomic_write_with, is_output_dir, is_temp_of, unlink_all
 from .stage_model import _eval_cfg, check_slide_cpus, resolve_metric, stage_train, stage_tune  # noqa: F401
 
 _SLIDE_FILES = ("counts", "spots", "labels", "image", "path")
@@ -37,9 +37,9 @@ OUTPUT_DIRS = ("preprocess", "train", "tune", "infer", "slides", "maps", "tables
 
 
 def partial_files(out: str | Path) -> list[Path]:
-    """Temp files of atomic writes (``_util.TEMP_NAME``) under the output directory (its top level and
+    """Temp files of atomic writes (``_files.TEMP_NAME``) under the output directory (its top level and
     :data:`OUTPUT_DIRS`; not ``ray/`` nor ``mlartifacts/``, which Ray and MLflow own): what a killed run leaves
-    half-written. Nothing at all in a folder without the run's marker (``_util.OUTPUT_MARKER``): a folder no run
+    half-written. Nothing at all in a folder without the run's marker (``_files.OUTPUT_MARKER``): a folder no run
     has claimed holds nothing of ours."""
     out = Path(out)
     if not is_output_dir(out):
@@ -167,7 +167,7 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
     import pandas as pd
 
     from ._tables import write_tables
-    from ._util import atomic_write_json
+    from ._files import atomic_write_json
     from .infer import (cluster_cohort, cohort_slims, cohort_subregions, embed_slide, name_cohort_regions,
                         summarise_slide)
     from .preprocess import run_map
@@ -305,4 +305,6 @@ def _brief(info: dict[str, Any]) -> dict[str, Any]:
     for k in ("workers_used", "launcher"):
         if k in (info.get("params") or {}):
             brief[k] = info["params"][k]
+    if info.get("restarts"):  # training continued from a checkpoint after a fault: said in the summary
+        brief.update({k: info[k] for k in ("restarts", "restarted_from_epochs", "restart_exact")})
     return brief

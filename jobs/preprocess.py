@@ -21,11 +21,11 @@ Every output is written atomically (temp file + rename) and is keyed by a conten
 Worker failures: a task whose worker process dies (killed, out of memory) is a Ray system failure; Ray Data retries
 it, here at most ``TASK_MAX_RETRIES`` times (explicit ``max_retries`` on the map; Ray Data's own default is
 unlimited, which would hang the stage on a slide that kills its worker every time). A retried task first deletes
-the temp files its killed attempt left (``_util.remove_stale_temps``), then rewrites the same output. A slide whose
+the temp files its killed attempt left (``_files.remove_stale_temps``), then rewrites the same output. A slide whose
 task still fails after the retries is dropped by Ray Data (``DataContext.max_errored_blocks``) and comes back from
 :func:`run_map` as a failed row naming the slide: it fails alone, the cohort goes on.
 
-Fault injection for the tests (off by default, see ``jobs._util``): ``read_and_prepare`` calls
+Fault injection for the tests (off by default, see ``jobs._faults``): ``read_and_prepare`` calls
 ``fault_point("prepare.<slide>")`` once the prepared h5ad is written to its temp file, before the rename.
 """
 
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -41,8 +40,12 @@ from typing import Any
 
 import numpy as np
 
-from ._util import PeakSampler, StageCache, atomic_write_with, error_text, fault_point, peak_rss_mb, \
-    release_memory, remove_stale_temps, short_traceback
+from ._cache import StageCache
+from ._errors import error_text, short_traceback
+from ._faults import fault_point
+from ._files import atomic_write_with, remove_stale_temps
+from ._memory import PeakSampler, peak_rss_mb, release_memory
+from ._say import say
 
 #: Ray Data retries of a per-slide task whose worker process died (system failures; a slide's own errors are
 #: caught in the task and never retried)
@@ -119,7 +122,7 @@ def read_and_prepare(row: dict[str, Any]) -> dict[str, Any]:
 
 def _write_prepared(adata, slide_id: str, tmp: Path) -> None:
     adata.write_h5ad(tmp, compression=None)
-    fault_point(f"prepare.{slide_id}")  # tests only: a no-op unless SENCA_FAULT_PIDDIR is set (jobs._util)
+    fault_point(f"prepare.{slide_id}")  # tests only: a no-op unless SENCA_FAULT_PIDDIR is set (jobs._faults)
 
 
 # ------------------------------------------------------------------------------------------- shared basis
@@ -176,8 +179,8 @@ def fit_shared_basis(paths: list[str], *, n_comps: int, seed: int = 0) -> tuple[
     common = pp.common_genes(slims)
     selected = pp.pca_genes(slims)  # pp.pca's own rule (one slide: its HVGs; a list: ranked common HVGs)
     left_out = "".join(f"; left out: slide {n!r}: {why}" for n, why in left.items())
-    print(f"[senca-platform] gene panel: {len(common)} genes shared by {len(slims)} slide(s), {len(selected)} "
-          f"used for the PCA basis{left_out}", file=sys.stderr, flush=True)
+    say(f"gene panel: {len(common)} genes shared by {len(slims)} slide(s), {len(selected)} "
+        f"used for the PCA basis{left_out}")
     del slims
     # 2. the pooled fit on the selected genes only; every selected gene is marked (rank = order) so pca keeps them
     parts = []
@@ -197,7 +200,7 @@ def fit_shared_basis(paths: list[str], *, n_comps: int, seed: int = 0) -> tuple[
     if int(state["n_comps"]) < int(n_comps):
         said.append(f"preprocess.n_pca: {n_comps} asked but {int(state['n_comps'])} principal components used (the "
                     f"cohort has {int(state['n_spots'])} spots and {len(selected)} genes for the basis)")
-        print(f"[senca-platform] warning: {said[-1]}", file=sys.stderr, flush=True)
+        say(f"warning: {said[-1]}")
     state["cohort_warnings"] = np.asarray(said, dtype=str)  # copied into every slide's warnings by project_slide
     return state, [str(g) for g in common]
 
@@ -279,7 +282,6 @@ def load_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-_load_state = load_state  # the name senca_platform.model_state imports (to become load_state)
 
 
 # ------------------------------------------------------------------------------------------- Ray Data driver

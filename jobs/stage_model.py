@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ._stage import PIPELINE_VERSION, PipelineError, StageClock, Tracker, _model_cfg
-from ._util import StageCache, atomic_write_json, clean_float, stable_hash
+from ._cache import StageCache, stable_hash
+from ._files import atomic_write_json
+from ._jsonsafe import clean_float
 
 
 def _eval_cfg(plan: dict[str, Any], metric: str | None, every: int) -> dict[str, Any]:
@@ -170,7 +172,8 @@ def stage_train(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tr
                "launcher": res["launcher"], "workers": workers}
         cache.put(stage, key, hit)
     history = json.loads(Path(hit["history_file"]).read_text())
-    info = {"status": "ok", "cached": cached, **clock.times(),
+    restarts = _restarts(history, stage, tracker)
+    info = {"status": "ok", "cached": cached, **clock.times(), **restarts,
             "params": {**{f"model.{k}": v for k, v in {**cfg["model"], **cfg["overrides"]}.items()},
                        "num_workers": t["num_workers"], "workers_used": hit.get("workers", workers),
                        "launcher": hit.get("launcher", launcher), "use_gpu": t.get("use_gpu", False),
@@ -178,10 +181,27 @@ def stage_train(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tr
                        "max_failures": t.get("max_failures", 1), "n_slides": len(paths),
                        **{f"checkpoint.{k}": v for k, v in cfg["checkpoint"].items()}},
             "metrics": {"final_loss": clean_float(history[-1].get("loss")) if history else None,
-                        "epochs": len(history)},
+                        "epochs": len(history), "restarts": restarts["restarts"]},
             "history": history, "model_path": hit["model_path"]}
     tracker.stage(stage, info)
     return {"key": key, "model_path": hit["model_path"], "history": history, "info": info}
+
+
+def _restarts(history: list[dict[str, Any]], stage: str, tracker: Tracker) -> dict[str, Any]:
+    """What the history says of worker restarts (a killed worker, node or task continued from a checkpoint):
+    how many, from which epochs, and whether each continued exactly (every rank's random state restored, so the
+    result is the clean run's); said in the log, and as a warning when a continuation was not exact."""
+    froms = sorted({int(h["restored_from_epoch"]) for h in history if "restored_from_epoch" in h})
+    exact = all(h.get("restored_exact", True) for h in history if "restored_from_epoch" in h)
+    if froms:
+        where = ", ".join(f"epoch {e}" for e in froms)
+        if exact:
+            tracker.progress(f"{stage}: training was restarted {len(froms)} time(s), from the checkpoint(s) of "
+                             f"{where}; every random state was restored: the result is the uninterrupted run's")
+        else:
+            tracker.progress(f"warning: {stage}: training was restarted from the checkpoint(s) of {where} on a worker group "
+                         "of another size: the result differs from an uninterrupted run's")
+    return {"restarts": len(froms), "restarted_from_epochs": froms, "restart_exact": exact}
 
 
 def _check_train_snapshot(run_dir: Path, tracker: Tracker) -> None:
@@ -206,7 +226,7 @@ def _check_train_snapshot(run_dir: Path, tracker: Tracker) -> None:
 
 def stage_tune(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tracker: Tracker,
                status: dict[str, dict], *, progress: bool, resume: bool) -> dict[str, Any]:
-    from ._util import atomic_write_bytes
+    from ._files import atomic_write_bytes
     from .train import read_checkpoint
     from .tune import run_tuning
 

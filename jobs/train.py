@@ -21,7 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .train_loop import RayTrainSession, SoloSession, read_checkpoint, run_loop, shard  # noqa: F401 - re-exported
+from .train_loop import read_checkpoint, run_loop
+from .train_sessions import RayTrainSession, SoloSession
 
 #: ``training.launcher``: auto (a task for one worker, Ray Train for more) | ray_train (always)
 LAUNCHERS = ("auto", "ray_train")
@@ -200,7 +201,7 @@ def run_training(cfg: dict[str, Any], *, out_dir: str | Path, name: str, storage
     ``num_workers`` is the number to run (see :func:`plan_workers`); with one worker and ``launcher="auto"`` the
     loop runs as one Ray task holding the CPUs of ``resources_per_worker``.
     """
-    from ._util import atomic_write_json
+    from ._files import atomic_write_json
 
     storage_path = Path(storage_path)
     run_dir = storage_path / name
@@ -231,7 +232,7 @@ def run_training(cfg: dict[str, Any], *, out_dir: str | Path, name: str, storage
 
 def _copy_model(checkpoint_dir: str | Path, out_dir: Path) -> list[dict[str, Any]]:
     """The checkpoint's model to ``out_dir/model.pt``; returns its history."""
-    from ._util import atomic_write_bytes
+    from ._files import atomic_write_bytes
 
     model_file, history = read_checkpoint(checkpoint_dir)
     atomic_write_bytes(out_dir / "model.pt", model_file.read_bytes())

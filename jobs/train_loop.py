@@ -1,9 +1,9 @@
 """The SENCA-st training loop run by every training worker, whatever launched it.
 
-``run_loop(cfg, session)`` is Ray's ``train_loop_per_worker`` body. The *session* says who the worker is and where
-its checkpoints go: :class:`RayTrainSession` inside a Ray Train ``TorchTrainer`` (DDP over slides, several workers),
-:class:`SoloSession` inside one Ray task (one worker: ``jobs.train`` launches it when the cohort is too small for
-DDP to pay for its worker group). Both run the SAME step function as ``senca_core.model.fit``.
+``run_loop(cfg, session)`` is Ray's ``train_loop_per_worker`` body. The *session* (``jobs.train_sessions``) says
+who the worker is and where its checkpoints go: ``RayTrainSession`` inside a Ray Train ``TorchTrainer`` (DDP over
+slides, several workers), ``SoloSession`` inside one Ray task (one worker: ``jobs.train`` launches it when the
+cohort is too small for DDP to pay for its worker group). Both run the SAME step function as ``senca_core.model.fit``.
 
 Each worker holds a shard of the cohort's slides (round robin by rank, padded by cycling its own slides so that
 every worker takes the same number of steps per epoch, as DDP requires). Loss parts are averaged over the workers.
@@ -12,19 +12,20 @@ What an epoch costs beyond its optimiser steps is kept small, because a full-bat
 milliseconds (:class:`Policy`):
 
 - a checkpoint (``model.pt`` in ``senca_core.model.save_model`` format + ``train_state.pt`` with the optimiser,
-  the random generators, the epoch and the history) every ``checkpoint.every_epochs`` epochs but at most one per
-  ``checkpoint.min_interval_s`` seconds, and always after the last epoch;
+  every rank's random generators, the epoch and the history) every ``checkpoint.every_epochs`` epochs but at
+  most one per ``checkpoint.min_interval_s`` seconds, and always after the last epoch;
 - a report to the launcher (Ray Train's ``report`` is a barrier across the workers) only with a checkpoint, an
   evaluation, or when ``report_interval_s`` passed;
 - every epoch, rank 0 appends one JSON line (epoch, wall-clock ``time``, loss parts) to ``cfg["live_path"]``: the
   driver tails that file and hands the records to the tracker while training runs (``jobs.live``).
 
 A restarted worker (its process died: Ray Train's ``FailureConfig`` or the task's retries) or a resumed run
-continues from the latest checkpoint: weights, optimiser, random generators, the next epoch and the history so far,
-so that no epoch is lost or repeated in the history; every epoch record of a restored attempt carries
+continues from the latest checkpoint: weights, optimiser, each rank's random generators, the next epoch and the
+history so far, so that no epoch is lost or repeated in the history and a worker group of the same size computes
+what it would have computed without the fault; every epoch record of a restored attempt carries
 ``restored_from_epoch``.
 
-Fault injection for the tests (off by default, see ``jobs._util``): every worker calls
+Fault injection for the tests (off by default, see ``jobs._faults``): every worker calls
 ``fault_point("train.rank<r>.epoch<e>")`` after the epoch's optimiser steps, before the metrics are gathered.
 """
 
@@ -32,15 +33,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 #: files of one checkpoint directory
 MODEL_FILE, STATE_FILE, HISTORY_FILE = "model.pt", "train_state.pt", "history.json"
@@ -77,107 +75,6 @@ def shard(paths: list[str], rank: int, world: int) -> list[str]:
     return [mine[i % len(mine)] for i in range(steps)]
 
 
-# ------------------------------------------------------------------------------------------ sessions
-@contextmanager
-def local_dir(checkpoint) -> Iterator[Path | None]:
-    """A Ray ``Checkpoint`` as a local directory while the block runs (``None`` for no checkpoint)."""
-    if checkpoint is None:
-        yield None
-        return
-    with checkpoint.as_directory() as d:
-        yield Path(d)
-
-
-class RayTrainSession:
-    """A worker of a Ray Train ``TorchTrainer``: rank, world size and device from Ray Train; checkpoints go
-    through ``ray.train.report`` (Ray Train keeps ``num_to_keep`` of them in the run's storage)."""
-
-    def __init__(self) -> None:
-        import ray.train
-        import ray.train.torch
-
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
-
-    def latest_checkpoint(self):
-        import ray.train
-
-        return local_dir(ray.train.get_checkpoint())
-
-    def prepare(self, model):
-        import ray.train.torch
-
-        if self.world == 1:
-            return model
-        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        import ray.train
-
-        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
-        ray.train.report(metrics, checkpoint=ckpt)
-
-    def synced(self, flag: bool) -> bool:
-        """The same decision on every rank (rank 0's clock decides a time-based report; a barrier needs all)."""
-        import torch
-        import torch.distributed as dist
-
-        if self.world == 1 or not dist.is_initialized():
-            return flag
-        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
-        dist.broadcast(t, src=0)
-        return bool(t.item())
-
-
-class OneWorkerSession:
-    """What every one-worker session shares: rank 0 of 1, the plain model (no DDP), decisions needing no sync.
-    Subclasses say where checkpoints come from and go (``latest_checkpoint``, ``report``)."""
-
-    rank, world = 0, 1
-
-    def __init__(self, device: str = "cpu") -> None:
-        import torch
-
-        self.device = torch.device(device)
-
-    def prepare(self, model):
-        return model
-
-    def synced(self, flag: bool) -> bool:
-        return flag
-
-
-class SoloSession(OneWorkerSession):
-    """The only worker, inside one Ray task: checkpoints are directories ``<run_dir>/checkpoint_<epoch>`` written
-    whole (temp directory + rename); the two newest are kept. A retried task finds the newest and continues."""
-
-    def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
-        super().__init__(device)
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-
-    def checkpoints(self) -> list[Path]:
-        return sorted(p for p in self.run_dir.glob("checkpoint_*") if p.is_dir() and (p / HISTORY_FILE).exists())
-
-    @contextmanager
-    def latest_checkpoint(self) -> Iterator[Path | None]:
-        found = self.checkpoints()
-        yield found[-1] if found else None
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        if checkpoint_dir is None:
-            return
-        final = self.run_dir / f"checkpoint_{int(metrics['epoch']):06d}"
-        staging = self.run_dir / f".staging_{final.name}"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, staging)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
-        for old in self.checkpoints()[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
-
-
 # ------------------------------------------------------------------------------------------ the loop
 def run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
     """Train on this worker's shard. ``cfg``: model (SencaConfig dict), overrides, slide_paths, n_expr, n_hist,
@@ -189,7 +86,8 @@ def run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
     from senca_core.model import SencaConfig, SencaModel, init_prototypes, make_batch, make_optimizer, \
         prototype_warmup, seed_everything, train_step
 
-    from ._util import fault_point, peak_rss_mb
+    from ._faults import fault_point
+    from ._memory import peak_rss_mb
 
     torch.set_num_threads(max(1, int(cfg.get("threads") or 1)))
     rank, world, device = session.rank, session.world, session.device
@@ -210,12 +108,12 @@ def run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
     model = SencaModel(config, n_expr=int(cfg["n_expr"]), n_hist=int(cfg["n_hist"])).to(device)
     optimizer = make_optimizer(model, config)
     generator = seed_everything(config.seed + 1000 * rank)
-    start, history, last_eval, restored_from = 0, [], {}, None
+    start, history, last_eval, restored_from, exact = 0, [], {}, None, True
     with session.latest_checkpoint() as d:
         if d is not None:
-            start, history, last_eval, exact = _restore(d, model, optimizer, generator, rank)
+            start, history, last_eval, exact = _restore(d, model, optimizer, generator, rank, world)
             restored_from = start - 1
-            if not exact:  # another rank (or an older checkpoint): a fresh stream for the epochs to come
+            if not exact:  # another group size: a fresh stream per rank for the epochs to come
                 generator = seed_everything(config.seed + 1000 * rank + start)
     ddp = session.prepare(model)
     core = getattr(ddp, "module", ddp)
@@ -249,8 +147,8 @@ def run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
             means = {k: float(np.mean([g[k] for g in gathered if k in g]))
                      for k in sorted({k for g in gathered for k in g})}
         metrics = dict(means, epoch=epoch, epochs_done=epoch + 1, world_size=world, peak_rss_mb=peak_rss_mb())
-        if restored_from is not None:
-            metrics["restored_from_epoch"] = restored_from
+        if restored_from is not None:  # a restarted attempt: from which checkpoint, and whether exactly
+            metrics.update(restored_from_epoch=restored_from, restored_exact=exact)
         last = epoch == config.epochs - 1
         evaluated = bool(metric) and ((epoch + 1) % every == 0 or last)
         if evaluated and rank == 0:
@@ -269,8 +167,9 @@ def run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             ckpt_dir = None
+            rngs = _rank_rngs(generator, world) if checkpoint else None  # every rank takes part
             if checkpoint and rank == 0:
-                ckpt_dir = _save(Path(tmp), core, optimizer, generator, epoch, history, last_eval)
+                ckpt_dir = _save(Path(tmp), core, optimizer, rngs, epoch, history, last_eval)
             session.report({k: v for k, v in metrics.items() if k != "time"}, ckpt_dir)
         last_report = time.monotonic()
         if checkpoint:
@@ -279,22 +178,45 @@ def run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
     return metrics
 
 
-def _save(d: Path, core, optimizer, generator, epoch: int, history: list, last_eval: dict) -> Path:
+def _rng_state(generator) -> dict[str, Any]:
+    """Every random state this worker's loop draws from: its torch generator (masks, corruption), torch's global
+    generator (dropout), numpy's and Python's."""
     import numpy as np
+    import torch
+
+    return {"generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "np_random": np.random.get_state(), "py_random": random.getstate()}
+
+
+def _rank_rngs(generator, world: int) -> list[dict[str, Any]]:
+    """The random states of every rank, in rank order (gathered on all ranks: a collective call), so that a
+    restarted worker group of the same size continues each rank's own streams."""
+    import torch.distributed as dist
+
+    mine = _rng_state(generator)
+    if world <= 1 or not dist.is_initialized():
+        return [mine]
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
+def _save(d: Path, core, optimizer, rngs: list[dict[str, Any]], epoch: int, history: list,
+          last_eval: dict) -> Path:
     import torch
     from senca_core.model import save_model
 
     save_model(core, d / MODEL_FILE)
     torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "last_eval": last_eval,
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "np_random": np.random.get_state(), "py_random": random.getstate()}, d / STATE_FILE)
+                "rngs": rngs}, d / STATE_FILE)
     (d / HISTORY_FILE).write_text(json.dumps(history))
     return d
 
 
-def _restore(d: Path, model, optimizer, generator, rank: int) -> tuple[int, list, dict, bool]:
-    """Weights, optimiser, history and (on rank 0, whose state the checkpoint holds) the random generators of
-    checkpoint ``d``. Returns (next epoch, history, last evaluation, whether the generators were restored)."""
+def _restore(d: Path, model, optimizer, generator, rank: int, world: int) -> tuple[int, list, dict, bool]:
+    """Weights, optimiser, history and this rank's random generators from checkpoint ``d`` (which holds every
+    rank's). Returns (next epoch, history, last evaluation, whether the generators were restored: only when the
+    checkpoint was written by a worker group of the same size)."""
     import numpy as np
     import torch
 
@@ -302,12 +224,14 @@ def _restore(d: Path, model, optimizer, generator, rank: int) -> tuple[int, list
     model.load_state_dict(payload["state_dict"])
     state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
-    restored = rank == 0 and "generator" in state
+    rngs = state.get("rngs") or []
+    restored = len(rngs) == world
     if restored:
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["np_random"])
-        random.setstate(state["py_random"])
+        mine = rngs[rank]
+        generator.set_state(mine["generator"])
+        torch.set_rng_state(mine["torch_rng"])
+        np.random.set_state(mine["np_random"])
+        random.setstate(mine["py_random"])
     return int(state["epoch"]) + 1, list(state["history"]), dict(state["last_eval"]), restored
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .train import make_trainer, runs_as_task, task_cpus
-from .train_loop import OneWorkerSession, local_dir, read_checkpoint, run_loop
+from .train_loop import read_checkpoint, run_loop
+from .train_sessions import OneWorkerSession, local_dir
 
 
 def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Fault injection for the tests: wait for a worker's pid file (``jobs._util.fault_point``) and SIGKILL that pid.
+"""Fault injection for the tests: wait for a worker's pid file (``jobs._faults.fault_point``) and SIGKILL that pid.
 
 The workers write ``<point>.<pid>.<n>.pid`` into ``$SENCA_FAULT_PIDDIR`` when they reach a fault point and then
 sleep ``$SENCA_FAULT_SLOW_S`` seconds; a :class:`Killer` (a thread of the test process) waits for such a file,
@@ -106,7 +106,8 @@ class Killer:
     the file is its process's latest and younger than ``fresh_s`` (set it below the workers' ``SENCA_FAULT_SLOW_S``).
     ``accept(pidfile)`` (optional) must be true for a file to be acted on (e.g. "a checkpoint of epoch >= 2 is
     registered"); ``observe(pidfile)`` (optional) is called just before the kill and its value is kept in
-    :attr:`Kill.observed`. Only live Ray worker processes are killed.
+    :attr:`Kill.observed`. Only live Ray worker processes are killed (``kill(pidfile)``, optional, kills instead of a
+``SIGKILL`` of the pid: the worker's whole node, say).
     """
 
     piddir: str | Path
@@ -116,6 +117,7 @@ class Killer:
     fresh_s: float = 1.0
     accept: Callable[[PidFile], bool] | None = None
     observe: Callable[[PidFile], object] | None = None
+    kill: Callable[[PidFile], bool] | None = None  # instead of SIGKILL of the pid (e.g. the whole node); True: dead
     done: list[Kill] = field(default_factory=list)
     error: BaseException | None = None
 
@@ -154,7 +156,7 @@ class Killer:
                     observed = self.observe(f) if self.observe is not None else None
                     kill = Kill(pid=f.pid, point=f.point, cmdline=cmd or "", file=f, observed=observed,
                                 seconds=round(time.monotonic() - self._t0, 2))
-                    kill.dead = kill_pid(f.pid)
+                    kill.dead = self.kill(f) if self.kill is not None else kill_pid(f.pid)
                     self.done.append(kill)
                     break
                 else:

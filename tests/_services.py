@@ -154,6 +154,7 @@ class RayHead:
         base = free_range(40, set(ports.values()))
         self.dashboard_port = ports["dashboard-port"]
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.gcs = f"127.0.0.1:{ports['port']}"
         cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
                f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp / 'r'}", "--disable-usage-stats",
                f"--min-worker-port={base}", f"--max-worker-port={base + 39}", "--include-dashboard=true"]
@@ -180,6 +181,64 @@ class RayHead:
             self.sid = None
             assert not left, f"Ray processes still alive: {left}"
         shutil.rmtree(self.temp, ignore_errors=True)
+
+
+class RayNode:
+    """A worker node joined to a :class:`RayHead` (``ray start --address``) on 127.0.0.1, its ports free, in its
+    own process session: :meth:`kill` ends the node as a machine failure would (``SIGKILL`` to its raylet, agents
+    and workers at once); :meth:`stop` ends it politely. ``env`` goes to its processes (its workers inherit it)."""
+
+    def __init__(self, head: RayHead, *, num_cpus: int = 1, resources: dict[str, float] | None = None,
+                 env: dict[str, str] | None = None):
+        self.head, self.num_cpus, self.resources, self.env = head, num_cpus, dict(resources or {}), dict(env or {})
+        self.sid: int | None = None
+        self.log = head.temp / f"node-{time.monotonic_ns()}.log"
+
+    def start(self) -> "RayNode":
+        import json
+
+        names = ["node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+                 "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port"]
+        ports = dict(zip(names, free_ports(len(names))))
+        base = free_range(20, set(ports.values()))
+        cmd = [str(VENV_BIN / "ray"), "start", f"--address={self.head.gcs}", "--node-ip-address=127.0.0.1",
+               f"--num-cpus={self.num_cpus}", f"--resources={json.dumps(self.resources)}", "--disable-usage-stats",
+               f"--min-worker-port={base}", f"--max-worker-port={base + 19}"]
+        cmd += [f"--{k}={v}" for k, v in ports.items()]
+        env = service_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.head.token, **self.env)
+        with open(self.log, "wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    cwd=str(self.head.temp))
+        self.sid = proc.pid
+        try:
+            rc = proc.wait(timeout=120)
+            if rc != 0:
+                raise RuntimeError(f"ray start (worker node) exited with {rc}: {self.log.read_text()[-3000:]}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def pids(self) -> list[int]:
+        return _alive(session_pids(self.sid)) if self.sid is not None else []
+
+    def kill(self) -> bool:
+        """``SIGKILL`` every process of the node at once; True when none is left."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.pids():
+            time.sleep(0.1)
+        return not self.pids()
+
+    def stop(self) -> None:
+        if self.sid is not None:
+            left = stop_session(self.sid)
+            self.sid = None
+            assert not left, f"Ray processes still alive: {left}"
 
 
 class MlflowServer:
@@ -248,3 +307,39 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd
     exe = shutil.which("senca-platform", path=str(VENV_BIN)) or str(VENV_BIN / "senca-platform")
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
                           env=env if env is not None else service_env(), cwd=str(cwd) if cwd else None)
+
+
+def fault_cohort(root: Path, *, name: str) -> Path:
+    """The cohort every driver fault test interrupts (kill, SIGINT, SIGTERM), and the one whose clean run they are
+    compared with: 2 patients × 300 spots, 6 epochs, one training worker, a checkpoint after every epoch."""
+    path = tiny_cohort(root, name=name, n_patients=2, n_spots=300, seed=5, epochs=6)
+    data = yaml.safe_load(path.read_text())
+    data["training"].update(checkpoint_every_epochs=1, checkpoint_interval_s=0)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_result(out: Path) -> dict:
+    """What a run computed, slide by slide: regions (``obs["region"]``), region readout and fused embedding."""
+    import anndata as ad
+    import numpy as np
+
+    slides = {}
+    for f in sorted((Path(out) / "slides").glob("*.h5ad")):
+        a = ad.read_h5ad(f)
+        slides[f.stem] = {"region": np.asarray(a.obs["region"]).astype(str),
+                          "X_senca": np.asarray(a.obsm["X_senca"]),
+                          "X_senca_latent": np.asarray(a.obsm["X_senca_latent"])}
+    return slides
+
+
+def assert_same_result(clean: Path, other: Path) -> None:
+    """``other`` (a faulted, resumed or recovered run) computed exactly what ``clean`` computed: the same slides,
+    regions and embeddings, bit for bit."""
+    import numpy as np
+
+    a, b = run_result(clean), run_result(other)
+    assert a and a.keys() == b.keys(), (sorted(a), sorted(b))
+    for slide in a:
+        for key in a[slide]:
+            assert np.array_equal(a[slide][key], b[slide][key]), f"{slide}: {key} differs from the clean run"

@@ -29,3 +29,33 @@ def her2st_root() -> Path:
 @pytest.fixture(scope="session")
 def dlpfc_root() -> Path:
     return _need(DLPFC)
+
+
+@pytest.fixture(scope="session")
+def clean_fault_run(tmp_path_factory) -> Path:
+    """The output folder of an uninterrupted ``senca-platform run`` of ``_services.fault_cohort``: what every
+    driver fault test (kill + resume, SIGINT, SIGTERM) must end with."""
+    from _services import cli, fault_cohort
+
+    root = tmp_path_factory.mktemp("clean_fault_run")
+    spec = fault_cohort(root, name="clean-reference")
+    res = cli("run", str(spec), "--json", timeout=500, cwd=root)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return root / "results"
+
+
+@pytest.fixture(scope="session")
+def demo_cli_run(tmp_path_factory):
+    """One real ``senca-platform demo`` (2 patients × 200 spots, default verbosity, tuning on), run once for every
+    test that reads what a finished CLI run printed or wrote (the console, the report): ``(results folder,
+    CompletedProcess)``."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("demo_cli")
+    exe = shutil.which("senca-platform") or str(Path(sys.executable).parent / "senca-platform")
+    res = subprocess.run([exe, "demo", "--out", str(root / "demo"), "--patients", "2", "--spots", "200"],
+                         capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    return root / "demo" / "results", res

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -81,20 +80,17 @@ _TOOL_LINE = re.compile(r"^(\[senca-platform\] |demo cohort spec: |patient\s+sli
                         r"summary: |browse it: )")
 
 
-def test_a_demo_run_prints_only_the_tools_lines(tmp_path):
+def test_a_demo_run_prints_only_the_tools_lines(demo_cli_run):
     """The real CLI, default verbosity: every printed line is the tool's; Ray / Tune / MLflow output is in the log;
     no traceback anywhere in a successful run."""
-    exe = shutil.which("senca-platform") or str(Path(sys.executable).parent / "senca-platform")
-    res = subprocess.run([exe, "demo", "--out", str(tmp_path / "demo"), "--patients", "2", "--spots", "200"],
-                         capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    out, res = demo_cli_run
     assert res.returncode == 0, res.stdout + res.stderr
     lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
     strangers = [ln for ln in lines if not _TOOL_LINE.match(ln)]
     assert not strangers, strangers
     assert any("dashboard http://127.0.0.1" in ln for ln in lines)  # the dashboard address is printed
     assert any(re.search(r"tune: epoch \d+/\d+", ln) for ln in lines)  # training progress
-    log = (tmp_path / "demo" / "results" / "logs" / "run.log").read_text()
+    log = (out / "logs" / "run.log").read_text()
     assert "Trial status" in log or "trial_fn" in log  # Tune's own output went to the log
     assert "[senca-platform] summary:" in log
     assert "Traceback" not in res.stderr + res.stdout

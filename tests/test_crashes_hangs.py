@@ -288,7 +288,7 @@ def test_a_plain_image_above_the_hard_cap_is_refused_from_its_header(tmp_path):
 def test_truncated_cache_outputs_are_a_miss_said_once(tmp_path):
     import anndata as ad
 
-    from jobs._util import StageCache
+    from jobs._cache import StageCache
 
     said: list[str] = []
     cache = StageCache(tmp_path / "cache", echo=said.append)
@@ -332,6 +332,10 @@ def test_validate_warns_when_the_spec_asks_more_than_this_machine(tmp_path):
     assert warning.startswith("training.num_workers: 8 worker(s) x 1 CPU = 8 CPU, ray.num_cpus 2")
     res = _cli("validate", str(spec), timeout=60)
     assert res.returncode == 0 and f"warning: {spec}: training.num_workers: 8 worker(s)" in res.stderr
+    spec.write_text(spec.read_text().replace("training: {num_workers: 64}",
+                                             "training: {num_workers: 1}\npreprocess: {cpus_per_slide: 16}"))
+    (warning,) = resource_warnings(load_spec(spec))  # each slide's task would wait for a 16-CPU node for ever
+    assert warning.startswith("preprocess.cpus_per_slide: each slide's task asks 16 CPU, ray.num_cpus 2"), warning
     spec.write_text(spec.read_text().replace("ray: {num_cpus: 2}", "ray: {address: 'head:6379'}"))
     assert resource_warnings(load_spec(spec)) == []  # a cluster may have more: not this machine's business
 
@@ -343,7 +347,7 @@ def test_predict_out_is_claimed_as_run_claims_it_and_nothing_of_the_users_is_del
     from typer.testing import CliRunner
 
     import senca_platform.predict as predict
-    from jobs._util import OUTPUT_MARKER
+    from jobs._files import OUTPUT_MARKER
     from senca_platform.cli import app
 
     legacy = ROOT / "tests" / "bad_inputs" / "legacy"

@@ -1,7 +1,7 @@
 """Worker fault injection on an embedded Ray: real worker processes SIGKILLed by pid, no mocks.
 
 The module's Ray is started with ``SENCA_FAULT_PIDDIR`` / ``SENCA_FAULT_SLOW_S`` in its environment, so every
-worker reports its pid at the fault points of ``jobs`` (``jobs._util.fault_point``) and pauses there; a
+worker reports its pid at the fault points of ``jobs`` (``jobs._faults.fault_point``) and pauses there; a
 ``tests._faults.Killer`` thread of this process kills the chosen pid with ``SIGKILL``.
 
 1. Ray Data (preprocessing): a worker is killed while a slide's prepared h5ad sits in its temp file, before the
@@ -72,7 +72,7 @@ def plan(tmp_path_factory):
 
 
 def _preprocess(plan: dict, out: Path):
-    from jobs._util import StageCache
+    from jobs._cache import StageCache
     from jobs.pipeline import Tracker, stage_preprocess
 
     plan = dict(plan, output_dir=str(out))
@@ -205,13 +205,15 @@ def test_killed_train_worker_resumes_from_last_checkpoint(piddir, plan, referenc
     assert cfg["model"]["epochs"] == EPOCHS and cfg["n_hist"] > 0
     storage, name = tmp_path / "ray" / "train", "train-fault"
     run_dir = storage / name
+    common = dict(storage_path=storage, num_workers=2, use_gpu=False, resources_per_worker={"CPU": 0.5},
+                  max_failures=1)
+    clean = run_training(cfg, out_dir=tmp_path / "clean", name="train-clean", **common)
 
     # kill rank 0 inside an epoch once Ray Train has registered a checkpoint of epoch >= 2
     killer = Killer(piddir, "train.rank0.epoch", timeout=300, fresh_s=FRESH_S,
                     accept=lambda f: _registered_epoch(run_dir) >= 2,
                     observe=lambda f: _registered_epoch(run_dir)).start()
-    res = run_training(cfg, out_dir=tmp_path / "train", name=name, storage_path=storage, num_workers=2,
-                       use_gpu=False, resources_per_worker={"CPU": 0.5}, max_failures=1)
+    res = run_training(cfg, out_dir=tmp_path / "train", name=name, **common)
     [kill] = killer.kills()
     killed_epoch = int(kill.point.rsplit("epoch", 1)[1])
     assert kill.dead and is_ray_worker(kill.cmdline), kill
@@ -237,6 +239,10 @@ def test_killed_train_worker_resumes_from_last_checkpoint(piddir, plan, referenc
     rerun = [f for f in pid_files(piddir, kill.point) if f.n > kill.file.n and f.pid != kill.pid]
     assert rerun, f"epoch {killed_epoch} was not run again after the kill"
 
+    # ... and the restarted group (every rank's random generators restored) computed what the clean run computed
+    assert _strip(history) == _strip(clean["history"]), "a recovered run must compute what the clean run computed"
+    assert _same_weights(clean["model_path"], res["model_path"]), "final weights differ from the clean run"
+
     # the final model loads and embeds every spot of a slide to finite values
     model = load_model(res["model_path"])
     slide = ad.read_h5ad(next(iter(pre["paths"].values())))
@@ -244,7 +250,21 @@ def test_killed_train_worker_resumes_from_last_checkpoint(piddir, plan, referenc
     assert Z.shape == (slide.n_obs, model.config.embed_dim) and np.isfinite(Z).all() and Z.std() > 0
     print(f"\nFAULT train-worker: killed pid {kill.pid} (rank 0) in epoch {killed_epoch} after {kill.seconds}s; "
           f"last registered checkpoint: epoch {registered}; restarted from checkpoint epoch {start}; "
-          f"{len(history)}/{EPOCHS} epochs, none lost or repeated")
+          f"{len(history)}/{EPOCHS} epochs, none lost or repeated; final weights identical to the clean run")
+
+
+def _strip(history: list[dict]) -> list[dict]:
+    """The computed part of a training history (not its clock, memory or restart marks)."""
+    return [{k: v for k, v in h.items() if k not in ("time", "restored_from_epoch", "restored_exact", "peak_rss_mb")}
+            for h in history]
+
+
+def _same_weights(path_a, path_b) -> bool:
+    import torch
+
+    a = torch.load(path_a, weights_only=True)["state_dict"]
+    b = torch.load(path_b, weights_only=True)["state_dict"]
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ------------------------------------------------------------------------------------------------ 2b. one task
@@ -263,8 +283,6 @@ def test_killed_training_task_resumes_with_the_clean_result(piddir, plan, refere
     process is killed mid-epoch; the task is retried in a new process, continues from its newest checkpoint
     (weights, optimiser AND random generators) and ends with the model of the run that was never killed, bit for
     bit, with every epoch in the history once."""
-    import torch
-
     from jobs.train import run_training
 
     _, pre, status = reference
@@ -289,12 +307,8 @@ def test_killed_training_task_resumes_with_the_clean_result(piddir, plan, refere
     assert [h["epoch"] for h in history] == list(range(EPOCHS))
     restored = [h for h in history if "restored_from_epoch" in h]
     assert restored and restored[0]["epoch"] == restored[0]["restored_from_epoch"] + 1
-    strip = lambda rows: [{k: v for k, v in h.items() if k not in ("time", "restored_from_epoch", "peak_rss_mb")}
-                          for h in rows]  # noqa: E731
-    assert strip(history) == strip(clean["history"]), "a resumed run must compute what the clean run computed"
-    a = torch.load(clean["model_path"], weights_only=True)["state_dict"]
-    b = torch.load(res["model_path"], weights_only=True)["state_dict"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "final weights differ"
+    assert _strip(history) == _strip(clean["history"]), "a resumed run must compute what the clean run computed"
+    assert _same_weights(clean["model_path"], res["model_path"]), "final weights differ"
     # the live records: every epoch reached the file the driver tails (the killed epoch never got there)
     live = [json.loads(line)["epoch"] for line in (tmp_path / "fault.jsonl").read_text().splitlines()]
     assert sorted(set(live)) == list(range(EPOCHS)), live

@@ -175,10 +175,10 @@ def synthetic():
 
 def test_recovers_known_regions_on_a_synthetic_slide(synthetic):
     a = synthetic
-    sc.tl.senca(a, SencaConfig(seed=0))
+    sc.tl.senca(a, SencaConfig(seed=0, epochs=100))  # half the default: 0.90 here (0.88 at 200), half the time
     sc.tl.cluster(a, 6)
     full = sc.metrics.ari(a)
-    sc.tl.senca(a, SencaConfig(seed=0).ablation("image_only"))
+    sc.tl.senca(a, SencaConfig(seed=0, epochs=100).ablation("image_only"))
     sc.tl.cluster(a, 6)
     image_only = sc.metrics.ari(a)
     print(f"synthetic ARI: senca {full:.3f}, image-only {image_only:.3f}")

@@ -1,16 +1,14 @@
-"""``OUTPUT/report.html`` (``jobs.report``): written by a real run (2 patients, 200 spots, no tuning, CLI in a
-subprocess), self-contained, logged to MLflow, rendered by a real headless Chromium; and, on hand-made output
+"""``OUTPUT/report.html`` (``jobs.report``): written by a real run (the shared ``senca-platform demo`` of
+``conftest.demo_cli_run``: 2 patients, 200 spots, CLI in a subprocess), self-contained, logged to MLflow, rendered by a real headless Chromium; and, on hand-made output
 folders, the fallbacks (no tables), the newer tables (``regions.csv`` / ``composition.csv``), a failed slide, a
 slide without image or annotations, and hostile ids (escaped)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +29,9 @@ def _chromium() -> str | None:
 
 # --------------------------------------------------------------------------------------------- a real run
 @pytest.fixture(scope="module")
-def run_out(tmp_path_factory):
-    from senca_platform.demo import write_demo
-
-    root = tmp_path_factory.mktemp("report_run")
-    spec = write_demo(root, n_patients=2, n_spots=200, seed=2, epochs=3, tuning=False)
-    exe = Path(sys.executable).with_name("senca-platform")
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    proc = subprocess.run([str(exe), "run", str(spec)], capture_output=True, text=True, timeout=900, env=env)
-    out = root / "results"
+def run_out(demo_cli_run):
+    """The results of the shared real demo run (``conftest.demo_cli_run``) and what it printed."""
+    out, proc = demo_cli_run
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, proc.stdout + proc.stderr
 

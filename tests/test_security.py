@@ -209,7 +209,7 @@ def test_yaml_comments_are_stripped_from_the_logged_spec_text_and_values_kept():
 def test_atomic_writes_follow_the_umask_and_private_files_stay_0600(tmp_path, mask):
     import numpy as np
 
-    from jobs._util import atomic_write_json, atomic_write_with
+    from jobs._files import atomic_write_json, atomic_write_with
 
     old = os.umask(mask)
     try:
@@ -275,7 +275,7 @@ def _run_cli(*args: str, cwd=None):
 
 
 def test_temp_names_are_ours_only(tmp_path):
-    from jobs._util import atomic_write_with, is_temp_of
+    from jobs._files import atomic_write_with, is_temp_of
 
     seen = []
     atomic_write_with(tmp_path / "P1_S1.h5ad", lambda tmp: (seen.append(tmp.name), tmp.write_bytes(b"x")))
@@ -299,7 +299,7 @@ def test_run_refuses_a_non_empty_folder_no_run_wrote_and_deletes_nothing(tmp_pat
 
 @pytest.mark.timeout(120)
 def test_force_out_writes_into_the_folder_and_still_deletes_nothing_of_the_users(tmp_path):
-    from jobs._util import OUTPUT_MARKER
+    from jobs._files import OUTPUT_MARKER
     from jobs.pipeline import partial_files
 
     out = tmp_path / "mine"
@@ -355,7 +355,7 @@ def test_empty_out_a_file_and_an_unwritable_folder_are_refused_in_one_line(tmp_p
 
 
 def test_an_output_folder_of_an_earlier_version_is_taken_back(tmp_path):
-    from jobs._util import is_output_dir
+    from jobs._files import is_output_dir
     from senca_platform.outdir import OutputDirError, claim_output_dir
 
     out = tmp_path / "results"
@@ -368,7 +368,7 @@ def test_an_output_folder_of_an_earlier_version_is_taken_back(tmp_path):
 
 
 def test_model_files_follow_the_umask(tmp_path):
-    from jobs._util import is_temp_of
+    from jobs._files import is_temp_of
     from senca_core.model import SencaConfig, SencaModel, load_model, save_model
 
     old = os.umask(0o022)

@@ -1,5 +1,6 @@
 """SIGTERM (what `kill PID`, systemd and Kubernetes send) and SIGINT stop a run cleanly: one line, exit 130, no
-traceback, the MLflow parent run KILLED, no process left behind, and `--resume` finishes it."""
+traceback, the MLflow parent run KILLED, no process left behind, and `--resume` finishes it with the result of a
+run that was never interrupted."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ import shutil
 import signal
 
 import pytest
-import yaml
 
 from _procs import Cli, ray_tmpdir, wait_until
-from _services import cli, service_env, tiny_cohort
+from _services import assert_same_result, cli, fault_cohort, service_env
 from test_faults_driver import _checkpoint_history, _client
 
 pytestmark = [pytest.mark.slow]
@@ -19,11 +19,8 @@ pytestmark = [pytest.mark.slow]
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_during_training_stops_cleanly_and_resume_finishes(tmp_path, sig):
-    spec = tiny_cohort(tmp_path, name="signals", n_patients=2, n_spots=300, seed=5, epochs=6)
-    data = yaml.safe_load(spec.read_text())
-    data["training"].update(checkpoint_every_epochs=1, checkpoint_interval_s=0)
-    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+def test_a_signal_during_training_stops_cleanly_and_resume_finishes(tmp_path, sig, clean_fault_run):
+    spec = fault_cohort(tmp_path, name="signals")
     out = tmp_path / "results"
     raytmp = ray_tmpdir()
     env = service_env(RAY_TMPDIR=str(raytmp))
@@ -58,3 +55,4 @@ def test_a_signal_during_training_stops_cleanly_and_resume_finishes(tmp_path, si
     assert res.returncode == 0, res.stderr[-4000:]
     summary = json.loads(res.stdout)
     assert summary["status"] == "ok" and summary["n_failed"] == 0
+    assert_same_result(clean_fault_run, out)  # the interrupted and resumed run computed the clean run's result

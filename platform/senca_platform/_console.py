@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from jobs._say import PREFIX
+
 VERBOSITIES = ("quiet", "normal", "verbose")
 
 #: seconds between two progress lines when the terminal is not interactive (a pipe, a CI log)
@@ -163,7 +165,7 @@ class RunConsole:
     # ------------------------------------------------------------------ output
     def echo(self, message: str) -> None:
         """One line of the tool's own (``[senca-platform] ...``); in ``quiet`` only warnings and errors."""
-        line = f"[senca-platform] {message}"
+        line = f"{PREFIX} {message}"
         with self._lock:
             if self._log is not None and self._saved is not None:
                 self._log.write(f"{time.strftime('%H:%M:%S')} {line}\n")

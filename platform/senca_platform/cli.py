@@ -16,7 +16,10 @@ from typing import Optional
 
 import typer
 
+from jobs._say import PREFIX
+
 from ._console import stdout_to_stderr
+from .cli_common import tracking_uri_option
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -147,11 +150,14 @@ def run(
     raise typer.Exit(_run(spec, out, fresh, as_json, resume, force_out, _verbosity(quiet, verbose)))
 
 
+#: ``--tracking-uri`` of ``sync`` (cli_common.tracking_uri_option)
+SyncTrackingUri = tracking_uri_option("log into this MLflow tracking URI (default: the one the run used)")
+
+
 @app.command()
 def sync(
     output_dir: Path = typer.Argument(..., help="the output directory of a finished `run`", show_default=False),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="log into this MLflow tracking URI "
-                                               "(default: the one the run used)"),
+    tracking_uri: SyncTrackingUri = None,
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
 ) -> None:
     """Log a run's results from its output directory into MLflow (after the tracking server was unreachable, or to
@@ -160,7 +166,7 @@ def sync(
 
     try:
         with stdout_to_stderr(as_json):
-            res = sync_output(output_dir, tracking_uri, echo=lambda m: _err(f"[senca-platform] {m}"))
+            res = sync_output(output_dir, tracking_uri, echo=lambda m: _err(f"{PREFIX} {m}"))
     except SyncError as err:
         _err(f"error: {err}")
         raise typer.Exit(1)
@@ -208,7 +214,7 @@ def init(
     force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
 ) -> None:
     """Write a commented example cohort spec (HER2ST A1 with its image, B1 and C1 without)."""
-    from jobs._util import atomic_write_text
+    from jobs._files import atomic_write_text
 
     from .example import example_yaml
 

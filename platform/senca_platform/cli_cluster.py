@@ -16,11 +16,19 @@ from typing import List, Optional
 
 import typer
 
-from .cli_common import ADDRESS_HELP, _echo_json, _err, _guard, _progress, _table, _ts
+from .cli_common import ADDRESS_HELP, _echo_json, _err, _guard, _progress, _table, _ts, tracking_uri_option
 from .cli_registry import PREDICT_HELP, models_app, predict_cmd, runs_app
 
 jobs_app = typer.Typer(help="Ray jobs on a cluster: status, logs [--follow], stop, list.", no_args_is_help=True,
                        add_completion=False)
+
+
+#: ``--tracking-uri`` of ``submit`` and ``job-run`` (cli_common.tracking_uri_option), with their defaults
+SubmitTrackingUri = tracking_uri_option(
+    "MLflow tracking URI reachable FROM the cluster; default the spec's tracking.uri, then $MLFLOW_TRACKING_URI, "
+    "then the cluster's own MLFLOW_TRACKING_URI, then sqlite in the cluster output_dir")
+JobRunTrackingUri = tracking_uri_option(
+    "default: the spec's tracking.uri, then $MLFLOW_TRACKING_URI, then sqlite in the output dir")
 
 
 # ===================================================================================================== submit
@@ -29,10 +37,7 @@ def submit_cmd(
     address: Optional[str] = typer.Option(None, "--address", "-a", help=ADDRESS_HELP),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="output directory ON THE CLUSTER (absolute, "
                                       "cluster-visible); default the spec's output_dir when absolute"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI reachable FROM "
-                                               "the cluster; default the spec's tracking.uri, then "
-                                               "$MLFLOW_TRACKING_URI, then the cluster's own MLFLOW_TRACKING_URI, "
-                                               "then sqlite in the cluster output_dir"),
+    tracking_uri: SubmitTrackingUri = None,
     data: str = typer.Option("auto", "--data", help="auto: input files under the cohort YAML's folder are "
                              "packaged with the job (<= --max-upload-mb), others must be cluster-visible absolute "
                              "paths; shared: nothing is packaged, every path must be cluster-visible"),
@@ -87,8 +92,7 @@ def submit_cmd(
 def job_run_cmd(
     spec: Path = typer.Argument(..., show_default=False),
     fresh: bool = typer.Option(False, "--fresh"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="default: the spec's tracking.uri, "
-                                               "then $MLFLOW_TRACKING_URI, then sqlite in the output dir"),
+    tracking_uri: JobRunTrackingUri = None,
 ) -> None:
     """(Runs on the cluster, inside a Ray job: what `submit` and deploy/kuberay/rayjob.yaml start.) The cohort
     pipeline joined to this Ray cluster, then the model state attached for `predict`."""

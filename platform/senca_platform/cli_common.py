@@ -1,6 +1,6 @@
-"""What the cluster and registry commands share: the option help texts, the one error guard (expected problems
-→ ONE line on stderr and an exit code, no traceback unless ``SENCA_DEBUG=1``) and the output formatting (JSON,
-tables, times, numbers, progress lines)."""
+"""What the cluster and registry commands share: the option help texts and the ``--tracking-uri`` option, the
+one error guard (expected problems → ONE line on stderr and an exit code, no traceback unless ``SENCA_DEBUG=1``)
+and the output formatting (JSON, tables, times, numbers, progress lines)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,25 @@ import datetime as _dt
 import json
 import os
 import sys
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
+
+from jobs._say import say
 
 ADDRESS_HELP = ("Ray Job API address http://HOST:8265 (the dashboard port); default $RAY_API_SERVER_ADDRESS or "
                 "$RAY_ADDRESS. Token auth: $RAY_AUTH_TOKEN or $RAY_AUTH_TOKEN_PATH (never printed).")
 TRACKING_HELP = "MLflow tracking URI (http://HOST:5000, sqlite:////abs/mlflow.db); default $MLFLOW_TRACKING_URI"
+
+
+def tracking_uri_option(help: str = TRACKING_HELP) -> Any:
+    """The ``--tracking-uri`` option of every command (declared here only), as an ``Annotated`` type:
+    ``tracking_uri: TrackingUri = None``; ``help`` says what the default is for a command that differs."""
+    return Annotated[Optional[str], typer.Option("--tracking-uri", help=help)]
+
+
+#: ``--tracking-uri`` with :data:`TRACKING_HELP` (the registry commands)
+TrackingUri = tracking_uri_option()
 
 
 def _err(msg: str) -> None:
@@ -89,5 +101,5 @@ def _fmt(v: Any) -> str:
 
 
 def _progress(msg: str) -> None:
-    print(f"[senca-platform] {msg}", file=sys.stderr, flush=True)
+    say(msg)
 

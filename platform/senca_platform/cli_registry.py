@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from ._console import stdout_to_stderr
-from .cli_common import TRACKING_HELP, _echo_json, _fmt, _guard, _progress, _table, _ts
+from .cli_common import TrackingUri, _echo_json, _fmt, _guard, _progress, _table, _ts
 
 models_app = typer.Typer(help="The MLflow model registry: list, show, promote (alias), attach-state.",
                          no_args_is_help=True, add_completion=False)
@@ -26,7 +26,7 @@ def _uri(tracking_uri: Optional[str]) -> str:
 
 
 @models_app.command("list")
-def models_list(tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+def models_list(tracking_uri: TrackingUri = None,
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """Registered models: versions, latest, aliases, the cohort of the latest version."""
     from .registry import list_models
@@ -49,7 +49,7 @@ def models_list(tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri
 def models_show(name: str = typer.Argument(...),
                 version: Optional[int] = typer.Option(None, "--version", "-v", help="a version number"),
                 alias: Optional[str] = typer.Option(None, "--alias", help="an alias (e.g. champion)"),
-                tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+                tracking_uri: TrackingUri = None,
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """One model version (default: the latest): metrics, params, the cohort it was trained on, the per-patient
     summary table, its aliases, model state and prediction runs."""
@@ -93,7 +93,7 @@ def models_show(name: str = typer.Argument(...),
 @models_app.command("promote")
 def models_promote(name: str = typer.Argument(...), version: int = typer.Argument(...),
                    alias: str = typer.Option("champion", "--alias", help="the alias to point at VERSION"),
-                   tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP)) -> None:
+                   tracking_uri: TrackingUri = None) -> None:
     """Point an alias (default champion) at a version: `predict --model models:/NAME@ALIAS` then uses it."""
     from .registry import promote_model
 
@@ -109,7 +109,7 @@ def models_attach_state(name: str = typer.Argument(...),
                         alias: Optional[str] = typer.Option(None, "--alias"),
                         output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="the training run's "
                                                                   "output directory (default: its param)"),
-                        tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP)
+                        tracking_uri: TrackingUri = None
                         ) -> None:
     """Log a model version's preprocessing state (gene panel, PCA basis) and region model from its training
     run's output directory to the run's model_state/ (predict needs it; submitted jobs attach it themselves)."""
@@ -126,7 +126,7 @@ def models_attach_state(name: str = typer.Argument(...),
 
 # ===================================================================================================== runs
 @runs_app.command("list")
-def runs_list(tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+def runs_list(tracking_uri: TrackingUri = None,
               experiment: Optional[str] = typer.Option(None, "--experiment", "-e"),
               kind: str = typer.Option("cohort", "--kind", help="cohort, predict or all"),
               limit: int = typer.Option(50, "--limit"),
@@ -151,7 +151,7 @@ def runs_list(tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri",
 
 @runs_app.command("show")
 def runs_show(run_id: str = typer.Argument(...),
-              tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+              tracking_uri: TrackingUri = None,
               as_json: bool = typer.Option(False, "--json")) -> None:
     """A run: status, per-slide errors, metrics, params, child runs (stages, trials), artifacts, model versions."""
     from .registry import show_run
@@ -187,7 +187,7 @@ def predict_cmd(
                                       "no run wrote is refused (see --force-out)"),
     force_out: bool = typer.Option(False, "--force-out", help="write into a non-empty output folder that no run "
                                    "wrote (nothing in it is deleted; files named like the outputs are overwritten)"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+    tracking_uri: TrackingUri = None,
     experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment of the prediction run "
                                              "(default: the training run's)"),
     no_track: bool = typer.Option(False, "--no-track", help="do not log a prediction run"),

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from jobs._util import atomic_write_text
+from jobs._files import atomic_write_text
 
 
 def demo_spec(records: list[dict[str, Any]], spec_dir: Path, *, name: str = "senca-demo", epochs: int = 40,

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from jobs._say import PREFIX
+
 from .ray_local import ClusterError, ClusterUnreachable
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -165,7 +167,7 @@ def follow_logs(address: str | None, job_id: str, write: Callable[[str], None], 
     except ClusterError:
         raise
     except Exception as err:  # noqa: BLE001 - the stream broke: fall back to polling
-        write(f"[senca-platform] log stream interrupted ({type(err).__name__}); polling for the end\n")
+        write(f"{PREFIX} log stream interrupted ({type(err).__name__}); polling for the end\n")
     while True:
         info = job_status(address, job_id)
         if info["status"] in TERMINAL:

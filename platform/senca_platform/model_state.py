@@ -55,15 +55,6 @@ def _sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _read_obsm(path: str | Path, key: str) -> np.ndarray | None:
-    import anndata as ad
-    import h5py
-
-    read_elem = getattr(getattr(ad, "io", ad), "read_elem", None) or ad.experimental.read_elem
-    with h5py.File(path, "r") as f:
-        return None if f"obsm/{key}" not in f else np.asarray(read_elem(f[f"obsm/{key}"]))
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -82,6 +73,8 @@ def build_model_state(output_dir: str | Path, dest: str | Path, *, preprocess: d
     against the run's regions: ``manifest["reproduced"]`` is the fraction of spots of each training slide that get their
     training region back (1.0 = exact). Callable before the summary exists (pass ``k`` and ``slides``).
     """
+    from jobs.infer import read_obsm
+
     out = Path(output_dir)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -102,7 +95,7 @@ def build_model_state(output_dir: str | Path, dest: str | Path, *, preprocess: d
         raise PredictError(f"{out} has no finished infer stage (infer/embeddings, infer/regions, k)")
     Z = [np.load(emb_dir / f"{s}.npy") for s in slides]
     regions = [np.load(reg_dir / f"{s}.npy").astype(int) for s in slides]
-    nbs = [_read_obsm(out / "preprocess" / "slides" / f"{s}.h5ad", "spatial_neighbors")
+    nbs = [read_obsm(out / "preprocess" / "slides" / f"{s}.h5ad", "spatial_neighbors")
            if (out / "preprocess" / "slides" / f"{s}.h5ad").exists() else None for s in slides]
     method = clustering.get("method", "gmm")
     src = out / "infer" / "region_model.pkl"
@@ -229,7 +222,7 @@ def _find_state_dir(root: Path) -> Path | None:
 
 
 def load_state_dir(path: str | Path, source: str = "") -> ModelState:
-    from jobs.preprocess import _load_state
+    from jobs.preprocess import load_state
 
     path = Path(path)
     missing = [n for n in STATE_FILES if not (path / n).exists()]
@@ -245,7 +238,7 @@ def load_state_dir(path: str | Path, source: str = "") -> ModelState:
     with open(path / "region_model.pkl", "rb") as fh:
         region_model = pickle.load(fh)  # noqa: S301 - our own artifact, checked against the manifest
     return ModelState(root=path, manifest=manifest, genes=np.load(path / "genes.npy", allow_pickle=False),
-                      pca_state=_load_state(path / "pca_state.npz"),
+                      pca_state=load_state(path / "pca_state.npz"),
                       preprocess=json.loads((path / "preprocess.json").read_text()), region_model=region_model,
                       source=source or str(path))
 

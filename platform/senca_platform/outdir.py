@@ -1,8 +1,8 @@
 """Which folder a run may write into, and the marker that proves a folder is a run's output folder.
 
 A run only ever removes what it can prove it wrote: the temp files of its own atomic writes
-(``jobs._util.TEMP_NAME``: ``.<stem>.senca-tmp-XXXXXXXX<suffix>``), and only in a folder that holds its marker
-``.senca-run.json`` (``jobs._util.OUTPUT_MARKER``), written when a run first claims the folder.
+(``jobs._files.TEMP_NAME``: ``.<stem>.senca-tmp-XXXXXXXX<suffix>``), and only in a folder that holds its marker
+``.senca-run.json`` (``jobs._files.OUTPUT_MARKER``), written when a run first claims the folder.
 :func:`claim_output_dir` decides:
 
 - a new or empty folder: created / claimed (the marker is written);
@@ -22,7 +22,7 @@ import os
 import time
 from pathlib import Path
 
-from jobs._util import MARKER_TOOL, OUTPUT_MARKER, atomic_write_json, is_output_dir
+from jobs._files import MARKER_TOOL, OUTPUT_MARKER, atomic_write_json, is_output_dir
 
 #: how many of a forced folder's own entries the marker lists
 _LISTED = 200

@@ -4,13 +4,9 @@ A prediction must preprocess a new slide exactly as the training cohort was prep
 SAME regions. So a model version comes with its **model state** (``senca_platform.model_state``: gene panel, PCA
 basis, preprocess settings, region model).
 
-Per slide (in this process; no Ray needed), the pipeline's own per-slide functions: ``jobs.preprocess``
-``read_and_prepare`` with the training ``preprocess`` settings → ``project_prepared`` on the cohort's panel and basis
-(panel genes the slide lacks taken at the basis mean) → ``jobs.infer.embed_slide`` with the registered pyfunc's
-model file → regions with the region model → ``jobs.infer.summarise_slide`` (ARI/NMI when labels, heterogeneity,
-micro-environment, markers, region map, ``slides/<slide>.h5ad`` stamped with the model version) → the tables
-(``jobs._tables.write_tables``).
-For a slide of the training cohort this reproduces the training run's regions exactly (tested).
+This module resolves the version, its pyfunc and its model state, hands them to the prediction stage
+(``jobs.stage_predict``: the run's own per-slide functions, in this process; no Ray needed) and records the
+result. For a slide of the training cohort this reproduces the training run's regions exactly (tested).
 
 Outputs under ``--out``: ``predict_summary.json``, ``slides/<slide>.h5ad``, ``maps/<slide>_regions.png``,
 ``tables/patients.{parquet,csv}``, ``tables/slides.{parquet,csv}``, ``preprocess/``, ``infer/``; one MLflow run
@@ -20,21 +16,21 @@ training run's experiment unless ``--experiment``) with the tables, region maps 
 
 from __future__ import annotations
 
-import functools
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from jobs.stage_predict import Fitted, stage_predict
 
 from ._redact import redact_text
 from .model_state import (ModelState, PredictError, assign_regions, attach_model_state, build_model_state,  # noqa: F401
                           load_state_dir, resolve_model_state)
 from .registry import ModelRef, client, get_version, parse_model_uri, redact_uri
 from .runner import CohortResult
+from .spec import slide_entries
 
 
 # ============================================================================================ slides spec
@@ -75,65 +71,6 @@ def _model_file(model_dir: Path) -> Path | None:
     return model_dir / rel if rel and (model_dir / rel).is_file() else None
 
 
-def _predict_slide(entry: dict[str, Any], *, out: Path, state: ModelState, model_file: Path, n_hist: int,
-                   stamp: dict[str, Any], echo: Callable[[str], None]) -> tuple[dict[str, Any], dict | None]:
-    """One new slide through the pipeline's per-slide functions: ``jobs.preprocess.read_and_prepare`` (the training
-    ``preprocess`` settings) → ``project_prepared`` on the cohort basis (panel genes it lacks taken at the basis
-    mean) → ``jobs.infer.embed_slide`` → the training run's region model → ``summarise_slide`` (the h5ad stamped
-    with the model version). Returns the slide's status row and its summary (None when it failed before)."""
-    from jobs._util import atomic_write_with, error_text, short_traceback
-    from jobs.infer import embed_slide, summarise_slide
-    from jobs.preprocess import project_prepared, read_and_prepare
-
-    sid = entry["slide_id"]
-    st = {"patient": entry["patient_id"], "slide": sid, "n_spots": 0, "n_regions": 0, "ari": None, "nmi": None,
-          "status": "ok", "error": None}
-    echo(f"slide {sid}: preprocess, project on the cohort basis, embed, regions, summaries")
-    row = read_and_prepare({"slide": entry, "cfg": dict(state.preprocess), "key": "predict",
-                            "out_path": str(out / "preprocess" / "prepared" / f"{sid}.h5ad")})
-    if row["status"] != "ok":
-        st.update(status="failed", stage="preprocess", error=row["error"])
-        return st, None
-    path, emb_path = out / "preprocess" / "slides" / f"{sid}.h5ad", out / "infer" / "embeddings" / f"{sid}.npy"
-    reg_path = out / "infer" / "regions" / f"{sid}.npy"
-    try:
-        adata, n_missing = project_prepared(row["path"], state.genes, state.pca_state, path, slide_id=sid,
-                                            allow_missing=True)
-        if n_missing:
-            st["warnings"] = [f"{n_missing} of {len(state.genes)} panel genes absent (taken at the basis mean)"]
-        hist_dim = int(adata.obsm["X_hist"].shape[1]) if "X_hist" in adata.obsm else 0
-        if hist_dim and n_hist and hist_dim != n_hist:
-            raise PredictError(f"histology features have {hist_dim} columns, the model expects {n_hist} (same "
-                               "encoder / patch settings as training?)")
-        neighbors = np.asarray(adata.obsm["spatial_neighbors"])
-        del adata
-        emb = embed_slide({"slide_id": sid, "path": str(path), "model_path": str(model_file),
-                           "emb_path": str(emb_path)})  # the pipeline's infer stage: the same readout, float32
-        if emb["status"] != "ok":
-            st.update(status="failed", stage="predict", error=emb["error"], traceback=emb["traceback"])
-            return st, None
-        labels = assign_regions(state.region_model, np.load(emb_path), neighbors)
-        atomic_write_with(reg_path, lambda tmp: np.save(open(tmp, "wb"), labels))
-    except Exception as err:  # noqa: BLE001 - this slide's failure, recorded
-        st.update(status="failed", stage="predict", error=error_text(err, sid), traceback=short_traceback(err))
-        return st, None
-    summ = summarise_slide({"slide_id": sid, "patient_id": entry["patient_id"], "path": str(path),
-                            "emb_path": str(emb_path), "region_path": str(reg_path),
-                            "categories": list(state.manifest["categories"]),
-                            "h5ad_path": str(out / "slides" / f"{sid}.h5ad"),
-                            "map_path": str(out / "maps" / f"{sid}_regions.png"),
-                            "markers_path": str(out / "infer" / "markers" / f"{sid}.csv"),
-                            "summary_file": str(out / "infer" / "summaries" / f"{sid}.json"),
-                            "region_names": state.manifest.get("region_names"), "stamp": stamp})
-    if summ["status"] != "ok":
-        st.update(status="failed", stage="summarise", error=summ["error"])
-        return st, summ
-    st.update(n_spots=summ["n_spots"], n_regions=summ["n_regions"], ari=summ["ari"], nmi=summ["nmi"],
-              silhouette=summ["silhouette"], h5ad=summ["h5ad_path"], region_map=summ["map_path"],
-              warnings=st.get("warnings", []) + (summ.get("warnings") or []))
-    return st, summ
-
-
 def _claim_out(out, cohort: str | None = None, force: bool = False):
     """``--out`` as ``run`` treats it (``outdir``): ``""`` refused; with ``cohort``, the folder claimed (a new,
     empty or marked one; any other non-empty folder only with ``--force-out``, nothing in it deleted). A refusal
@@ -155,9 +92,10 @@ def predict_cohort(model_uri: str, slides_path: str | Path, *, tracking_uri: str
     """Apply the registered model ``model_uri`` to the slides of ``slides_path``; see the module docstring."""
     import mlflow
 
-    from jobs._util import atomic_write_json
+    from jobs._files import atomic_write_json
+    from jobs._say import say
 
-    echo = echo or (lambda m: print(f"[senca-platform] {m}", file=sys.stderr, flush=True))
+    echo = echo or say
     t0 = time.perf_counter()
     _claim_out(output_dir)  # --out "": refused before anything is looked up
     ref = parse_model_uri(model_uri)
@@ -210,24 +148,13 @@ def predict_cohort(model_uri: str, slides_path: str | Path, *, tracking_uri: str
         model_file = _model_file(model_dir)
         if model_file is None:
             raise PredictError(f"{name} version {version} is not a SENCA-st pyfunc (no model artifact)")
-        slide = functools.partial(_predict_slide, out=out, state=state, model_file=model_file, n_hist=n_hist,
-                                  stamp={"name": name, "version": version, "uri": ref.uri,
-                                         "training_run_id": mv.run_id or ""}, echo=echo)
-        status: dict[str, dict[str, Any]] = {}
-        summaries = []
-        for pid, s in spec.slides():
-            d = s.model_dump(mode="json")
-            st, summ = slide({"patient_id": pid, "slide_id": d.pop("id"), **d})
-            status[st["slide"]] = st
-            summaries += [summ] if summ is not None else []
-
-        tables = {}
-        if any(s["status"] == "ok" for s in summaries):  # the same tables as the run's infer stage
-            from jobs._tables import write_tables
-
-            tables = {k.removesuffix("_path"): v for k, v in
-                      write_tables(out / "tables", summaries, categories, names).items()}
-        rows = [{k: v for k, v in s.items() if k != "traceback"} for s in status.values()]
+        fitted = Fitted(genes=state.genes, pca_state=state.pca_state, preprocess=dict(state.preprocess),
+                        region_model=state.region_model, categories=categories, region_names=names,
+                        model_file=model_file, n_hist=n_hist)
+        done = stage_predict(slide_entries(spec), fitted, out, say=echo,
+                             stamp={"name": name, "version": version, "uri": ref.uri,
+                                    "training_run_id": mv.run_id or ""})
+        rows, tables = done["rows"], done["tables"]
         n_failed = sum(r["status"] != "ok" for r in rows)
         aris = [r["ari"] for r in rows if r.get("ari") is not None]
         summary: dict[str, Any] = {

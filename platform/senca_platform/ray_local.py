@@ -193,6 +193,9 @@ def connect(address: str, *, quiet: bool) -> None:
         except (ConnectionError, TimeoutError, OSError, ValueError) as err:  # no / wrong cluster there
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             problem = f"cannot connect to the Ray cluster at {address} (ray.address): {first[:300]}"
+            if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+                problem += ("; a cluster with token authentication (Ray's default) needs RAY_AUTH_MODE=token and "
+                            "its token in RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)")
     raise RunNotStarted(problem)
 
 

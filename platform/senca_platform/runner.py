@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from jobs._say import say
 
 from ._console import RunConsole
 from .model_state import attach_after_run as _attach_predict_state
@@ -111,7 +112,7 @@ def run_cohort(spec: CohortSpec | str | Path, *, output_dir: str | Path | None =
         out = claim_output_dir(Path(spec.output_dir).resolve(), cohort=spec.name, force=force_out)
     except OutputDirError as err:
         raise RunNotStarted(str(err)) from None
-    echo = echo or (lambda msg: print(f"[senca-platform] {msg}", file=sys.stderr, flush=True))
+    echo = echo or say
     from jobs.pipeline import sweep_partial_files
 
     from .tracking import RUN_HTTP_DEFAULTS, http_settings
@@ -205,7 +206,7 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
                 echo: Callable[[str], None], track: bool, command: bool = False,
                 console: RunConsole | None = None) -> CohortResult:
     from jobs import warmup
-    from jobs._util import atomic_write_json
+    from jobs._files import atomic_write_json
     from jobs.pipeline import Tracker, run_pipeline
 
     from .sync import Journal

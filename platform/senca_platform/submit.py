@@ -47,7 +47,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -282,11 +281,12 @@ def job_entry(spec_path: str | Path, *, fresh: bool = False, tracking_uri: str |
     Tracking URI: ``tracking_uri`` > the spec's ``tracking.uri`` > ``$MLFLOW_TRACKING_URI`` (the cluster's) >
     sqlite in the output directory."""
     import senca_platform
+    from jobs._say import say
 
     from .runner import run_cohort
     from .spec import load_spec
 
-    echo = echo or (lambda m: print(f"[senca-platform] {m}", file=sys.stderr, flush=True))
+    echo = echo or say
     echo(f"job-run: {spec_path} (code: {Path(senca_platform.__file__).parent})")
     spec = load_spec(spec_path)
     if tracking_uri:

@@ -85,7 +85,7 @@ class Journal:
         self._stages: list[dict[str, Any]] = []
 
     def _write(self, path: Path, obj: Any) -> Path:
-        from jobs._util import atomic_write_json
+        from jobs._files import atomic_write_json
 
         return atomic_write_json(path, obj)
 
@@ -170,7 +170,7 @@ def sync_output(output_dir: str | Path, tracking_uri: str | None = None, *,
 
     Raises :class:`SyncError` (one line) when there is nothing to sync from, or the server cannot be used.
     """
-    from jobs._util import atomic_write_json
+    from jobs._files import atomic_write_json
 
     from .registry import _explain, redact_uri
     from .model_state import attach_after_run as _attach_predict_state

@@ -167,16 +167,13 @@ def _registered_with(self, name: str, sha: str):
 
 def _link_scalars(client, run_id: str, model_id: str) -> None:
     """The run's one-value metrics (``mean_ari``, ``k``, ``ari_<slide>``, ...) linked to the logged model, as MLflow
-    links the metrics of the model's own step."""
+    links the metrics of the model's own step. One read of the run: the platform logs every one-value metric at
+    step 0 and every curve at its epoch, so a metric whose latest value sits at step 0 has no other step."""
     from mlflow.entities import Metric
 
-    scalars = []
-    for key in client.get_run(run_id).data.metrics:
-        history = client.get_metric_history(run_id, key)
-        if len({m.step for m in history}) == 1:
-            m = history[-1]
-            scalars.append(Metric(key=m.key, value=m.value, timestamp=m.timestamp, step=m.step, model_id=model_id,
-                                  run_id=run_id))
+    latest = client.get_run(run_id).data.to_proto().metrics  # key, value, timestamp and step of each latest value
+    scalars = [Metric(key=m.key, value=m.value, timestamp=m.timestamp, step=m.step, model_id=model_id, run_id=run_id)
+               for m in latest if m.step == 0]
     for i in range(0, len(scalars), 500):
         client.log_batch(run_id, metrics=scalars[i:i + 500])
 

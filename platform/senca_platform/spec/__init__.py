@@ -23,7 +23,7 @@ from .._redact import SECRET_WORDS, redact  # noqa: F401 - re-exported (the one 
 from . import checks as _checks
 from .checks import check_inputs, missing_files, read_slide
 from .limits import MAX_PATIENTS, MAX_SLIDES, MAX_SPEC_BYTES, check_cohort_size, read_spec_bytes, resource_warnings
-from .plan import build_plan
+from .plan import build_plan, slide_entries
 from .schema import (ID_PATTERN, PATH_FIELDS, ClusteringSpec, CohortSpec, H5adSlide, LegacySTSlide, PathsSpec,
                      Patient, PreprocessSpec, RaySpec, SearchDim, Slide, SpecError, SpecIssue, SpecPath,
                      TrackingSpec, TrainingSpec, TuningSpec, VisiumSlide, spec_to_dict, spec_to_yaml)

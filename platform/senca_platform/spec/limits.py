@@ -120,6 +120,10 @@ def resource_warnings(spec) -> list[str]:
     elif workers > 1 and workers * per > have:
         out.append(f"training.num_workers: {workers} worker(s) x {per:g} CPU = {workers * per:g} CPU, {where}: "
                    "an embedded local Ray cannot place them (a cluster may have more)")
+    per_slide = float(spec.preprocess.cpus_per_slide)
+    if per_slide > have:
+        out.append(f"preprocess.cpus_per_slide: each slide's task asks {per_slide:g} CPU, {where}: an embedded "
+                   "local Ray cannot place it (the preprocess stage would fail)")
     if t.use_gpu and not any(Path("/dev").glob("nvidia[0-9]*")) and not os.environ.get("CUDA_VISIBLE_DEVICES"):
         out.append("training.use_gpu: true, but this machine shows no GPU (an embedded local Ray would refuse)")
     return out
