@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 #: bump when a stage's outputs change meaning (invalidates every cache entry)
-PIPELINE_VERSION = 4  # 2: infer clusters the region readout, slides aligned; 3: named regions, tidy tables;
-#                      4: tumour sub-regions
+PIPELINE_VERSION = 5  # 2: infer clusters the region readout, slides aligned; 3: named regions, tidy tables;
+#                      4: tumour sub-regions; 5: the GMM's spatial (Potts) prior
 
 
 class Tracker:

@@ -103,3 +103,44 @@ def test_gmm_covariance_is_a_switch(covariance):
     assert (model.labels(np.asarray(a.obsm["X_senca"])) == a.obs["region"].astype(int).to_numpy()).all()
     with pytest.raises(ConfigError):
         tl.cluster(a, 3, covariance="EEE")
+
+
+def _grid_slide(noise: float, seed: int = 0, side: int = 30) -> AnnData:
+    """Three vertical bands of tissue states on a square grid, each spot's embedding very noisy (so the plain GMM
+    arg-max scatters wrong labels through every band); 8 grid neighbours per spot (row 0: the spot itself)."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    xx, yy = np.meshgrid(np.arange(side), np.arange(side))
+    xy = np.c_[xx.ravel(), yy.ravel()].astype(float)
+    truth = np.minimum((xy[:, 0] * 3 // side).astype(int), 2)
+    X = CENTRES[truth] + rng.normal(0, noise, size=(len(xy), 4))
+    a = AnnData(X=sp.csr_matrix((len(xy), 0), dtype=np.float32))
+    a.obsm["X_senca"] = X
+    a.obsm["spatial"] = xy
+    a.obsm["spatial_neighbors"] = cKDTree(xy).query(xy, k=9)[1].astype(np.int64)
+    a.obs["truth"] = pd.Categorical(truth.astype(str))
+    a.uns["senca"] = {"slide_id": "grid"}
+    return a
+
+
+def test_the_spatial_prior_recovers_regions_the_noise_scatters_and_new_slides_get_the_same():
+    """The Potts prior (``spatial_prior``) pulls a spot towards its neighbours' region: on a noisy slide it
+    recovers the bands the plain arg-max scatters; the RegionModel applies it again, so the same slide gets the
+    same regions, and a fresh slide of the same tissue is labelled as well."""
+    a = _grid_slide(noise=2.2)
+    tl.cluster(a, 3, refine=False, spatial_prior=0.0, n_pcs=None)
+    plain = adjusted_rand_score(a.obs["truth"], a.obs["region"])
+    model = tl.cluster(a, 3, refine=False, spatial_prior=16.0, n_pcs=None, return_model=True)
+    prior = adjusted_rand_score(a.obs["truth"], a.obs["region"])
+    assert prior > plain + 0.2 and prior > 0.8, (plain, prior)
+    assert model.spatial_prior == 16.0
+    again = model.labels(np.asarray(a.obsm["X_senca"]), a.obsm["spatial_neighbors"])
+    assert (again == a.obs["region"].astype(int).to_numpy()).all()
+    b = _grid_slide(noise=2.2, seed=7)
+    assert adjusted_rand_score(b.obs["truth"], model.predict(b)) > 0.8
+    assert tl.spatial_prior_labels(np.log(np.full((3, 2), 0.5)), np.array([[0, 1], [1, 2], [2, 0]]), 0.0).tolist() \
+        == [0, 0, 0]  # beta 0: the plain arg-max
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ConfigError, match="spatial_prior"):
+            tl.cluster(a, 3, spatial_prior=bad)

@@ -83,6 +83,7 @@ clustering:                       # regions on the POOLED embeddings: region ids
   method: gmm                     # gmm | kmeans | leiden
   refine: true                    # spatial smoothing of the labels
   align: matched                  # matched | centre | none: remove each slide's (patient's) offset first
+  spatial_prior: 16               # gmm: a spot leans towards its neighbours' region (Potts prior; 0: off)
 
 tracking:                         # MLflow; default: a local store sqlite:///<output_dir>/mlflow.db
   # uri: http://mlflow:5000       # never put passwords here: use MLFLOW_TRACKING_USERNAME/PASSWORD env vars

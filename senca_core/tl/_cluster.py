@@ -80,6 +80,32 @@ def _leiden(X: np.ndarray, k: int, seed: int) -> np.ndarray:
     return labels
 
 
+def spatial_prior_labels(log_post: np.ndarray, neighbors: np.ndarray, beta: float, iters: int = 10) -> np.ndarray:
+    """Labels under a Potts spatial prior (iterated conditional modes, as HMRF / BayesSpace-style methods do):
+    each spot takes the component maximising its log posterior plus ``beta`` per spatial neighbour (row 0 of
+    ``neighbors`` is the spot itself, excluded) already in that component; all spots update together, until
+    nothing changes or ``iters`` rounds. ``beta = 0`` is the plain arg-max."""
+    labels = log_post.argmax(1)
+    if beta <= 0:
+        return labels
+    nb = np.asarray(neighbors)[:, 1:]
+    rows = np.arange(len(labels))
+    for _ in range(iters):
+        counts = np.zeros_like(log_post)
+        for j in range(nb.shape[1]):
+            np.add.at(counts, (rows, labels[nb[:, j]]), 1.0)
+        new = (log_post + beta * counts).argmax(1)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return labels
+
+
+def _log_posterior(estimator, Xr: np.ndarray) -> np.ndarray:
+    """log p(component | spot) of a fitted GaussianMixture (floored: a vanishing posterior is never chosen)."""
+    return np.log(np.maximum(estimator.predict_proba(Xr), 1e-300))
+
+
 def refine_labels(labels: np.ndarray, neighbors: np.ndarray) -> np.ndarray:
     """Spatial refinement: a spot whose neighbours (excluding itself) mostly agree on another region takes it."""
     nb = neighbors[:, 1:]
@@ -100,10 +126,10 @@ class RegionModel:
     """
 
     def __init__(self, reducer, estimator, method: str, k: int, remap: dict, centroids: np.ndarray,
-                 use_rep: str, refine: bool, aligner: SlideAligner | None = None) -> None:
+                 use_rep: str, refine: bool, aligner: SlideAligner | None = None, spatial_prior: float = 0.0) -> None:
         self.reducer, self.estimator, self.method, self.k = reducer, estimator, method, int(k)
         self.remap, self.centroids, self.use_rep, self.refine = remap, centroids, use_rep, refine
-        self.aligner = aligner
+        self.aligner, self.spatial_prior = aligner, float(spatial_prior)
 
     def _scores(self, Xr: np.ndarray) -> np.ndarray:
         """(n, n_raw) preference of each spot for each raw component (higher = more likely)."""
@@ -122,8 +148,12 @@ class RegionModel:
             X = self.aligner.transform(X)
         Xr = self.reducer.transform(X)
         raw_ids = np.asarray(self.raw_ids_)
+        prior = float(getattr(self, "spatial_prior", 0.0))  # older pickles: none
         if self.method == "leiden":
             raw = raw_ids[self._scores(Xr).argmax(1)]
+        elif self.method == "gmm" and prior > 0 and neighbors is not None:
+            raw = raw_ids[spatial_prior_labels(_log_posterior(self.estimator, Xr)[:, raw_ids],
+                                               np.asarray(neighbors), prior)]
         else:
             raw = self.estimator.predict(Xr)
             if not np.isin(raw, raw_ids).all():
@@ -174,7 +204,7 @@ def _order_by_size(labels: np.ndarray) -> np.ndarray:
 def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method: str = "gmm",
             use_rep: str = "X_senca", refine: bool = True, n_pcs: int | None = 15, seed: int = 0,
             key_added: str = "region", k_max: int = 12, align: str | None = "matched",
-            covariance: str = "full", return_model: bool = False) -> int | RegionModel:
+            covariance: str = "full", spatial_prior: float = 16.0, return_model: bool = False) -> int | RegionModel:
     """Cluster ``obsm[use_rep]`` into ``k`` regions; writes ``obs[key_added]`` (categorical) on every slide.
 
     A list of slides is clustered on the pooled embeddings, so region ``"3"`` means the same in every slide.
@@ -183,13 +213,18 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     ``"matched"`` (default) or ``"centre"``; None = pool as is), so regions are tissue states, not patients. Returns k, or with
     ``return_model`` the fitted :class:`RegionModel` (``.k``) that assigns the same ids to new slides.
     ``covariance``: the GMM's covariance type (``"full"``, ``"tied"`` (mclust's EEE), ``"diag"``, ``"spherical"``;
-    compared in ``bench/bench_clustering.py``).
+    compared in ``bench/bench_clustering.py``). ``spatial_prior`` (GMM only; ``0`` = off): the weight β of a Potts
+    prior over ``obsm['spatial_neighbors']`` (:func:`spatial_prior_labels`): a spot's region is the GMM component
+    maximising its log posterior + β per neighbour in it, before ``refine``; the default (16) is the one picked
+    by leave-one-section-out over the labelled sections (``bench/bench_clustering.py``).
     """
     adatas = [adatas] if isinstance(adatas, AnnData) else list(adatas)
     if method not in METHODS:
         raise ConfigError("method", f"unknown clustering method {method!r}; use one of {METHODS}")
     if not adatas:
         raise ConfigError("adatas", "no slides to cluster")
+    if not np.isfinite(spatial_prior) or spatial_prior < 0:
+        raise ConfigError("spatial_prior", f"must be a finite number >= 0, got {spatial_prior!r}")
     if covariance not in ("full", "tied", "diag", "spherical"):
         raise ConfigError("covariance", f"unknown GMM covariance {covariance!r}; use full, tied, diag or spherical")
     X = _pooled(adatas, use_rep)
@@ -230,8 +265,12 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         labels = _leiden(Xr, k, seed)
     start = 0
     per_slide = []
+    log_post = _log_posterior(estimator, Xr) if method == "gmm" and spatial_prior > 0 else None
     for a in adatas:
         lab = labels[start:start + a.n_obs]
+        if log_post is not None and "spatial_neighbors" in a.obsm:  # the Potts prior, within each slide
+            lab = spatial_prior_labels(log_post[start:start + a.n_obs], np.asarray(a.obsm["spatial_neighbors"]),
+                                       spatial_prior)
         start += a.n_obs
         if refine and "spatial_neighbors" in a.obsm:
             lab = refine_labels(lab, np.asarray(a.obsm["spatial_neighbors"]))
@@ -249,7 +288,7 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     raw_ids = np.unique(labels)
     centroids = np.stack([Xr[labels == r].mean(0) for r in raw_ids])
     model = RegionModel(reducer, estimator, method, len(categories), remap, centroids, use_rep, refine,
-                        aligner=aligner)
+                        aligner=aligner, spatial_prior=spatial_prior if method == "gmm" else 0.0)
     model.raw_ids_ = raw_ids
     model.k_requested = int(k)  # k asked / chosen; model.k = regions left after refinement
     return model

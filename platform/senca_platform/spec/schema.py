@@ -171,6 +171,8 @@ class ClusteringSpec(_Base):
     refine: bool = True
     align: Literal["centre", "matched", "none"] = Field(
         "matched", description="remove each slide's offset before pooling (senca_core.tl.cluster align)")
+    spatial_prior: float = Field(16.0, ge=0, allow_inf_nan=False,
+                                 description="gmm: Potts prior weight per spatial neighbour (0: off)")
     seed: int = 0
 
     @field_validator("k")
