@@ -139,9 +139,10 @@ class RayHead:
     """``ray start --head`` on 127.0.0.1 with token auth (``RAY_AUTH_MODE=token`` + ``RAY_AUTH_TOKEN`` in the head's
     environment; the client sends the same token). Every port is chosen free; temp dir private and short."""
 
-    def __init__(self, token: str, num_cpus: int = 2):
+    def __init__(self, token: str, num_cpus: int = 2, env: dict[str, str] | None = None):
         self.token = token
         self.num_cpus = num_cpus
+        self.env = dict(env or {})  # extra environment of the head's processes (e.g. Ray system settings)
         self.temp = Path(tempfile.mkdtemp(prefix="srt", dir="/tmp"))  # short: Ray's socket paths are limited
         self.log = self.temp / "head.log"
         self.sid: int | None = None
@@ -159,7 +160,7 @@ class RayHead:
                f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp / 'r'}", "--disable-usage-stats",
                f"--min-worker-port={base}", f"--max-worker-port={base + 39}", "--include-dashboard=true"]
         cmd += [f"--{k}={v}" for k, v in ports.items()]
-        env = service_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
+        env = service_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, **self.env)
         with open(self.log, "wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                     cwd=str(self.temp))

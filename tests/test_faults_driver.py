@@ -76,7 +76,7 @@ def killed(tmp_path_factory):
         state["projected"] = _files(out / "preprocess" / "slides")
         run1.kill_group()
         state["train_cached_at_kill"] = (out / "cache" / "train.json").exists()
-        state["leftovers_after_killpg"] = run1.leftovers()
+        state["leftovers_after_killpg"] = run1.leftovers(grace_s=5.0)  # printed only: the cleanup is asserted
     finally:
         state["still_alive_after_cleanup"] = run1.kill_all()
     uri = f"sqlite:///{out / 'mlflow.db'}"
@@ -105,7 +105,7 @@ def killed(tmp_path_factory):
 @pytest.mark.timeout(900)
 def test_the_kill_left_no_process_and_resume_succeeds(killed):
     assert [status for _, status in killed["killed_runs"]] == ["RUNNING"]  # killed: nobody ended it
-    print(f"\nprocesses alive 20 s after killpg (Ray workers in their own process groups): "
+    print(f"\nprocesses alive 5 s after killpg (Ray workers in their own process groups): "
           f"{len(killed['leftovers_after_killpg'])}; after cleanup by pid: {len(killed['still_alive_after_cleanup'])}")
     assert killed["still_alive_after_cleanup"] == []
     assert killed["rc2"] == 0 and killed["rc3"] == 0

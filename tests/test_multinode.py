@@ -28,7 +28,7 @@ from _services import VENV_BIN, RayHead, RayNode, assert_same_result, service_en
 pytestmark = [pytest.mark.slow]
 
 TOKEN = "senca-test-" + secrets.token_hex(12)
-EPOCHS, SLOW_S, FRESH_S = 6, 1.2, 0.8
+EPOCHS, SLOW_S, FRESH_S = 6, 1.0, 0.6
 TRAINER = {"trainer": 1}
 
 
@@ -36,7 +36,11 @@ TRAINER = {"trainer": 1}
 def cluster(tmp_path_factory):
     piddir = tmp_path_factory.mktemp("node_pids")
     env = {FAULT_ENV["piddir"]: str(piddir), FAULT_ENV["slow"]: str(SLOW_S)}
-    head = RayHead(TOKEN, num_cpus=2).start()
+    # the GCS declares a silent node dead after 3 missed 1 s health checks (Ray's default: 5 x 3 s), so the test
+    # waits less for what a production cluster also detects
+    head = RayHead(TOKEN, num_cpus=2, env={"RAY_health_check_period_ms": "1000",
+                                           "RAY_health_check_timeout_ms": "1000",
+                                           "RAY_health_check_failure_threshold": "3"}).start()
     nodes: list[RayNode] = []
     try:
         for _ in range(2):
@@ -55,7 +59,7 @@ def spec(cluster, tmp_path_factory):
                        epochs=EPOCHS)
     data = yaml.safe_load(path.read_text())
     data["training"].update(num_workers=2, min_spots_per_worker=0, launcher="ray_train",
-                            resources_per_worker={"CPU": 1, **TRAINER}, checkpoint_every_epochs=1,
+                            resources_per_worker={"CPU": 1, **TRAINER}, checkpoint_every_epochs=2,
                             checkpoint_interval_s=0, report_interval_s=0, max_failures=1)
     data["ray"] = {"address": head.gcs}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -116,6 +120,7 @@ def test_a_killed_worker_node_gives_the_clean_result_and_one_model_version(clust
         killed.append(node)
         return node.kill()
 
+    # killed in epoch 3 or later: the checkpoint of epoch 1 (one every 2 epochs) is there to restart from
     killer = Killer(piddir, "train.rank", timeout=400, fresh_s=FRESH_S, kill=kill_node,
                     accept=lambda f: int(f.point.rsplit("epoch", 1)[1]) >= 3
                     and _session_of(f.pid) in sessions).start()

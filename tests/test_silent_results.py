@@ -86,7 +86,7 @@ def _prepared(tmp: Path, genes: list[str], sid: str, seed: int) -> str:
 
 
 def test_cohort_panel_leaves_the_bad_slide_out_and_it_fails_alone(tmp_path, capsys):
-    from jobs.preprocess import _load_state, fit_shared_basis, project_slide, save_state
+    from jobs.preprocess import fit_shared_basis, load_state, project_slide, save_state
 
     panel = [f"g{i}" for i in range(200)]
     good = [_prepared(tmp_path, panel, "A", 1), _prepared(tmp_path, panel, "B", 2)]
@@ -106,7 +106,7 @@ def test_cohort_panel_leaves_the_bad_slide_out_and_it_fails_alone(tmp_path, caps
     assert rows["BAD"]["status"] == "failed"
     assert "slide 'BAD'" in rows["BAD"]["error"] and "field 'var_names'" in rows["BAD"]["error"]
     assert "cover only 1 of the 200 genes" in rows["BAD"]["error"]
-    assert _load_state(state_file)["cohort_warnings"] == []
+    assert load_state(state_file)["cohort_warnings"] == []
 
 
 # ---------------------------------------------------------------------------------------- 7. n_pca clamped
