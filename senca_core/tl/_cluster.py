@@ -101,9 +101,46 @@ def spatial_prior_labels(log_post: np.ndarray, neighbors: np.ndarray, beta: floa
     return labels
 
 
+def _prior_labels(adatas, log_post: np.ndarray, beta: float) -> np.ndarray:
+    """:func:`spatial_prior_labels` slide by slide over pooled log posteriors (a slide without neighbours:
+    the arg-max)."""
+    out, start = [], 0
+    for a in adatas:
+        lp = log_post[start:start + a.n_obs]
+        start += a.n_obs
+        nb = a.obsm.get("spatial_neighbors")
+        out.append(spatial_prior_labels(lp, np.asarray(nb), beta) if nb is not None else lp.argmax(1))
+    return np.concatenate(out)
+
+
 def _log_posterior(estimator, Xr: np.ndarray) -> np.ndarray:
     """log p(component | spot) of a fitted GaussianMixture (floored: a vanishing posterior is never chosen)."""
     return np.log(np.maximum(estimator.predict_proba(Xr), 1e-300))
+
+
+def _refit_full_gmm(estimator, Xr: np.ndarray, labels: np.ndarray, reg_covar: float = 1e-4):
+    """A copy of a full-covariance GaussianMixture whose weights, means and covariances are re-estimated from
+    ``labels`` (responsibilities 0.9 on the label, 0.1 spread over all components): the M-step of HMRF-EM."""
+    import copy
+
+    from scipy.linalg import cholesky, solve_triangular
+
+    k, d = estimator.n_components, Xr.shape[1]
+    resp = np.full((len(labels), k), 0.1 / k)
+    resp[np.arange(len(labels)), labels] += 0.9
+    nk = resp.sum(0) + 10 * np.finfo(float).eps
+    means = resp.T @ Xr / nk[:, None]
+    covs = np.empty((k, d, d))
+    prec_chol = np.empty((k, d, d))
+    for j in range(k):
+        diff = Xr - means[j]
+        covs[j] = (resp[:, j] * diff.T) @ diff / nk[j] + reg_covar * np.eye(d)
+        prec_chol[j] = solve_triangular(cholesky(covs[j], lower=True), np.eye(d), lower=True).T
+    g = copy.deepcopy(estimator)
+    g.weights_, g.means_, g.covariances_ = nk / nk.sum(), means, covs
+    g.precisions_cholesky_ = prec_chol
+    g.precisions_ = np.einsum("kij,klj->kil", prec_chol, prec_chol)
+    return g
 
 
 def refine_labels(labels: np.ndarray, neighbors: np.ndarray) -> np.ndarray:
@@ -204,7 +241,8 @@ def _order_by_size(labels: np.ndarray) -> np.ndarray:
 def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method: str = "gmm",
             use_rep: str = "X_senca", refine: bool = True, n_pcs: int | None = 15, seed: int = 0,
             key_added: str = "region", k_max: int = 12, align: str | None = "matched",
-            covariance: str = "full", spatial_prior: float = 16.0, return_model: bool = False) -> int | RegionModel:
+            covariance: str = "full", spatial_prior: float = 16.0, prior_em_rounds: int = 0,
+            return_model: bool = False) -> int | RegionModel:
     """Cluster ``obsm[use_rep]`` into ``k`` regions; writes ``obs[key_added]`` (categorical) on every slide.
 
     A list of slides is clustered on the pooled embeddings, so region ``"3"`` means the same in every slide.
@@ -216,7 +254,11 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     compared in ``bench/bench_clustering.py``). ``spatial_prior`` (GMM only; ``0`` = off): the weight β of a Potts
     prior over ``obsm['spatial_neighbors']`` (:func:`spatial_prior_labels`): a spot's region is the GMM component
     maximising its log posterior + β per neighbour in it, before ``refine``; the default (16) is the one picked
-    by leave-one-section-out over the labelled sections (``bench/bench_clustering.py``).
+    by leave-one-section-out over the labelled sections (``bench/bench_clustering.py``). ``prior_em_rounds``
+    (GMM with full covariance and a prior only, else ignored; default 0 = off): HMRF-EM, that many rounds of re-estimating the GMM from
+    the prior's labels and labelling again, so the regions' shapes follow the spatially coherent labels; a round
+    that would leave fewer regions in use than before (the mixture collapsing) is not taken. Opt-in: it lifts
+    the labelled sections (bench) but can collapse on barely separable regions (``tests/test_cluster.py``).
     """
     adatas = [adatas] if isinstance(adatas, AnnData) else list(adatas)
     if method not in METHODS:
@@ -225,6 +267,8 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         raise ConfigError("adatas", "no slides to cluster")
     if not np.isfinite(spatial_prior) or spatial_prior < 0:
         raise ConfigError("spatial_prior", f"must be a finite number >= 0, got {spatial_prior!r}")
+    if not isinstance(prior_em_rounds, (int, np.integer)) or prior_em_rounds < 0:
+        raise ConfigError("prior_em_rounds", f"must be an integer >= 0, got {prior_em_rounds!r}")
     if covariance not in ("full", "tied", "diag", "spherical"):
         raise ConfigError("covariance", f"unknown GMM covariance {covariance!r}; use full, tied, diag or spherical")
     X = _pooled(adatas, use_rep)
@@ -263,9 +307,20 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         labels = estimator.predict(Xr)
     else:
         labels = _leiden(Xr, k, seed)
+    use_prior = method == "gmm" and spatial_prior > 0
+    if use_prior and prior_em_rounds and covariance == "full":  # (other covariance types: not re-estimated)
+        current = _prior_labels(adatas, _log_posterior(estimator, Xr), spatial_prior)
+        used = len(np.unique(current))
+        for _ in range(int(prior_em_rounds)):  # HMRF-EM: label under the prior, re-estimate, again
+            refit = _refit_full_gmm(estimator, Xr, current)
+            nxt = _prior_labels(adatas, _log_posterior(refit, Xr), spatial_prior)
+            if len(np.unique(nxt)) < used or len(np.unique(refit.predict(Xr))) < used:
+                break  # the mixture collapsing: keep the last good one
+            estimator, current = refit, nxt
+        labels = estimator.predict(Xr)
     start = 0
     per_slide = []
-    log_post = _log_posterior(estimator, Xr) if method == "gmm" and spatial_prior > 0 else None
+    log_post = _log_posterior(estimator, Xr) if use_prior else None
     for a in adatas:
         lab = labels[start:start + a.n_obs]
         if log_post is not None and "spatial_neighbors" in a.obsm:  # the Potts prior, within each slide

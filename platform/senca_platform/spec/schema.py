@@ -173,6 +173,8 @@ class ClusteringSpec(_Base):
         "matched", description="remove each slide's offset before pooling (senca_core.tl.cluster align)")
     spatial_prior: float = Field(16.0, ge=0, allow_inf_nan=False,
                                  description="gmm: Potts prior weight per spatial neighbour (0: off)")
+    prior_em_rounds: int = Field(0, ge=0, le=100, description="gmm + prior: HMRF-EM rounds re-estimating the "
+                                                               "mixture from the prior's labels (0: off)")
     seed: int = 0
 
     @field_validator("k")
