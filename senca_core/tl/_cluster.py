@@ -92,8 +92,8 @@ def spatial_prior_labels(log_post: np.ndarray, neighbors: np.ndarray, beta: floa
     rows = np.arange(len(labels))
     for _ in range(iters):
         counts = np.zeros_like(log_post)
-        for j in range(nb.shape[1]):
-            np.add.at(counts, (rows, labels[nb[:, j]]), 1.0)
+        for j in range(nb.shape[1]):  # one neighbour column at a time: each row once, no repeated index
+            counts[rows, labels[nb[:, j]]] += 1.0
         new = (log_post + beta * counts).argmax(1)
         if np.array_equal(new, labels):
             break
@@ -255,9 +255,10 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     prior over ``obsm['spatial_neighbors']`` (:func:`spatial_prior_labels`): a spot's region is the GMM component
     maximising its log posterior + β per neighbour in it, before ``refine``; the default (16) is the one picked
     by leave-one-section-out over the labelled sections (``bench/bench_clustering.py``). ``prior_em_rounds``
-    (GMM with full covariance and a prior only, else ignored; default 0 = off): HMRF-EM, that many rounds of re-estimating the GMM from
-    the prior's labels and labelling again, so the regions' shapes follow the spatially coherent labels; a round
-    that would leave fewer regions in use than before (the mixture collapsing) is not taken. Opt-in: it lifts
+    (GMM with full covariance and a prior only, else ignored; default 0 = off): HMRF-EM, that many rounds of
+    re-estimating the GMM from the prior's labels and labelling again, so the regions' shapes follow the
+    spatially coherent labels; a round that would leave fewer regions in use than before (the mixture
+    collapsing) is not taken. Opt-in: it lifts
     the labelled sections (bench) but can collapse on barely separable regions (``tests/test_cluster.py``).
     """
     adatas = [adatas] if isinstance(adatas, AnnData) else list(adatas)
@@ -308,8 +309,9 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     else:
         labels = _leiden(Xr, k, seed)
     use_prior = method == "gmm" and spatial_prior > 0
+    # the Potts prior within each slide (slides without neighbours keep the arg-max): the labels below
+    current = _prior_labels(adatas, _log_posterior(estimator, Xr), spatial_prior) if use_prior else None
     if use_prior and prior_em_rounds and covariance == "full":  # (other covariance types: not re-estimated)
-        current = _prior_labels(adatas, _log_posterior(estimator, Xr), spatial_prior)
         used = len(np.unique(current))
         for _ in range(int(prior_em_rounds)):  # HMRF-EM: label under the prior, re-estimate, again
             refit = _refit_full_gmm(estimator, Xr, current)
@@ -320,12 +322,8 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         labels = estimator.predict(Xr)
     start = 0
     per_slide = []
-    log_post = _log_posterior(estimator, Xr) if use_prior else None
     for a in adatas:
-        lab = labels[start:start + a.n_obs]
-        if log_post is not None and "spatial_neighbors" in a.obsm:  # the Potts prior, within each slide
-            lab = spatial_prior_labels(log_post[start:start + a.n_obs], np.asarray(a.obsm["spatial_neighbors"]),
-                                       spatial_prior)
+        lab = (labels if current is None else current)[start:start + a.n_obs]
         start += a.n_obs
         if refine and "spatial_neighbors" in a.obsm:
             lab = refine_labels(lab, np.asarray(a.obsm["spatial_neighbors"]))
