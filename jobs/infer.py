@@ -99,7 +99,8 @@ def cluster_args(clustering: dict[str, Any]) -> dict[str, Any]:
     return {"k": None if k in (None, "auto") else int(k), "method": clustering.get("method", "gmm"),
             "refine": bool(clustering.get("refine", True)), "align": None if align in (None, "none") else align,
             "spatial_prior": float(clustering.get("spatial_prior", 16.0)),
-            "prior_em_rounds": int(clustering.get("prior_em_rounds", 0)), "seed": int(clustering.get("seed", 0))}
+            "prior_em_rounds": int(clustering.get("prior_em_rounds", 0)),
+            "consensus": bool(clustering.get("consensus", False)), "seed": int(clustering.get("seed", 0))}
 
 
 def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regions_dir: str | Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from sklearn.metrics import adjusted_rand_score
 from senca_core import tl
 from senca_core.errors import ConfigError
 from senca_core.tl._align import SlideAligner
+from senca_core.tl._consensus import average_linkage, member_settings
 
 CENTRES = np.array([[0.0, 0.0, 0.0, 0.0], [4.0, 0.0, 0.0, 0.0], [0.0, 4.0, 0.0, 0.0]])
 
@@ -97,7 +98,7 @@ def test_gmm_covariance_is_a_switch(covariance):
     """``covariance`` picks the GMM's covariance type (bench/bench_clustering.py compares them); the estimator the
     RegionModel keeps is the one fitted, so new spots get the same regions."""
     a = _slide("S1", [0.4, 0.3, 0.3], [0, 0, 0, 0])
-    model = tl.cluster(a, 3, covariance=covariance, refine=False, return_model=True)
+    model = tl.cluster(a, 3, covariance=covariance, refine=False, consensus=False, return_model=True)
     assert model.estimator.covariance_type == covariance
     assert adjusted_rand_score(a.obs["truth"], a.obs["region"]) > 0.9
     assert (model.labels(np.asarray(a.obsm["X_senca"])) == a.obs["region"].astype(int).to_numpy()).all()
@@ -129,9 +130,9 @@ def test_the_spatial_prior_recovers_regions_the_noise_scatters_and_new_slides_ge
     recovers the bands the plain arg-max scatters; the RegionModel applies it again, so the same slide gets the
     same regions, and a fresh slide of the same tissue is labelled as well."""
     a = _grid_slide(noise=2.2)
-    tl.cluster(a, 3, refine=False, spatial_prior=0.0, n_pcs=None)
+    tl.cluster(a, 3, refine=False, spatial_prior=0.0, n_pcs=None, consensus=False)
     plain = adjusted_rand_score(a.obs["truth"], a.obs["region"])
-    model = tl.cluster(a, 3, refine=False, spatial_prior=16.0, n_pcs=None, return_model=True)
+    model = tl.cluster(a, 3, refine=False, spatial_prior=16.0, n_pcs=None, consensus=False, return_model=True)
     prior = adjusted_rand_score(a.obs["truth"], a.obs["region"])
     assert prior > plain + 0.2 and prior > 0.8, (plain, prior)
     assert model.spatial_prior == 16.0
@@ -152,9 +153,10 @@ def test_hmrf_em_refits_the_mixture_to_the_prior_and_never_collapses_it():
     labelled as well); on barely separable regions, where re-estimating would let one component swallow the
     others, the rounds that would collapse the mixture are not taken."""
     a = _grid_slide(noise=2.2, seed=3)
-    tl.cluster(a, 3, refine=False, spatial_prior=16.0, prior_em_rounds=0, n_pcs=None)
+    tl.cluster(a, 3, refine=False, spatial_prior=16.0, prior_em_rounds=0, n_pcs=None, consensus=False)
     once = adjusted_rand_score(a.obs["truth"], a.obs["region"])
-    model = tl.cluster(a, 3, refine=False, spatial_prior=16.0, prior_em_rounds=10, n_pcs=None, return_model=True)
+    model = tl.cluster(a, 3, refine=False, spatial_prior=16.0, prior_em_rounds=10, n_pcs=None, consensus=False,
+                       return_model=True)
     em = adjusted_rand_score(a.obs["truth"], a.obs["region"])
     assert em > once and em > 0.95, (once, em)
     again = model.labels(np.asarray(a.obsm["X_senca"]), a.obsm["spatial_neighbors"])
@@ -162,7 +164,52 @@ def test_hmrf_em_refits_the_mixture_to_the_prior_and_never_collapses_it():
     b = _grid_slide(noise=2.2, seed=8)
     assert adjusted_rand_score(b.obs["truth"], model.predict(b)) > 0.9
     hard = _grid_slide(noise=2.6, seed=3)  # without the guard: ARI 0.0; with it 0.56 (0.69 without EM)
-    tl.cluster(hard, 3, refine=False, spatial_prior=16.0, prior_em_rounds=10, n_pcs=None)
+    tl.cluster(hard, 3, refine=False, spatial_prior=16.0, prior_em_rounds=10, n_pcs=None, consensus=False)
     assert hard.obs["region"].nunique() == 3 and adjusted_rand_score(hard.obs["truth"], hard.obs["region"]) > 0.5
     with pytest.raises(ConfigError, match="prior_em_rounds"):
         tl.cluster(a, 3, prior_em_rounds=-1)
+
+
+def test_the_consensus_agrees_over_the_cuts_and_gives_new_slides_the_same_regions():
+    """The consensus (opt-in) is the partition a family of GMM cuts agrees on (full / tied covariance, with and without
+    HMRF-EM, around ``n_pcs``): it finds the bands of a noisy slide, its model (pickled, as the platform keeps it)
+    gives the training slide exactly its regions back and labels a fresh slide of the same tissue; a member-id
+    tuple never seen in training joins the group whose spots carry those ids most."""
+    import pickle
+
+    a = _grid_slide(noise=2.2, seed=3)
+    model = tl.cluster(a, 3, n_pcs=None, consensus=True, return_model=True)
+    assert isinstance(model, tl.ConsensusRegionModel) and model.k == model.k_requested == 3
+    assert len(model.members) == len(member_settings(None)) == 3
+    assert adjusted_rand_score(a.obs["truth"], a.obs["region"]) > 0.9
+    model = pickle.loads(pickle.dumps(model))
+    assert (model.predict(a) == a.obs["region"].astype(int).to_numpy()).all()
+    assert adjusted_rand_score(_grid_slide(noise=2.2, seed=8).obs["truth"], model.predict(_grid_slide(2.2, 8))) > 0.9
+    L = np.stack([m.predict(a) for m in model.members], axis=1)
+    rows, counts = np.unique(L, axis=0, return_counts=True)
+    seen = rows[counts.argmax()]  # the commonest tuple
+    unseen = seen.copy()
+    unseen[-1] = 99  # an id the last member never gave: the other members' ids decide
+    assert model.groups(unseen[None, :])[0] == model.groups(seen[None, :])[0]
+    assert [len(member_settings(15)), sorted({s["n_pcs"] for s in member_settings(15)})] == [9, [10, 15, 30]]
+    assert member_settings(15)[0] == {"covariance": "full", "n_pcs": 15, "prior_em_rounds": 0}
+    for one_cut in ({"covariance": "tied"}, {"prior_em_rounds": 3}):
+        with pytest.raises(ConfigError, match="consensus"):
+            tl.cluster(a, 3, consensus=True, **one_cut)
+
+
+def test_weighted_average_linkage_is_average_linkage_over_the_points():
+    """Each distinct tuple stands for the spots holding it: UPGMA over the weighted items partitions the points
+    exactly as scipy's average linkage over the points themselves."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import cdist, pdist
+
+    rng = np.random.default_rng(0)
+    for k in (2, 4, 6):
+        items = rng.normal(size=(15, 3))
+        weights = rng.integers(1, 5, size=15)
+        points = np.repeat(items, weights, axis=0)
+        ref = fcluster(linkage(pdist(points), "average"), k, "maxclust")
+        ours = np.repeat(average_linkage(cdist(items, items), weights, k), weights)
+        assert len(np.unique(ours)) == k
+        assert adjusted_rand_score(ref, ours) == 1.0

@@ -1,0 +1,170 @@
+"""Consensus regions: the one partition a family of GMM cuts of the same embedding agrees on.
+
+Which single cut of an embedding finds the annotated regions differs from section to section: a tied covariance
+(mclust's EEE) lifts one section by 0.2 ARI and sinks another, re-estimating the mixture under the spatial prior
+(HMRF-EM) lifts the real sections and lowers a synthetic one, the number of components kept moves each section
+differently, and leave-one-section-out over the single cuts transfers worse than the default
+(``bench/bench_clustering.py``). So the consensus does not pick one: it fits the whole family (``members``: GMM
+with full and tied covariance on ⅔×, 1× and 2× ``n_pcs`` components, and the full mixture with 10 HMRF-EM rounds
+on each; all with the same spatial prior and refinement) and keeps the partition they agree on.
+
+Each spot gets a tuple of member region ids. Tuples held by enough spots are merged by average linkage on the
+Hamming distance between tuples, weighted by how many spots hold each (exactly UPGMA over the spots themselves,
+since identical tuples are at distance 0), down to k groups; a rare tuple joins the group whose members' ids it
+matches best. The consensus is refined spatially like any cut. Cost: one GMM fit per member (nine by default) and
+a linkage over at most ``max_items`` distinct tuples.
+
+:class:`ConsensusRegionModel` keeps the members and the tuple table, so a new slide gets the same region ids and
+the training slides get exactly their regions back.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+from anndata import AnnData
+
+from ._labels import refine_labels, write_regions
+
+#: HMRF-EM rounds of the members that re-estimate the mixture under the prior
+EM_ROUNDS = 10
+
+
+def member_settings(n_pcs: int | None) -> list[dict]:
+    """The family of cuts (``tl.cluster`` keywords). The first is the plain cut at ``n_pcs`` (it chooses k when
+    k is not given)."""
+    dims = [n_pcs] if n_pcs is None else [n_pcs] + sorted({max(2, round(n_pcs * 2 / 3)), 2 * n_pcs} - {n_pcs})
+    settings = [{"covariance": c, "n_pcs": d, "prior_em_rounds": 0} for c in ("full", "tied") for d in dims]
+    settings += [{"covariance": "full", "n_pcs": d, "prior_em_rounds": EM_ROUNDS} for d in dims]
+    return sorted(settings, key=lambda s: (s["covariance"] != "full" or s["prior_em_rounds"] > 0
+                                           or s["n_pcs"] != n_pcs))
+
+
+def average_linkage(dist: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+    """Average-linkage (UPGMA) groups 0..k-1 of ``m`` items, item ``i`` standing for ``weights[i]`` identical
+    points: two groups merge at the mean distance over all their points' pairs (Lance-Williams update)."""
+    m = len(weights)
+    D = np.array(dist, dtype=np.float64)
+    np.fill_diagonal(D, np.inf)
+    size = np.asarray(weights, dtype=np.float64).copy()
+    group = np.arange(m)
+    for _ in range(max(m - k, 0)):
+        i, j = np.unravel_index(np.argmin(D), D.shape)
+        i, j = min(i, j), max(i, j)
+        merged = (size[i] * D[i] + size[j] * D[j]) / (size[i] + size[j])
+        D[i, :] = merged
+        D[:, i] = merged
+        D[i, i] = np.inf
+        D[j, :] = np.inf
+        D[:, j] = np.inf
+        size[i] += size[j]
+        group[group == j] = i
+    return np.unique(group, return_inverse=True)[1]
+
+
+class ConsensusRegionModel:
+    """The consensus of several :class:`~senca_core.tl.RegionModel` cuts; same interface (``k``, ``labels``,
+    ``predict``). ``members`` are the fitted cuts, ``tuples``/``tuple_groups`` the training spots' member-id
+    tuples and their consensus group, ``profiles[m]`` (groups, ids of member m) how often each group's spots
+    carry each id of member m, ``remap`` the consensus group -> size-ordered region id."""
+
+    method = "gmm"
+
+    def __init__(self, members: Sequence, tuples: np.ndarray, tuple_groups: np.ndarray, profiles: list,
+                 remap: dict, k: int, k_requested: int, refine: bool, use_rep: str) -> None:
+        self.members, self.tuples, self.tuple_groups, self.profiles = list(members), tuples, tuple_groups, profiles
+        self.remap, self.k, self.k_requested = remap, int(k), int(k_requested)
+        self.refine, self.use_rep = bool(refine), use_rep
+        self._table = None
+
+    @property
+    def spatial_prior(self) -> float:
+        return float(self.members[0].spatial_prior)
+
+    @property
+    def aligner(self):
+        """The first member's slide aligner (every member aligns the slides on its own cut)."""
+        return self.members[0].aligner
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_table"] = None
+        return state
+
+    def groups(self, L: np.ndarray) -> np.ndarray:
+        """Consensus group of each row of member ids ``L`` (n, members): a training tuple's own group, any other
+        tuple the group whose spots' member ids it matches best."""
+        if self._table is None:
+            self._table = {tuple(t): int(g) for t, g in zip(self.tuples.tolist(), self.tuple_groups.tolist())}
+        out = np.array([self._table.get(tuple(row), -1) for row in L.tolist()], dtype=int)
+        unseen = out < 0
+        if unseen.any():
+            out[unseen] = _best_group(L[unseen], self.profiles)
+        return out
+
+    def labels(self, X: np.ndarray, neighbors: np.ndarray | None = None) -> np.ndarray:
+        """Region ids (ints) of one slide's readout ``X``, refined over ``neighbors`` like at fit time."""
+        L = np.stack([m.labels(X, neighbors) for m in self.members], axis=1)
+        raw = self.groups(L)
+        if self.refine and neighbors is not None:
+            raw = refine_labels(raw, np.asarray(neighbors))
+        known = np.asarray(sorted(self.remap), dtype=int)
+        lost = ~np.isin(raw, known)  # a group the training refinement emptied: the best group still in use
+        if lost.any():
+            scores = _group_scores(L[lost], self.profiles)[:, known]
+            raw[lost] = known[scores.argmax(1)]
+        return np.array([self.remap[int(g)] for g in raw], dtype=int)
+
+    def predict(self, adata: AnnData) -> np.ndarray:
+        """Region ids (ints) of one slide, refined like at fit time."""
+        X = np.asarray(adata.obsm[self.use_rep], dtype=np.float64)
+        return self.labels(X, adata.obsm.get("spatial_neighbors"))
+
+
+def _group_scores(L: np.ndarray, profiles: list) -> np.ndarray:
+    """(n, groups): summed over members, the share of each group's spots carrying the row's member id."""
+    scores = np.zeros((L.shape[0], profiles[0].shape[0]))
+    for m, P in enumerate(profiles):
+        ids = L[:, m]
+        ok = (ids >= 0) & (ids < P.shape[1])
+        scores[ok] += P[:, ids[ok]].T
+    return scores
+
+
+def _best_group(L: np.ndarray, profiles: list) -> np.ndarray:
+    return _group_scores(L, profiles).argmax(1)
+
+
+def consensus_cut(adatas: Sequence[AnnData], fit_member: Callable[[dict, int | None], object], settings: list,
+                  k: int | None, *, refine: bool, key_added: str, use_rep: str,
+                  max_items: int = 1000) -> ConsensusRegionModel:
+    """Fit every member (``fit_member(setting, k)`` returns a fitted cut and writes ``obs[key_added]``), then the
+    consensus; writes the consensus regions to ``obs[key_added]`` of every slide and returns its model."""
+    members, columns = [], []
+    for setting in settings:
+        member = fit_member(setting, k)
+        k = int(member.k_requested)  # the first member chooses k when it was not given
+        members.append(member)
+        columns.append(np.concatenate([a.obs[key_added].astype(int).to_numpy() for a in adatas]))
+    L = np.stack(columns, axis=1)
+    tuples, inverse, counts = np.unique(L, axis=0, return_inverse=True, return_counts=True)
+    inverse = np.asarray(inverse).reshape(-1)
+    order = np.argsort(-counts, kind="stable")[:max_items]
+    frequent = order[counts[order] >= max(2, int(np.ceil(1e-3 * L.shape[0])))]
+    items = frequent if len(frequent) >= k else order[:k]
+    T = tuples[items]
+    item_groups = average_linkage((T[:, None, :] != T[None, :, :]).mean(-1), counts[items], min(k, len(items)))
+    n_groups = int(item_groups.max()) + 1
+    profiles = []
+    for m in range(L.shape[1]):
+        P = np.zeros((n_groups, int(L[:, m].max()) + 1))
+        np.add.at(P, (item_groups, T[:, m]), counts[items])
+        profiles.append(P / np.maximum(P.sum(1, keepdims=True), 1.0))
+    tuple_groups = np.full(len(tuples), -1)
+    tuple_groups[items] = item_groups
+    rest = tuple_groups < 0
+    if rest.any():
+        tuple_groups[rest] = _best_group(tuples[rest], profiles)
+    remap, categories = write_regions(adatas, tuple_groups[inverse], refine=refine, key_added=key_added)
+    return ConsensusRegionModel(members, tuples, tuple_groups, profiles, remap, len(categories), k, refine, use_rep)
