@@ -124,6 +124,34 @@ def _refit_full_gmm(estimator, Xr: np.ndarray, labels: np.ndarray, reg_covar: fl
     return g
 
 
+def _fit(adatas, X: np.ndarray, k: int | None, method: str, n_pcs: int | None, seed: int, k_max: int,
+         align: str | None, covariance: str) -> tuple:
+    """k (chosen by BIC when None), the slide aligner (several slides), the reducer, the reduced spots and the
+    fitted estimator (GMM / k-means; Leiden: None)."""
+    n = X.shape[0]
+    aligner = None
+    if align is not None and len(adatas) > 1:
+        if align not in SlideAligner.METHODS:
+            raise ConfigError("align", f"unknown slide alignment {align!r}; use one of {SlideAligner.METHODS} or None")
+        sizes = np.cumsum([a.n_obs for a in adatas])[:-1]
+        if k is None:  # choose k on the centred spots, then align at that k
+            k = _choose_k(_reducer(X, n_pcs, seed).transform(np.vstack([b - b.mean(0) for b in np.split(X, sizes)])),
+                          seed, min(k_max, max(2, n // 10)))
+        aligner = SlideAligner(k, method=align, n_pcs=n_pcs, seed=seed)
+        X = np.vstack(aligner.fit_transform(np.split(X, sizes)))
+    reducer = _reducer(X, n_pcs, seed)
+    Xr = reducer.transform(X)
+    if k is None:
+        k = _choose_k(Xr, seed, min(k_max, max(2, n // 10)))
+    estimator = None
+    if method == "gmm":
+        estimator = GaussianMixture(n_components=k, covariance_type=covariance, reg_covar=1e-4, n_init=3,
+                                    random_state=seed).fit(Xr)
+    elif method == "kmeans":
+        estimator = KMeans(k, n_init=10, random_state=seed).fit(Xr)
+    return k, aligner, reducer, Xr, estimator
+
+
 class RegionModel:
     """A fitted region clustering: the projection and the estimator, so new slides get the same region ids.
 
@@ -203,7 +231,8 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
             use_rep: str = "X_senca", refine: bool = True, n_pcs: int | None = 15, seed: int = 0,
             key_added: str = "region", k_max: int = 12, align: str | None = "matched",
             covariance: str = "full", spatial_prior: float = 16.0, prior_em_rounds: int = 0,
-            consensus: bool = False, return_model: bool = False) -> int | RegionModel | ConsensusRegionModel:
+            consensus: bool = False, return_model: bool = False,
+            _fits: dict | None = None) -> int | RegionModel | ConsensusRegionModel:
     """Cluster ``obsm[use_rep]`` into ``k`` regions; writes ``obs[key_added]`` (categorical) on every slide.
 
     A list of slides is clustered on the pooled embeddings, so region ``"3"`` means the same in every slide.
@@ -225,7 +254,8 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     (:mod:`senca_core.tl._consensus`: full and tied covariance on ⅔×, 1× and 2× ``n_pcs`` components, and the full
     mixture with HMRF-EM on each, every one with the spatial prior); ``covariance`` and ``prior_em_rounds`` then
     must stay at their defaults (they choose one cut: ``consensus=False``). The model returned is then a
-    :class:`~senca_core.tl.ConsensusRegionModel`.
+    :class:`~senca_core.tl.ConsensusRegionModel`. ``_fits`` (internal, the consensus): fits shared between calls
+    on the same slides and seed, keyed by ``(n_pcs, covariance, k, method)``.
     """
     adatas = [adatas] if isinstance(adatas, AnnData) else list(adatas)
     if method not in METHODS:
@@ -243,10 +273,12 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
             raise ConfigError("consensus", "the consensus already spans full and tied covariances with and without "
                                            "HMRF-EM; covariance and prior_em_rounds choose one cut: consensus=False")
 
+        fits: dict = {}  # members sharing n_pcs and covariance (with and without HMRF-EM) share one mixture fit
+
         def fit_member(setting: dict, k_member: int | None) -> RegionModel:
             return cluster(adatas, k_member, method="gmm", use_rep=use_rep, refine=refine, seed=seed,
                            key_added=key_added, k_max=k_max, align=align, spatial_prior=spatial_prior,
-                           consensus=False, return_model=True, **setting)
+                           consensus=False, return_model=True, _fits=fits, **setting)
 
         model = consensus_cut(adatas, fit_member, member_settings(n_pcs), k, refine=refine, key_added=key_added,
                               use_rep=use_rep)
@@ -263,30 +295,13 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         if k > n:
             slides = ", ".join(_slide(a) for a in adatas)
             raise SlideError(f"k={k} regions requested but only {n} spots", slide=slides, field="k")
-    aligner = None
-    if align is not None and len(adatas) > 1:
-        if align not in SlideAligner.METHODS:
-            raise ConfigError("align", f"unknown slide alignment {align!r}; use one of {SlideAligner.METHODS} or None")
-        sizes = np.cumsum([a.n_obs for a in adatas])[:-1]
-        if k is None:  # choose k on the centred spots, then align at that k
-            k = _choose_k(_reducer(X, n_pcs, seed).transform(np.vstack([b - b.mean(0) for b in np.split(X, sizes)])),
-                          seed, min(k_max, max(2, n // 10)))
-        aligner = SlideAligner(k, method=align, n_pcs=n_pcs, seed=seed)
-        X = np.vstack(aligner.fit_transform(np.split(X, sizes)))
-    reducer = _reducer(X, n_pcs, seed)
-    Xr = reducer.transform(X)
-    if k is None:
-        k = _choose_k(Xr, seed, min(k_max, max(2, n // 10)))
-    estimator = None
-    if method == "gmm":
-        estimator = GaussianMixture(n_components=k, covariance_type=covariance, reg_covar=1e-4, n_init=3,
-                                    random_state=seed).fit(Xr)
-        labels = estimator.predict(Xr)
-    elif method == "kmeans":
-        estimator = KMeans(k, n_init=10, random_state=seed).fit(Xr)
-        labels = estimator.predict(Xr)
+    if _fits is not None and (n_pcs, covariance, k, method) in _fits:  # a consensus member: the same fit as another
+        k, aligner, reducer, Xr, estimator = _fits[(n_pcs, covariance, k, method)]
     else:
-        labels = _leiden(Xr, k, seed)
+        k, aligner, reducer, Xr, estimator = _fit(adatas, X, k, method, n_pcs, seed, k_max, align, covariance)
+        if _fits is not None:
+            _fits[(n_pcs, covariance, k, method)] = (k, aligner, reducer, Xr, estimator)
+    labels = _leiden(Xr, k, seed) if method == "leiden" else estimator.predict(Xr)
     use_prior = method == "gmm" and spatial_prior > 0
     # the Potts prior within each slide (slides without neighbours keep the arg-max): the labels below
     current = _prior_labels(adatas, _log_posterior(estimator, Xr), spatial_prior) if use_prior else None
