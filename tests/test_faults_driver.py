@@ -138,7 +138,7 @@ def test_finished_stages_are_not_redone(killed):
     assert [s["ari"] for s in s3["slides"]] == [s["ari"] for s in s2["slides"]]
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, func_only=True)  # the test itself; its setup is the first conftest.clean_fault_run (a run)
 def test_the_resumed_run_computed_what_a_clean_run_computes(killed, clean_fault_run):
     """Killed mid-training and resumed from the checkpoint (weights, optimiser, random generators): the regions and
     embeddings of every slide equal those of a run that was never interrupted, bit for bit."""

@@ -22,11 +22,12 @@ NAME = "secure-demo"
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory):
+def secured(tmp_path_factory, request):
     """A tiny cohort run with secrets in the environment and a password in the spec's tracking URI, against a
     real MLflow server; the listening sockets of every process of the run sampled while it runs."""
     root = tmp_path_factory.mktemp("secure")
     server = MlflowServer(root / "mlflow").start()
+    request.addfinalizer(server.stop)  # also when the run below fails or times out
     tag = uuid.uuid4().hex[:12]
     # the URI's password holds an '@' (its two halves are checked apart: a partial mask leaves the second), and
     # the spec carries a secret in a comment line and in a comment after a value
@@ -53,10 +54,7 @@ def secured(tmp_path_factory):
         state["left"] = run.kill_all()
         shutil.rmtree(raytmp, ignore_errors=True)
     state["stdout"], state["stderr"] = run.stdout, run.stderr
-    try:
-        yield state
-    finally:
-        server.stop()
+    yield state
 
 
 @pytest.mark.timeout(900)

@@ -80,6 +80,7 @@ def server_killed(tmp_path_factory):
         state["run_seconds_after_kill"] = time.monotonic() - state["server_killed_at"]
     finally:
         state["left"] = run.kill_all()
+        server.stop()  # already stopped unless the wait failed: then it must not outlive the fixture
         shutil.rmtree(raytmp, ignore_errors=True)
     state["stdout"], state["stderr"] = run.stdout, run.stderr
     state["restarted"] = MlflowServer(store).start()  # same backend store, a new port
