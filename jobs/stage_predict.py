@@ -34,6 +34,13 @@ class Fitted:
     n_hist: int  # histology feature columns the model expects (0: none)
 
 
+def slide_regions(region_model, embedding: np.ndarray, neighbors: np.ndarray | None) -> np.ndarray:
+    """Region ids (ints, the training cohort's ids) of one slide's spots: ``senca_core.tl.RegionModel.labels``
+    (the slide aligned onto the cohort like at fit time, reduced, the fitted estimator, refined). The one place a
+    saved region model labels a slide: prediction here, the reproduction check of ``senca_platform.model_state``."""
+    return np.asarray(region_model.labels(np.asarray(embedding, dtype=np.float64), neighbors), dtype=int)
+
+
 def predict_slide(entry: dict[str, Any], fitted: Fitted, out: Path, *, stamp: dict[str, Any],
                   say: Callable[[str], None]) -> tuple[dict[str, Any], dict | None]:
     """One slide (``entry``: patient_id, slide_id and the spec's slide fields). Returns its status row and its
@@ -70,7 +77,7 @@ def predict_slide(entry: dict[str, Any], fitted: Fitted, out: Path, *, stamp: di
         if emb["status"] != "ok":
             st.update(status="failed", stage="predict", error=emb["error"], traceback=emb["traceback"])
             return st, None
-        labels = np.asarray(fitted.region_model.labels(np.load(emb_path).astype(np.float64), neighbors), dtype=int)
+        labels = slide_regions(fitted.region_model, np.load(emb_path), neighbors)
         atomic_write_with(reg_path, lambda tmp: np.save(open(tmp, "wb"), labels))
     except Exception as err:  # noqa: BLE001 - this slide's failure, recorded
         st.update(status="failed", stage="predict", error=error_text(err, sid), traceback=short_traceback(err))

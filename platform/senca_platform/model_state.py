@@ -43,13 +43,6 @@ class PredictError(RuntimeError):
     """Predict cannot start (model, model state or slides spec); one line for the user."""
 
 
-# ============================================================================================ region model
-def assign_regions(region_model, embedding: np.ndarray, neighbors: np.ndarray | None) -> np.ndarray:
-    """Region ids (ints, the training cohort's ids) of one slide's spots: ``senca_core.tl.RegionModel.labels``
-    (the slide aligned onto the cohort like at fit time, reduced, the fitted estimator, refined)."""
-    return np.asarray(region_model.labels(np.asarray(embedding, dtype=np.float64), neighbors), dtype=int)
-
-
 # ============================================================================================ model state
 def _sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -74,6 +67,7 @@ def build_model_state(output_dir: str | Path, dest: str | Path, *, preprocess: d
     training region back (1.0 = exact). Callable before the summary exists (pass ``k`` and ``slides``).
     """
     from jobs.infer import read_obsm
+    from jobs.stage_predict import slide_regions
 
     out = Path(output_dir)
     dest = Path(dest)
@@ -104,7 +98,7 @@ def build_model_state(output_dir: str | Path, dest: str | Path, *, preprocess: d
                            "(senca-platform run --fresh)")
     with open(src, "rb") as fh:
         region_model = pickle.load(fh)  # noqa: S301 - written by this run's infer stage
-    reproduced = {s: float(np.mean(assign_regions(region_model, z, nb) == r))
+    reproduced = {s: float(np.mean(slide_regions(region_model, z, nb) == r))
                   for s, z, nb, r in zip(slides, Z, nbs, regions)}
     categories = [str(i) for i in range(max(int(region_model.k), int(max(r.max() for r in regions)) + 1))]
     shutil.copyfile(src, dest / "region_model.pkl")

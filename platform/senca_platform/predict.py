@@ -26,7 +26,7 @@ import numpy as np
 from jobs.stage_predict import Fitted, stage_predict
 
 from ._redact import redact_text
-from .model_state import (ModelState, PredictError, assign_regions, attach_model_state, build_model_state,  # noqa: F401
+from .model_state import (ModelState, PredictError, attach_model_state, build_model_state,  # noqa: F401
                           load_state_dir, resolve_model_state)
 from .registry import ModelRef, client, get_version, parse_model_uri, redact_uri
 from .runner import CohortResult
@@ -242,6 +242,6 @@ def _log_predict_run(mc, mv, ref: ModelRef, summary: dict[str, Any], slides_path
     return rid
 
 
-__all__ = ["ModelState", "PredictError", "PredictResult", "assign_regions", "attach_model_state",
+__all__ = ["ModelState", "PredictError", "PredictResult", "attach_model_state",
            "build_model_state", "load_slides", "load_state_dir", "predict_cohort",
            "resolve_model_state"]
