@@ -100,7 +100,7 @@ def cluster_args(clustering: dict[str, Any]) -> dict[str, Any]:
             "refine": bool(clustering.get("refine", True)), "align": None if align in (None, "none") else align,
             "spatial_prior": float(clustering.get("spatial_prior", 16.0)),
             "prior_em_rounds": int(clustering.get("prior_em_rounds", 0)),
-            "consensus": bool(clustering.get("consensus", False)), "seed": int(clustering.get("seed", 0))}
+            "consensus": clustering.get("consensus"), "seed": int(clustering.get("seed", 0))}
 
 
 def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regions_dir: str | Path) -> dict[str, Any]:

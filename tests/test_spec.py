@@ -283,10 +283,11 @@ def test_check_inputs_without_reading_only_reports_missing_files(tmp_path):
 
 
 def test_hmrf_em_rounds_need_a_single_cut(tmp_path):
-    """``clustering.prior_em_rounds`` belongs to one GMM cut: with the consensus (opt-in) it is refused, naming the
-    field; with ``consensus: false`` (the default) it is taken."""
+    """``clustering.prior_em_rounds`` belongs to one GMM cut: with ``consensus: true`` it is refused, naming the
+    field; with ``consensus: false`` or unset (the default: the consensus unless one cut is asked for) it is taken."""
     issues = _problems(tmp_path, GOOD + "clustering:\n  prior_em_rounds: 10\n  consensus: true\n")
     assert any("clustering" in i.field and "consensus: false" in i.message for i in issues), issues
     spec = load_spec(_write(tmp_path, GOOD + "clustering:\n  prior_em_rounds: 10\n  consensus: false\n"))
     assert spec.clustering.prior_em_rounds == 10 and spec.clustering.consensus is False
-    assert load_spec(_write(tmp_path, GOOD)).clustering.consensus is False
+    assert load_spec(_write(tmp_path, GOOD + "clustering:\n  prior_em_rounds: 10\n")).clustering.consensus is None
+    assert load_spec(_write(tmp_path, GOOD)).clustering.consensus is None

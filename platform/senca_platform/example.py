@@ -84,8 +84,8 @@ clustering:                       # regions on the POOLED embeddings: region ids
   refine: true                    # spatial smoothing of the labels
   align: matched                  # matched | centre | none: remove each slide's (patient's) offset first
   spatial_prior: 16               # gmm: a spot leans towards its neighbours' region (Potts prior; 0: off)
-  consensus: false                # gmm, opt-in: the regions nine GMM cuts agree on (~9x the cut's cost)
-  prior_em_rounds: 0              # one cut: HMRF-EM rounds (opt-in; the consensus has its own)
+  consensus: true                 # gmm: the regions six GMM cuts agree on (~4x one cut's cost); false: one cut
+  prior_em_rounds: 0              # with consensus: false only: HMRF-EM rounds of the one cut
 
 tracking:                         # MLflow; default: a local store sqlite:///<output_dir>/mlflow.db
   # uri: http://mlflow:5000       # never put passwords here: use MLFLOW_TRACKING_USERNAME/PASSWORD env vars

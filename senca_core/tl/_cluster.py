@@ -231,7 +231,7 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
             use_rep: str = "X_senca", refine: bool = True, n_pcs: int | None = 15, seed: int = 0,
             key_added: str = "region", k_max: int = 12, align: str | None = "matched",
             covariance: str = "full", spatial_prior: float = 16.0, prior_em_rounds: int = 0,
-            consensus: bool = False, return_model: bool = False,
+            consensus: bool | None = None, return_model: bool = False,
             _fits: dict | None = None) -> int | RegionModel | ConsensusRegionModel:
     """Cluster ``obsm[use_rep]`` into ``k`` regions; writes ``obs[key_added]`` (categorical) on every slide.
 
@@ -250,10 +250,11 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     spatially coherent labels; a round that would leave fewer regions in use than before (the mixture
     collapsing) is not taken. Alone it lifts the labelled sections (bench) but reshapes regions a plain mixture
     already gets right (a synthetic slide with ground truth: 0.90 -> 0.76).
-    ``consensus`` (GMM only; opt-in): the regions are the partition a family of cuts agrees on
-    (:mod:`senca_core.tl._consensus`: full and tied covariance on ⅔×, 1× and 2× ``n_pcs`` components, and the full
-    mixture with HMRF-EM on each, every one with the spatial prior); ``covariance`` and ``prior_em_rounds`` then
-    must stay at their defaults (they choose one cut: ``consensus=False``). The model returned is then a
+    ``consensus`` (GMM only; the default ``None`` = on unless ``covariance`` or ``prior_em_rounds`` choose one cut):
+    the regions are the partition a family of cuts agrees on (:mod:`senca_core.tl._consensus`: the full-covariance
+    mixture on ⅔×, 1× and 2× ``n_pcs`` components, each plain and with HMRF-EM, every one with the spatial prior;
+    chosen over one cut by leave-one-section-out, ``bench/bench_clustering.py``). ``consensus=True`` with another
+    ``covariance`` or ``prior_em_rounds`` is refused; ``consensus=False`` is one cut. The model returned is then a
     :class:`~senca_core.tl.ConsensusRegionModel`. ``_fits`` (internal, the consensus): fits shared between calls
     on the same slides and seed, keyed by ``(n_pcs, covariance, k, method)``.
     """
@@ -268,9 +269,11 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         raise ConfigError("prior_em_rounds", f"must be an integer >= 0, got {prior_em_rounds!r}")
     if covariance not in ("full", "tied", "diag", "spherical"):
         raise ConfigError("covariance", f"unknown GMM covariance {covariance!r}; use full, tied, diag or spherical")
+    if consensus is None:  # the default: the consensus, unless the caller chose one cut's settings
+        consensus = covariance == "full" and not prior_em_rounds
     if consensus and method == "gmm":
         if covariance != "full" or prior_em_rounds:
-            raise ConfigError("consensus", "the consensus already spans full and tied covariances with and without "
+            raise ConfigError("consensus", "the consensus is a family of full-covariance cuts with and without "
                                            "HMRF-EM; covariance and prior_em_rounds choose one cut: consensus=False")
 
         fits: dict = {}  # members sharing n_pcs and covariance (with and without HMRF-EM) share one mixture fit

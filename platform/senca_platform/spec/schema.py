@@ -173,10 +173,12 @@ class ClusteringSpec(_Base):
         "matched", description="remove each slide's offset before pooling (senca_core.tl.cluster align)")
     spatial_prior: float = Field(16.0, ge=0, allow_inf_nan=False,
                                  description="gmm: Potts prior weight per spatial neighbour (0: off)")
-    prior_em_rounds: int = Field(0, ge=0, le=100, description="gmm + prior, consensus off: HMRF-EM rounds "
+    prior_em_rounds: int = Field(0, ge=0, le=100, description="gmm + prior, one cut (consensus off): HMRF-EM rounds "
                                                                "re-estimating the mixture from the prior's labels")
-    consensus: bool = Field(False, description="gmm, opt-in: the regions a family of GMM cuts agrees on (full and tied "
-                                              "covariance, with and without HMRF-EM); false: one cut")
+    consensus: bool | None = Field(None, description="gmm: the regions six GMM cuts agree on (full covariance on "
+                                                     "2/3x, 1x, 2x the components, with and without HMRF-EM); "
+                                                     "default (unset): on unless prior_em_rounds chooses one cut; "
+                                                     "false: one cut")
     seed: int = 0
 
     @field_validator("k")
@@ -188,7 +190,7 @@ class ClusteringSpec(_Base):
 
     @model_validator(mode="after")
     def _one_cut(self) -> "ClusteringSpec":
-        if self.consensus and self.method == "gmm" and self.prior_em_rounds:
+        if self.consensus is True and self.method == "gmm" and self.prior_em_rounds:
             raise ValueError("prior_em_rounds applies to one GMM cut: set consensus: false to use it (the "
                              "consensus already includes cuts with HMRF-EM)")
         return self
