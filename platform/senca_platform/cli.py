@@ -89,7 +89,10 @@ def _run(spec_path: Path, out: Optional[str], fresh: bool, as_json: bool, resume
     def terminate(signum, frame):  # SIGTERM stops the run the way Ctrl-C does (one line, MLflow run KILLED)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    # SIGINT too, explicitly: a process started from a script in the background inherits SIGINT *ignored*, and
+    # Python then never raises KeyboardInterrupt, so `kill -INT` would be dropped and the run go on
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, terminate) for sig in stops}
     with stdout_to_stderr(as_json):
         try:
             result = run_cohort(spec, output_dir=out, fresh=fresh, resume=resume, progress=not as_json,
@@ -98,11 +101,13 @@ def _run(spec_path: Path, out: Optional[str], fresh: bool, as_json: bool, resume
             _err(f"error: {err}")
             return EXIT_NOT_STARTED
         except KeyboardInterrupt:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not interrupt the clean-up line
+            for sig in stops:  # a second signal must not interrupt the clean-up line
+                signal.signal(sig, signal.SIG_IGN)
             _err(f"stopped: {INTERRUPTED}; continue with: senca-platform run {spec_path} --resume")
             return EXIT_INTERRUPTED
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     if as_json:
         typer.echo(json.dumps(result.summary, indent=2))
     elif verbosity == "quiet":
