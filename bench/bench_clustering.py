@@ -30,11 +30,11 @@ from bench_regions import fmt, load_section, n_classes, section_parser, shared_r
 import senca_core as sc  # noqa: E402
 from senca_core.model import SencaConfig  # noqa: E402
 
-#: variant -> (representation, tl.cluster keyword arguments); "default" is what the product does
 ONE = {"consensus": False}
 DEFAULT = "default (consensus of six cuts)"
+#: variant -> (representation, tl.cluster keyword arguments); "default" is what the product does
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "default (consensus of six cuts)": ("readout", {}),
+    DEFAULT: ("readout", {}),
     "one cut": ("readout", ONE),
     "consensus of nine (+ tied covariance)": ("readout", {"consensus": "nine"}),
     "consensus, spatial_prior=0": ("readout", {"spatial_prior": 0.0}),
@@ -70,7 +70,8 @@ def cut(a, k: int, seed: int, kwargs: dict) -> None:
         return
     from senca_core.tl._consensus import consensus_cut, member_settings
 
-    settings = member_settings(15) + [{"covariance": "tied", "n_pcs": d, "prior_em_rounds": 0} for d in (15, 10, 30)]
+    six = member_settings(15)
+    settings = six + [dict(s, covariance="tied") for s in six if not s["prior_em_rounds"]]
     consensus_cut([a], lambda s, kk: sc.tl.cluster(a, kk, seed=seed, consensus=False, return_model=True, **s),
                   settings, k, refine=True, key_added="region", use_rep="X_senca")
 
