@@ -121,7 +121,7 @@ def test_resume_with_an_edited_spec_is_refused_naming_the_settings(tmp_path):
     Journal(out).start(load_spec(path), spec_path=path, tracker=None)  # what the interrupted run recorded
     assert Journal(out).spec_changes(load_spec(path)) == []
     text = path.read_text()
-    edited = text.replace("  epochs: 100", "  epochs: 7", 1)
+    edited = text.replace("  epochs: 200 ", "  epochs: 7 ", 1)
     assert edited != text
     path.write_text(edited)
     assert Journal(out).spec_changes(load_spec(path)) == ["training.epochs"]

@@ -56,7 +56,7 @@ model:                            # senca_core.model.SencaConfig settings (defau
   lr: 0.002
 
 training:                         # Ray Train: TorchTrainer, DDP over slides (each worker a shard of slides)
-  epochs: {epochs}
+  epochs: {epochs}                   # full passes over the slides (200: chosen by leave-one-section-out)
   num_workers: 2                  # at most; never more than the slides, nor one per min_spots_per_worker spots
   min_spots_per_worker: 5000      # 0: always num_workers; one worker runs as one Ray task (no worker group)
   use_gpu: false
@@ -99,7 +99,7 @@ tracking:                         # MLflow; default: a local store sqlite:///<ou
 
 
 def example_yaml(*, filename: str = "cohort.yaml", name: str = "her2st-example", output_dir: str = "senca_out",
-                 root: str = "data/her2st", epochs: int = 100, tuning: bool = False, tune_epochs: int = 20) -> str:
+                 root: str = "data/her2st", epochs: int = 200, tuning: bool = False, tune_epochs: int = 20) -> str:
     """The commented example spec (HER2ST A1 with image, B1 and C1 without)."""
     return EXAMPLE_TEMPLATE.format(filename=filename, name=name, output_dir=output_dir, root=root, epochs=epochs,
                                    tuning="true" if tuning else "false", tune_epochs=tune_epochs)

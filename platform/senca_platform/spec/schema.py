@@ -90,7 +90,8 @@ class PreprocessSpec(_Base):
 
 
 class TrainingSpec(_Base):
-    epochs: int = Field(100, ge=1)
+    epochs: int = Field(200, ge=1, description="full passes over the slides; 200 = SencaConfig's default, chosen by "
+                        "leave-one-section-out over 100/200/400 (docs/BENCHMARKS.md)")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP over slides)")
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
