@@ -53,6 +53,13 @@ def _loopback_node() -> Iterator[None]:
             os.environ[_RAY_CLUSTER_ENV] = saved_env
 
 
+#: Ray starts its worker processes at nice 15, below everything else on the machine: on a 2-core machine one other
+#: busy process (a benchmark at nice 10) made a one-section run's train stage 197 s instead of 7.5 s. An embedded
+#: Ray's workers do the run's work, so they start at the niceness of the command itself (an explicit
+#: ``RAY_worker_niceness`` in the environment is kept; a cluster's workers follow the cluster's own setting).
+WORKER_NICENESS = "RAY_worker_niceness"
+
+
 def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, logging_level: str = "WARNING") -> str:
     """Start an embedded local Ray bound to 127.0.0.1 (dashboard included: Ray Train V2 needs it) and return its
     GCS address.
@@ -82,6 +89,8 @@ def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, 
             env["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
         saved = os.environ.get("RAY_GCS_SERVER_PORT")
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        saved_nice = os.environ.get(WORKER_NICENESS)
+        os.environ.setdefault(WORKER_NICENESS, "0")  # the raylet reads it at start: see WORKER_NICENESS
         outer_address = os.environ.pop("RAY_ADDRESS", None)  # the spec has no address: embedded, whatever the shell says
         try:
             context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", num_cpus=num_cpus,
@@ -93,6 +102,8 @@ def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, 
                 os.environ.pop("RAY_GCS_SERVER_PORT", None)
             else:
                 os.environ["RAY_GCS_SERVER_PORT"] = saved
+            if saved_nice is None:
+                os.environ.pop(WORKER_NICENESS, None)
             if outer_address is not None:
                 os.environ["RAY_ADDRESS"] = outer_address
     global _DASHBOARD
