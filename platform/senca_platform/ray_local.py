@@ -11,6 +11,8 @@ import os
 import sys
 from typing import Iterator
 
+from ._environ import env_settings
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 #: how often Ray Train's controller polls its workers (Ray's default, 2 s, is also the latency of every
@@ -40,17 +42,12 @@ def _loopback_node() -> Iterator[None]:
     import ray._private.ray_constants as ray_constants
 
     saved_flag = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
-    saved_env = os.environ.get(_RAY_CLUSTER_ENV)
     ray_constants.ENABLE_RAY_CLUSTER = False
-    os.environ[_RAY_CLUSTER_ENV] = "0"  # the Ray processes started now (dashboard, raylet -> workers) agree
-    try:
-        yield
+    try:  # the Ray processes started now (dashboard, raylet -> workers) agree
+        with env_settings({_RAY_CLUSTER_ENV: "0"}, override=True):
+            yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        if saved_env is None:
-            os.environ.pop(_RAY_CLUSTER_ENV, None)
-        else:
-            os.environ[_RAY_CLUSTER_ENV] = saved_env
 
 
 #: Ray starts its worker processes at nice 15, below everything else on the machine: on a 2-core machine one other
@@ -87,23 +84,15 @@ def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, 
                                                                         "600")}
         if sys.platform.startswith("linux"):  # torch.distributed's Gloo connections between the DDP workers
             env["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
-        saved = os.environ.get("RAY_GCS_SERVER_PORT")
-        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
-        saved_nice = os.environ.get(WORKER_NICENESS)
-        os.environ.setdefault(WORKER_NICENESS, "0")  # the raylet reads it at start: see WORKER_NICENESS
         outer_address = os.environ.pop("RAY_ADDRESS", None)  # the spec has no address: embedded, whatever the shell says
-        try:
-            context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", num_cpus=num_cpus,
-                     log_to_driver=log_to_driver, logging_level=logging_level,
-                     runtime_env={"env_vars": env,
-                                  "worker_process_setup_hook": "senca_platform._loopback.torch_store_on_loopback"})
+        try:  # the raylet reads both at start (WORKER_NICENESS: unless the user set it)
+            with env_settings({"RAY_GCS_SERVER_PORT": str(port)}, override=True), \
+                    env_settings({WORKER_NICENESS: "0"}, override=False):
+                context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", num_cpus=num_cpus,
+                                   log_to_driver=log_to_driver, logging_level=logging_level,
+                                   runtime_env={"env_vars": env, "worker_process_setup_hook":
+                                                "senca_platform._loopback.torch_store_on_loopback"})
         finally:
-            if saved is None:
-                os.environ.pop("RAY_GCS_SERVER_PORT", None)
-            else:
-                os.environ["RAY_GCS_SERVER_PORT"] = saved
-            if saved_nice is None:
-                os.environ.pop(WORKER_NICENESS, None)
             if outer_address is not None:
                 os.environ["RAY_ADDRESS"] = outer_address
     global _DASHBOARD

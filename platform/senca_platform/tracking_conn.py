@@ -4,12 +4,11 @@ re-exported from) :mod:`senca_platform.tracking`."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from pathlib import Path
-from typing import Iterator
 
+from ._environ import env_settings as http_settings  # noqa: F401 - MLflow's HTTP settings for the duration
 from ._redact import redact_text, redact_uris  # noqa: F401 - re-exported
 
 
@@ -29,23 +28,6 @@ PROBE_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKO
 
 def is_remote(uri: str) -> bool:
     return uri.split(":", 1)[0].lower() in ("http", "https", "databricks")
-
-
-@contextlib.contextmanager
-def http_settings(values: dict[str, str], *, override: bool) -> Iterator[None]:
-    """Set MLflow's HTTP env settings for the duration (``override=False``: only those the user did not set)."""
-    saved = {k: os.environ.get(k) for k in values}
-    for k, v in values.items():
-        if override or saved[k] is None:
-            os.environ[k] = v
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def probe_tracking(uri: str, what: str = "starting the cohort run") -> None:
