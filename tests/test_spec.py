@@ -207,6 +207,16 @@ def test_secrets_are_redacted_from_the_logged_spec(tmp_path):
         {"api_key": "***", "nested": {"password": "***", "x": 1}}
 
 
+def test_training_length_is_one_default_everywhere(tmp_path):
+    """The spec, the example `init` writes and the model train for as long (they drifted apart once: CLI runs
+    trained 100 epochs while every benchmark trained SencaConfig's 200)."""
+    from senca_core.model import SencaConfig
+    from senca_platform.spec.schema import TrainingSpec
+
+    example = load_spec(_write(tmp_path, example_yaml()))
+    assert example.training.epochs == TrainingSpec().epochs == SencaConfig().epochs
+
+
 def test_example_spec_validates_and_points_at_real_files_when_rooted(tmp_path, her2st_root):
     path = _write(tmp_path, example_yaml(root=str(her2st_root)))
     spec = load_spec(path)
