@@ -37,6 +37,7 @@ CANDIDATES: dict[str, dict] = {
     "mask_rate=0.5": {"mask_rate": 0.5},
     "epochs=100": {"epochs": 100},
     "epochs=400": {"epochs": 400},
+    "attention_hops=1": {"attention_hops": 1},
 }
 
 

@@ -53,22 +53,31 @@ def test_deterministic_with_seed():
     np.testing.assert_array_equal(z1, z2)
 
 
-def _batch_and_model(seed=0):
+def _batch_and_model(seed=0, **config):
     a = _grid_slide(seed=seed)
-    model, _ = fit(a, SencaConfig(**FAST))
+    model, _ = fit(a, SencaConfig(**{**FAST, **config}))
     model.eval()
     return make_batch(a, model.config), model
 
 
+def _receptive_field(neighbors: torch.Tensor, i: int, hops: int) -> set[int]:
+    field = {i}
+    for _ in range(hops):
+        field = {int(j) for k in field for j in neighbors[k].tolist()}
+    return field
+
+
 @torch.no_grad()
-def test_cross_attention_uses_neighbours_and_nothing_outside():
-    batch, model = _batch_and_model()
+@pytest.mark.parametrize("hops", [1, 2])
+def test_cross_attention_sees_its_hops_and_nothing_outside(hops):
+    """One hop sees N(i); the second hop N(N(i)) - and nothing beyond either."""
+    batch, model = _batch_and_model(attention_hops=hops)
     z = model(batch)
     i = 100
-    hood = set(batch.neighbors[i].tolist())
-    outside = [j for j in range(batch.n_spots) if j not in hood]
+    field = _receptive_field(batch.neighbors, i, hops)
+    outside = [j for j in range(batch.n_spots) if j not in field]
 
-    # Changing every spot outside N(i), in both modalities, leaves z_i exactly unchanged.
+    # Changing every spot outside the receptive field, in both modalities, leaves z_i exactly unchanged.
     expr, hist = batch.expr.clone(), batch.hist.clone()
     expr[outside] = torch.randn_like(expr[outside]) * 5
     hist[outside] = torch.randn_like(hist[outside]) * 5
@@ -76,19 +85,21 @@ def test_cross_attention_uses_neighbours_and_nothing_outside():
     torch.testing.assert_close(z_out[i], z[i], rtol=0, atol=1e-6)
     assert not torch.allclose(z_out[outside[0]], z[outside[0]])
 
-    # Permuting the features among i's neighbours (not i itself) changes z_i: the neighbours are used...
-    others = [j for j in batch.neighbors[i].tolist() if j != i]
-    perm = others[1:] + others[:1]
-    expr, hist = batch.expr.clone(), batch.hist.clone()
-    expr[others] = batch.expr[[j for j in outside[: len(others)]]]
-    z_swap = model(SlideBatch(expr, hist, batch.neighbors))
+    # The outermost ring is used: replacing the spots the last hop adds changes z_i.
+    ring = sorted(field - _receptive_field(batch.neighbors, i, hops - 1))
+    expr = batch.expr.clone()
+    expr[ring] = batch.expr[outside[: len(ring)]]
+    z_swap = model(SlideBatch(expr, batch.hist, batch.neighbors))
     assert (z_swap[i] - z[i]).abs().max() > 1e-4
-    # ...and only as a set: attention is permutation-invariant over N(i), so relabelling within N(i) does nothing.
-    expr, hist = batch.expr.clone(), batch.hist.clone()
-    expr[others], hist[others] = batch.expr[perm], batch.hist[perm]
-    nb = batch.neighbors.clone()
-    z_perm = model(SlideBatch(expr, hist, nb))
-    torch.testing.assert_close(z_perm[i], z[i], rtol=0, atol=1e-5)
+    if hops == 1:
+        # ...and only as a set: attention is permutation-invariant over N(i), so relabelling within N(i) does
+        # nothing (with a second hop the neighbours' own neighbourhoods would change too).
+        others = [j for j in batch.neighbors[i].tolist() if j != i]
+        perm = others[1:] + others[:1]
+        expr, hist = batch.expr.clone(), batch.hist.clone()
+        expr[others], hist[others] = batch.expr[perm], batch.hist[perm]
+        z_perm = model(SlideBatch(expr, hist, batch.neighbors))
+        torch.testing.assert_close(z_perm[i], z[i], rtol=0, atol=1e-5)
 
 
 @torch.no_grad()
@@ -119,7 +130,7 @@ def test_load_rejects_foreign_file(tmp_path):
 
 
 @pytest.mark.parametrize("ablation", ["senca", "expr_only", "image_only", "concat", "separate_encoders",
-                                      "no_hierarchy"])
+                                      "no_hierarchy", "one_hop"])
 def test_every_ablation_trains_and_separates_the_halves(ablation):
     a = _grid_slide()
     cfg = SencaConfig(**FAST).ablation(ablation)
@@ -163,6 +174,21 @@ def test_config_errors_name_the_field():
         SencaConfig(use_expr=False, use_hist=False).validate()
     with pytest.raises(ConfigError, match="bogus"):
         SencaConfig.from_dict({"bogus": 1})
+    with pytest.raises(ConfigError, match="attention_hops"):
+        SencaConfig(attention_hops=3).validate()
+
+
+def test_a_model_file_from_before_the_second_hop_still_loads(tmp_path):
+    """Files written before ``attention_hops`` existed hold one-hop models and no such key: they load as one hop."""
+    a = _grid_slide()
+    model, _ = fit(a, SencaConfig(**FAST, attention_hops=1))
+    path = save_model(model, tmp_path / "old.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["attention_hops"]
+    torch.save(payload, path)
+    again = load_model(path)
+    assert again.config.attention_hops == 1
+    np.testing.assert_array_equal(embed(model, a), embed(again, a))
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "expr_only": {"use_hist": False},
     "image_only": {"use_expr": False},
     "concat": {"cross_attention": False},
+    "one_hop": {"attention_hops": 1},
     "separate_encoders": {"shared_encoder": False},
     "no_hierarchy": {"hierarchical": False},
 }
@@ -35,6 +36,7 @@ class SencaConfig:
     n_heads: int = 4
     dropout: float = 0.1
     n_prototypes: int = 16
+    attention_hops: int = 2
     # switches (ablations)
     use_expr: bool = True
     use_hist: bool = True
@@ -64,6 +66,8 @@ class SencaConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(name, f"must be a positive integer, got {value!r}")
+        if self.attention_hops not in (1, 2) or isinstance(self.attention_hops, bool):
+            raise ConfigError("attention_hops", f"must be 1 or 2, got {self.attention_hops!r}")
         if self.hidden % self.n_heads:
             raise ConfigError("n_heads", f"must divide hidden={self.hidden}, got {self.n_heads}")
         for name in ("dropout", "mask_rate"):
