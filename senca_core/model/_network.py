@@ -202,15 +202,11 @@ class SencaModel(nn.Module):
 
         attn = {}
         if self.config.cross_attention:
-            f_e = f_h = None
-            if t_e is not None:
-                guide = t_h if t_h is not None else t_e  # attention from histology similarity when there is an image
-                f_e, attn["expr"] = self.attend_e(guide, guide, t_e, t_e, nb)
-            if t_h is not None:
-                guide = t_e if t_e is not None else t_h
-                f_h, attn["hist"] = self.attend_h(guide, guide, t_h, t_h, nb)
-            if self.config.attention_hops == 2:
-                f_e, f_h = self._second_hop(f_e, f_h, nb)
+            f_e, f_h, attn = self._cross_attend(self.attend_e, self.attend_h, t_e, t_h, nb)
+            if self.config.attention_hops == 2:  # the gated second hop over the first hop's outputs
+                gate = torch.sigmoid(self.hop_gate)
+                f_e, f_h, _ = self._cross_attend(self.attend_e2, self.attend_h2, f_e, f_h, nb,
+                                                 blend=lambda new, old: old + gate * (new - old))
             fused = f_e if f_h is None else (f_h if f_e is None else f_e + f_h)
             z = self.out_norm(self.fuse(fused))
         else:
@@ -222,17 +218,23 @@ class SencaModel(nn.Module):
             return z, {"f_e": f_e, "f_h": f_h, "attention": attn}
         return z
 
-    def _second_hop(self, f_e, f_h, nb):
-        """The gated second hop over the first hop's outputs (see the module docstring)."""
-        gate = torch.sigmoid(self.hop_gate)
-        out_e = out_h = None
-        if f_e is not None:
-            guide = f_h if f_h is not None else f_e
-            out_e = f_e + gate * (self.attend_e2(guide, guide, f_e, f_e, nb)[0] - f_e)
-        if f_h is not None:
-            guide = f_e if f_e is not None else f_h
-            out_h = f_h + gate * (self.attend_h2(guide, guide, f_h, f_h, nb)[0] - f_h)
-        return out_e, out_h
+    @staticmethod
+    def _cross_attend(attend_e, attend_h, t_e, t_h, nb, blend=None):
+        """One hop, both directions: each modality's values pooled over N(i) with attention weights from the other
+        modality (from itself where the other is absent); ``blend(new, old)`` (the second hop's gate) mixes each
+        side's output with its input. Returns ``(f_e, f_h, attention weights)``; both sides are guided by the
+        inputs, never by the other side's new output."""
+        f_e = f_h = None
+        attn = {}
+        if t_e is not None:
+            guide = t_h if t_h is not None else t_e  # attention from histology similarity when there is an image
+            f_e, attn["expr"] = attend_e(guide, guide, t_e, t_e, nb)
+            f_e = f_e if blend is None else blend(f_e, t_e)
+        if t_h is not None:
+            guide = t_e if t_e is not None else t_h
+            f_h, attn["hist"] = attend_h(guide, guide, t_h, t_h, nb)
+            f_h = f_h if blend is None else blend(f_h, t_h)
+        return f_e, f_h, attn
 
     # -- objective -------------------------------------------------------------------------------------------
     def loss(self, batch: SlideBatch, *, generator: torch.Generator | None = None,
