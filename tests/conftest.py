@@ -124,6 +124,16 @@ def _need(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def pyramid(tmp_path_factory) -> Path:
+    """The synthetic pyramidal TIFF with coloured markers of the hist tests (tests/_hist_helpers.py)."""
+    from _hist_helpers import write_pyramid
+
+    path = tmp_path_factory.mktemp("slide") / "pyramid.tif"
+    write_pyramid(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def her2st_root() -> Path:
     return _need(HER2ST)

@@ -1,4 +1,4 @@
-"""senca_core.hist: slides through OpenSlide, spot patches, morphology features, CNN encoder.
+"""senca_core.hist: slides through OpenSlide, spot patches, morphology features (the CNN encoder: test_hist_cnn.py).
 
 AnnData objects are built by hand following docs/ARCHITECTURE.md (obsm["spatial"] = x, y in the
 image frame; uns["senca"] image_path / spot_diameter_px / slide_id).
@@ -13,70 +13,13 @@ import numpy as np
 import openslide
 import pandas as pd
 import pytest
-import tifffile
-import torch
 from PIL import Image
 
 import senca_core.hist as hist
 from senca_core.errors import ConfigError, SlideError
 from senca_core.hist._extract_patches import _best_level
 
-# ----------------------------------------------------------------------------------------------
-# a synthetic pyramidal TIFF: 4096 x 4096, levels at downsample 1, 2, 4, coloured square markers
-# ----------------------------------------------------------------------------------------------
-SIDE = 4096
-MARKER = 33  # odd: a marker centred on pixel (x, y) covers [x-16, x+17), continuous centre x + .5
-MARKERS = {  # (x, y) pixel index of the centre -> colour
-    (1000, 1200): (220, 30, 30),
-    (2500, 800): (30, 170, 30),
-    (3000, 3100): (30, 30, 220),
-    (1600, 2900): (20, 20, 20),
-}
-LEVEL_BG = [(230, 230, 230), (200, 230, 230), (230, 230, 190)]  # tint per level: tells which was read
-
-
-def _write_pyramid(path: Path) -> None:
-    base = np.full((SIDE, SIDE, 3), LEVEL_BG[0], np.uint8)
-    half = MARKER // 2
-    for (x, y), col in MARKERS.items():
-        base[y - half:y + half + 1, x - half:x + half + 1] = col
-    with tifffile.TiffWriter(path) as tw:
-        for k, ds in enumerate((1, 2, 4)):
-            lv = np.array(Image.fromarray(base).reduce(ds)) if ds > 1 else base.copy()  # block means
-            if k:
-                lv[(lv == LEVEL_BG[0]).all(-1)] = LEVEL_BG[k]
-            # OpenSlide "generic-tiff": tiled first IFD = level 0; further tiled top-level IFDs with
-            # the reduced-resolution bit (SubFileType = 1) are the lower levels. (SubIFDs are NOT read.)
-            tw.write(lv, tile=(256, 256), photometric="rgb", compression="zlib",
-                     subfiletype=0 if k == 0 else 1)
-
-
-@pytest.fixture(scope="module")
-def pyramid(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("slide") / "pyramid.tif"
-    _write_pyramid(path)
-    return path
-
-
-def _adata(xy, *, image_path=None, diameter=64.0, slide_id="S1", keys=None) -> ad.AnnData:
-    xy = np.asarray(xy, dtype=float).reshape(-1, 2)
-    keys = keys or [f"spot{i}" for i in range(len(xy))]
-    a = ad.AnnData(obs=pd.DataFrame(index=pd.Index(keys)))
-    a.obsm["spatial"] = xy
-    a.uns["senca"] = {"slide_id": slide_id, "spot_diameter_px": float(diameter), "platform": "synthetic"}
-    if image_path is not None:
-        a.uns["senca"]["image_path"] = str(image_path)
-    return a
-
-
-def _marker_centroid(patch: np.ndarray, colour) -> tuple[float, float, float]:
-    """Colour-weighted centroid (x, y, continuous patch coords) and area (px) of a marker in a patch."""
-    bg = patch[0, 0].astype(float)
-    col = np.asarray(colour, float)
-    d = patch.astype(float) - bg
-    w = np.clip((d @ (col - bg)) / ((col - bg) @ (col - bg)), 0, 1)
-    ys, xs = np.mgrid[0:patch.shape[0], 0:patch.shape[1]] + 0.5
-    return float((w * xs).sum() / w.sum()), float((w * ys).sum() / w.sum()), float(w.sum())
+from _hist_helpers import LEVEL_BG, MARKER, MARKERS, hand_adata, marker_centroid
 
 
 def test_pyramidal_tiff_is_a_generic_tiled_tiff_for_openslide(pyramid):
@@ -102,7 +45,7 @@ def test_patches_come_from_the_right_level_and_are_centred(pyramid, diameter, le
     size = 64
     offsets = [(0, 0), (10, -6), (-14, 9), (5, 5)]  # spot minus marker centre, level-0 px
     xy = [(mx + dx, my + dy) for ((mx, my), _), (dx, dy) in zip(MARKERS.items(), offsets)]
-    a = _adata(xy, image_path=pyramid, diameter=diameter)
+    a = hand_adata(xy, image_path=pyramid, diameter=diameter)
     patches = hist.extract_patches(a, context=1.0, size=size, strategy=strategy)
     assert patches.shape == (4, size, size, 3) and patches.dtype == np.uint8
     assert a.obs["patch_in_image"].all()
@@ -110,7 +53,7 @@ def test_patches_come_from_the_right_level_and_are_centred(pyramid, diameter, le
     for p, ((mx, my), col), (dx, dy) in zip(patches, MARKERS.items(), offsets):
         # the corners show the background tint of the level that was read
         assert np.abs(p[0, 0].astype(int) - LEVEL_BG[level]).max() <= 2, (p[0, 0], level)
-        cx, cy, area = _marker_centroid(p, col)
+        cx, cy, area = marker_centroid(p, col)
         scale = size / side
         assert cx == pytest.approx(size / 2 - dx * scale, abs=0.5)
         assert cy == pytest.approx(size / 2 - dy * scale, abs=0.5)
@@ -126,13 +69,13 @@ def test_plain_jpeg_dct_scaled_decode_keeps_geometry(tmp_path, diameter):
         base[y - half:y + half + 1, x - half:x + half + 1] = col
     jpg = tmp_path / "markers.jpg"
     Image.fromarray(base).save(jpg, quality=95)
-    a = _adata(list(markers), image_path=jpg, diameter=diameter)
+    a = hand_adata(list(markers), image_path=jpg, diameter=diameter)
     with hist.open_slide(jpg) as slide:
         assert isinstance(slide, openslide.ImageSlide)
     by = {s: hist.extract_patches(a, context=1.0, size=64, strategy=s) for s in ("decode", "per_spot")}
     for s, patches in by.items():
         for p, col in zip(patches, markers.values()):
-            cx, cy, area = _marker_centroid(p, col)
+            cx, cy, area = marker_centroid(p, col)
             assert (cx, cy) == (pytest.approx(32, abs=0.1), pytest.approx(32, abs=0.1)), s
             assert area == pytest.approx((MARKER * 64 / diameter) ** 2, rel=0.15)
     assert np.abs(by["decode"].astype(int) - by["per_spot"].astype(int)).mean() < 2
@@ -140,7 +83,7 @@ def test_plain_jpeg_dct_scaled_decode_keeps_geometry(tmp_path, diameter):
 
 def test_outside_spots_are_flagged_padded_white_or_raise(pyramid):
     keys = ["inside", "left_edge", "far_away", "no_coords"]
-    a = _adata([(1000, 1200), (20, 2000), (-500, -500), (np.nan, 10)], image_path=pyramid,
+    a = hand_adata([(1000, 1200), (20, 2000), (-500, -500), (np.nan, 10)], image_path=pyramid,
                diameter=64.0, keys=keys)
     for strategy in ("per_spot", "decode"):
         patches = hist.extract_patches(a, context=1.0, size=64, on_outside="flag", strategy=strategy)
@@ -162,12 +105,12 @@ def test_outside_spots_are_flagged_padded_white_or_raise(pyramid):
 def test_bad_slide_inputs_raise_slide_error(tmp_path, pyramid):
     # no image at all
     with pytest.raises(SlideError) as err:
-        hist.extract_patches(_adata([(10, 10)]))
+        hist.extract_patches(hand_adata([(10, 10)]))
     assert err.value.field == "image_path" and err.value.slide == "S1"
     # image path to a missing file
     missing = tmp_path / "nope.tif"
     with pytest.raises(SlideError) as err:
-        hist.extract_patches(_adata([(10, 10)], image_path=missing))
+        hist.extract_patches(hand_adata([(10, 10)], image_path=missing))
     assert err.value.file == str(missing) and err.value.slide == "S1" and "not found" in str(err.value)
     with pytest.raises(SlideError, match="not found"):
         hist.open_slide(missing)
@@ -189,21 +132,21 @@ def test_bad_slide_inputs_raise_slide_error(tmp_path, pyramid):
     jpg.write_bytes(jpg.read_bytes()[:20000])
     for strategy in ("decode", "per_spot"):
         with pytest.raises(SlideError) as err:
-            hist.extract_patches(_adata([(256, 256)], image_path=jpg, diameter=32), strategy=strategy)
+            hist.extract_patches(hand_adata([(256, 256)], image_path=jpg, diameter=32), strategy=strategy)
         assert err.value.file == str(jpg) and "cannot read image data" in str(err.value)
     # missing spot diameter / coordinates
-    a = _adata([(1000, 1200)], image_path=pyramid)
+    a = hand_adata([(1000, 1200)], image_path=pyramid)
     del a.uns["senca"]["spot_diameter_px"]
     with pytest.raises(SlideError) as err:
         hist.extract_patches(a)
     assert err.value.field == "spot_diameter_px"
-    a = _adata([(1000, 1200)], image_path=pyramid)
+    a = hand_adata([(1000, 1200)], image_path=pyramid)
     del a.obsm["spatial"]
     with pytest.raises(SlideError) as err:
         hist.extract_patches(a)
     assert err.value.field == "spatial"
     with pytest.raises(ConfigError):
-        hist.extract_patches(_adata([(1000, 1200)], image_path=pyramid), on_outside="skip")
+        hist.extract_patches(hand_adata([(1000, 1200)], image_path=pyramid), on_outside="skip")
 
 
 def test_large_plain_jpeg_opens_without_touching_pil_global_limit(tmp_path):
@@ -211,7 +154,7 @@ def test_large_plain_jpeg_opens_without_touching_pil_global_limit(tmp_path):
     before = Image.MAX_IMAGE_PIXELS
     jpg = tmp_path / "small.jpg"
     Image.new("RGB", (300, 200), (200, 100, 150)).save(jpg)
-    a = _adata([(150, 100)], image_path=jpg, diameter=40)
+    a = hand_adata([(150, 100)], image_path=jpg, diameter=40)
     for strategy in ("decode", "per_spot"):
         p = hist.extract_patches(a, context=1.0, size=16, strategy=strategy)
         assert np.abs(p.astype(int) - (200, 100, 150)).max() <= 3
@@ -288,7 +231,7 @@ def test_stripes_have_coherent_texture():
 def _a1(her2st_root: Path) -> ad.AnnData:
     sel = pd.read_csv(her2st_root / "spots" / "A1_selection.tsv", sep="\t")
     keys = [f"{x}x{y}" for x, y in zip(sel["x"], sel["y"])]
-    a = _adata(sel[["pixel_x", "pixel_y"]].to_numpy(float) * 2000 / 6954,
+    a = hand_adata(sel[["pixel_x", "pixel_y"]].to_numpy(float) * 2000 / 6954,
                image_path=her2st_root / "images" / "A1_HE_dark_2000px.png", diameter=31.0,
                slide_id="A1", keys=keys)
     lab = pd.read_csv(her2st_root / "labels" / "A1_labeled_coordinates.tsv", sep="\t")
@@ -373,7 +316,7 @@ def test_patch_features_writes_the_contract(a1_features, tmp_path):
 @pytest.mark.realdata
 def test_full_resolution_jpeg_b4(her2st_root):
     sel = pd.read_csv(her2st_root / "spots" / "B4_selection.tsv", sep="\t")
-    a = _adata(sel[["pixel_x", "pixel_y"]].to_numpy(float), image_path=her2st_root / "images" / "B4_HE.jpg",
+    a = hand_adata(sel[["pixel_x", "pixel_y"]].to_numpy(float), image_path=her2st_root / "images" / "B4_HE.jpg",
                diameter=145.0, slide_id="B4", keys=[f"{x}x{y}" for x, y in zip(sel["x"], sel["y"])])
     fast = hist.extract_patches(a)  # auto: 1/4-scale DCT decode of the 9272 x 9923 JPEG
     slow = hist.extract_patches(a, strategy="per_spot")  # full-res ImageSlide.read_region per spot
@@ -383,70 +326,3 @@ def test_full_resolution_jpeg_b4(her2st_root):
     assert diff.mean() < 6 and diff.max() < 15
     f, names = hist.morphology_features(fast)
     assert (dict(zip(names, f.T))["centre_tissue_frac"] > 0.5).mean() >= 0.95
-
-
-# ----------------------------------------------------------------------------------------------
-# CNN encoder (local weights only)
-# ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def cnn_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "resnet18_random.pt"
-    torch.save(hist.CNNEncoder.network().state_dict(), path)
-    return path
-
-
-def test_cnn_encoder_loads_local_weights_and_is_deterministic(cnn_weights, tmp_path):
-    rng = np.random.default_rng(0)
-    patches = rng.integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
-    enc = hist.CNNEncoder(cnn_weights, batch_size=4)
-    f1 = enc(patches)
-    f2 = hist.CNNEncoder(cnn_weights)(patches)
-    assert f1.shape == (6, 512) and f1.dtype == np.float32 and len(enc.names) == 512
-    np.testing.assert_allclose(f1, f2, rtol=1e-5, atol=1e-6)  # same weights, same features
-    assert np.abs(f1[0] - f1[1]).max() > 1e-4  # different patches, different features
-    # a differently initialised network gives different features: the file is really used
-    torch.manual_seed(1)
-    other = tmp_path / "other.pt"
-    torch.save(hist.CNNEncoder.network().state_dict(), other)
-    assert np.abs(hist.CNNEncoder(other)(patches) - f1).max() > 1e-4
-    # torchvision-style checkpoint: "module." prefix, a classifier head, wrapped in {"state_dict"}
-    sd = {f"module.{k}": v for k, v in torch.load(cnn_weights, weights_only=True).items()}
-    sd["module.fc.weight"], sd["module.fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
-    wrapped = tmp_path / "wrapped.pt"
-    torch.save({"state_dict": sd}, wrapped)
-    np.testing.assert_allclose(hist.CNNEncoder(wrapped)(patches), f1, rtol=1e-5, atol=1e-6)
-
-
-def test_cnn_encoder_bad_weights(tmp_path, pyramid):
-    with pytest.raises(ConfigError, match="not found") as err:
-        hist.CNNEncoder(tmp_path / "missing.pt")
-    assert err.value.field == "weights"
-    bad = tmp_path / "bad.pt"
-    torch.save({"conv1.weight": torch.zeros(3)}, bad)
-    with pytest.raises(ConfigError, match="ResNet-18 layout"):
-        hist.CNNEncoder(bad)
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a torch file")
-    with pytest.raises(ConfigError, match="cannot load"):
-        hist.CNNEncoder(junk)
-    a = _adata([(1000, 1200)], image_path=pyramid)
-    with pytest.raises(ConfigError) as err:
-        hist.patch_features(a, encoder="cnn")
-    assert err.value.field == "weights"
-    with pytest.raises(ConfigError):
-        hist.patch_features(a, encoder="vit")
-
-
-def test_patch_features_with_cnn(pyramid, cnn_weights):
-    xy = list(MARKERS)
-    a = _adata(xy, image_path=pyramid, diameter=64.0)
-    hist.patch_features(a, encoder="cnn", weights=cnn_weights, context=1.0, size=64)
-    X = a.obsm["X_hist"]
-    info = a.uns["senca"]["hist_features"]
-    assert X.shape == (4, 512) and X.dtype == np.float32
-    assert info["encoder"] == "cnn" and info["weights"] == str(cnn_weights) and len(info["names"]) == 512
-    assert a.obs["patch_in_image"].all()
-    # the red and the blue marker patches are encoded differently
-    assert np.abs(X[0] - X[2]).max() > 1e-4
-

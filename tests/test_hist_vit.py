@@ -11,7 +11,7 @@ import torch
 
 import senca_core.hist as hist
 from senca_core.errors import ConfigError
-from test_hist import _adata, pyramid  # noqa: F401 - the fixture is used by name
+from _hist_helpers import hand_adata
 
 # ----------------------------------------------------------------------------------------------
 # ViT encoder (pathology foundation models in timm / HF layout; local weights only)
@@ -182,7 +182,7 @@ def test_vit_encoder_bad_weights_name_file_and_key(tmp_path, vit_weights, pyrami
     with pytest.raises(ConfigError) as err:
         hist.ViTEncoder(vit_weights, num_heads=3)
     assert err.value.field == "num_heads"
-    a = _adata([(1000, 1200)], image_path=pyramid)
+    a = hand_adata([(1000, 1200)], image_path=pyramid)
     with pytest.raises(ConfigError, match="encoder='vit' needs weights") as err:
         hist.patch_features(a, encoder="vit")
     assert err.value.field == "weights"
