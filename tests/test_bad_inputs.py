@@ -9,7 +9,6 @@ No Ray here: a broken slide inside a full run is tests/test_pipeline.py::test_a_
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -24,10 +23,9 @@ from senca_core.io import read_h5ad, read_legacy_st, read_visium
 from senca_platform.cli import app
 from senca_platform.spec import SpecError, check_inputs, load_spec
 
-CORPUS = Path(__file__).resolve().parent / "bad_inputs"
-_spec = importlib.util.spec_from_file_location("make_corpus", CORPUS / "make_corpus.py")
-make_corpus = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_corpus)
+from _fuzz import CORPUS, load_make_corpus
+
+make_corpus = load_make_corpus()
 CASES = make_corpus.CASES
 
 #: binary files whose bytes depend on the encoder library's version (checked for presence only)

@@ -183,8 +183,8 @@ def visium_files(*, positions: str = "v1", drop_col: str | None = None, replace:
     }
 
 
-def truncated_10x_h5() -> bytes:
-    """A valid 10x HDF5 matrix (v3 schema) of the good Visium slide, cut to its first 2 KB."""
+def visium_10x_h5() -> bytes:
+    """A valid 10x HDF5 matrix (v3 schema) of the good Visium slide (16 spots, 3 genes)."""
     import h5py
     import numpy as np
 
@@ -200,7 +200,12 @@ def truncated_10x_h5() -> bytes:
         fg.create_dataset("id", data=np.array([f"ENSG{i}" for i in range(3)], dtype="S"))
         fg.create_dataset("name", data=np.array(GENES, dtype="S"))
         fg.create_dataset("feature_type", data=np.array(["Gene Expression"] * 3, dtype="S"))
-    return buf.getvalue()[:2048]
+    return buf.getvalue()
+
+
+def truncated_10x_h5() -> bytes:
+    """``visium_10x_h5`` cut to its first 2 KB."""
+    return visium_10x_h5()[:2048]
 
 
 def truncated_h5ad() -> bytes:

@@ -30,7 +30,7 @@ from .schema import (ID_PATTERN, PATH_FIELDS, ClusteringSpec, CohortSpec, H5adSl
 from .validate import load_spec, validate_data
 from .yaml_lines import MAX_YAML_VALUES, parse_yaml
 
-_decode_image = _checks._decode_image  # private, kept importable here for tests/test_fuzz.py
+_decode_image = _checks._decode_image  # private, kept importable here for tests/test_fuzz_readers.py
 
 __all__ = ["ID_PATTERN", "MAX_PATIENTS", "MAX_SLIDES", "MAX_SPEC_BYTES", "MAX_YAML_VALUES", "PATH_FIELDS",
            "SECRET_WORDS", "ClusteringSpec", "CohortSpec", "H5adSlide", "LegacySTSlide", "PathsSpec", "Patient",
