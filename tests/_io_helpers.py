@@ -45,22 +45,16 @@ def label_file_counts(path: Path, keys: pd.Index) -> dict[str, int]:
 
 
 #: the spot keys of ``write_legacy``'s 4×4 grid, row by row
-LEGACY_KEYS = [f"{x}x{y}" for y in range(1, 5) for x in range(1, 5)]
-
-
-def legacy_rows() -> tuple[list[str], list[str]]:
-    """``write_legacy``'s spot keys and a plain counts row (1, 2, 3) per key, for a test to spoil one of them."""
-    return list(LEGACY_KEYS), [f"{k}\t1\t2\t3" for k in LEGACY_KEYS]
+LEGACY_KEYS = tuple(f"{x}x{y}" for y in range(1, 5) for x in range(1, 5))
 
 
 def write_legacy(tmp: Path, *, counts_rows: list[str] | None = None, header: str | None = None,
                  spots: pd.DataFrame | None = None, gz: bool = True, name: str = "S1") -> tuple[Path, Path]:
     """A tiny legacy-ST slide: 4×4 grid, 3 genes; counts rows / header / spot table can be replaced."""
-    keys = LEGACY_KEYS
     if header is None:
         header = "\tGENE_A\tGENE_B\tGENE_C"
     if counts_rows is None:
-        counts_rows = [f"{k}\t{i % 5 + 1}\t{i % 3}\t{i % 2}" for i, k in enumerate(keys)]
+        counts_rows = [f"{k}\t{i % 5 + 1}\t{i % 3}\t{i % 2}" for i, k in enumerate(LEGACY_KEYS)]
     text = "\n".join([header, *counts_rows]) + "\n"
     counts = tmp / (f"{name}.tsv.gz" if gz else f"{name}.tsv")
     if gz:
@@ -69,8 +63,8 @@ def write_legacy(tmp: Path, *, counts_rows: list[str] | None = None, header: str
     else:
         counts.write_text(text)
     if spots is None:
-        xs = np.array([int(k.split("x")[0]) for k in keys])
-        ys = np.array([int(k.split("x")[1]) for k in keys])
+        xs = np.array([int(k.split("x")[0]) for k in LEGACY_KEYS])
+        ys = np.array([int(k.split("x")[1]) for k in LEGACY_KEYS])
         spots = pd.DataFrame({"x": xs, "y": ys, "new_x": xs + 0.01, "new_y": ys - 0.01,
                               "pixel_x": xs * 200.0 + 7, "pixel_y": ys * 200.0 + 3, "selected": 1})
     spot_file = tmp / f"{name}_selection.tsv"

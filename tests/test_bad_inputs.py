@@ -23,7 +23,7 @@ from senca_core.io import read_h5ad, read_legacy_st, read_visium
 from senca_platform.cli import app
 from senca_platform.spec import SpecError, check_inputs, load_spec
 
-from _fuzz import CORPUS, load_make_corpus
+from _corpus import CORPUS, load_make_corpus
 
 make_corpus = load_make_corpus()
 CASES = make_corpus.CASES

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from senca_core.errors import SlideError
 from senca_core.io import read_legacy_st, read_visium
 
-from _fuzz import CORPUS, FUZZ, FUZZ_READERS, load_make_corpus
+from _corpus import CORPUS, load_make_corpus
+from _fuzz import FUZZ, FUZZ_READERS
 
 
 # ------------------------------------------------------------------------------------------------ (b) readers

@@ -13,13 +13,14 @@ import pytest
 from senca_core.errors import SlideError
 from senca_core.io import read_her2st, read_legacy_st
 
-from _io_helpers import LEGACY_KEYS, assert_contract, assert_slide_error, legacy_rows, write_legacy
+from _io_helpers import LEGACY_KEYS, assert_contract, assert_slide_error, write_legacy
 
 
 def read_spoiled(tmp_path, index: int, row: str, **kwargs):
     """Read the tiny legacy slide with counts row ``index`` replaced by ``row`` (``{key}`` = that row's own key,
     ``{prev}`` = the previous row's); returns the SlideError's ExceptionInfo, the counts path and the spot keys."""
-    keys, rows = legacy_rows()
+    keys = LEGACY_KEYS
+    rows = [f"{k}\t1\t2\t3" for k in keys]
     rows[index] = row.format(key=keys[index], prev=keys[index - 1])
     counts, spots = write_legacy(tmp_path, counts_rows=rows)
     with pytest.raises(SlideError) as e:
@@ -42,7 +43,7 @@ def test_legacy_tiny_slide(tmp_path):
 def test_legacy_partial_join_and_plain_text_named_gz(tmp_path):
     # a plain-text counts file named .tsv.gz is read (compression is sniffed); one extra count row and one
     # extra spot row are dropped and counted
-    keys = list(LEGACY_KEYS)
+    keys = LEGACY_KEYS
     rows = [f"{k}\t1\t2\t3" for k in keys[:15]] + ["9x9\t1\t1\t1"]
     counts, spots = write_legacy(tmp_path, counts_rows=rows, gz=False, name="P")
     named_gz = tmp_path / "P2.tsv.gz"
@@ -64,7 +65,7 @@ def test_legacy_duplicate_genes_made_unique_and_unselected(tmp_path):
 
 
 def test_legacy_some_zero_spots_dropped(tmp_path):
-    keys = list(LEGACY_KEYS)
+    keys = LEGACY_KEYS
     rows = [f"{k}\t0\t0\t0" if i in (2, 7) else f"{k}\t1\t2\t3" for i, k in enumerate(keys)]
     counts, spots = write_legacy(tmp_path, counts_rows=rows)
     ad = read_legacy_st(counts, spots)
@@ -235,7 +236,7 @@ def test_bad_counts_shape_and_names(tmp_path):
 
 
 def test_bad_all_zero_spots(tmp_path):
-    keys = list(LEGACY_KEYS)
+    keys = LEGACY_KEYS
     counts, spots = write_legacy(tmp_path, counts_rows=[f"{k}\t0\t0\t0" for k in keys])
     with pytest.raises(SlideError) as e:
         read_legacy_st(counts, spots)
