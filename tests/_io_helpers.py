@@ -44,8 +44,13 @@ def label_file_counts(path: Path, keys: pd.Index) -> dict[str, int]:
     return df["label"].value_counts().to_dict()
 
 
+def grid_keys(nx: int, ny: int) -> list[str]:
+    """Legacy ST spot keys "{x}x{y}" of an nx × ny grid from (1, 1), row by row."""
+    return [f"{x}x{y}" for y in range(1, ny + 1) for x in range(1, nx + 1)]
+
+
 #: the spot keys of ``write_legacy``'s 4×4 grid, row by row
-LEGACY_KEYS = tuple(f"{x}x{y}" for y in range(1, 5) for x in range(1, 5))
+LEGACY_KEYS = tuple(grid_keys(4, 4))
 
 
 def write_legacy(tmp: Path, *, counts_rows: list[str] | None = None, header: str | None = None,

@@ -20,17 +20,13 @@ from senca_core import pp
 from senca_core.errors import SlideError
 from senca_core.io import read_legacy_st, read_visium, validate_counts
 
-CORPUS = Path(__file__).resolve().parent / "bad_inputs"
+from _corpus import CORPUS
+from _io_helpers import grid_keys
 GENES = ["GENE_A", "GENE_B", "GENE_C"]
 
 
 def _warnings(adata) -> list[str]:
     return [str(w) for w in np.ravel(adata.uns["senca"].get("warnings", []))]
-
-
-def _grid_keys(nx: int, ny: int) -> list[str]:
-    """Legacy ST spot keys "{x}x{y}" of an nx × ny grid from (1, 1), row by row."""
-    return [f"{x}x{y}" for y in range(1, ny + 1) for x in range(1, nx + 1)]
 
 
 def _legacy(tmp: Path, *, keys, counts=None, pixel=None, header=("x", "y")) -> tuple[Path, Path]:
@@ -137,7 +133,7 @@ def test_n_pca_clamped_is_said_in_every_slide(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------- 2. x/y swapped
 def test_xy_swapped_refused_and_partial_join_warned(tmp_path):
-    keys = _grid_keys(5, 4)
+    keys = grid_keys(5, 4)
     counts, spots = _legacy(tmp_path, keys=keys)
     a = read_legacy_st(counts, spots, slide_id="S1")  # as written: fine, no warning
     assert a.n_obs == 20 and "warnings" not in a.uns["senca"]
@@ -169,7 +165,7 @@ def _tissue_image(path: Path) -> None:
 def test_image_scale_that_puts_spots_on_glass_is_refused(tmp_path, scale, expect):
     from senca_core import hist
 
-    keys = _grid_keys(4, 4)
+    keys = grid_keys(4, 4)
     counts, spots = _legacy(tmp_path, keys=keys, pixel=lambda x, y: (100 + 40.0 * x, 100 + 40.0 * y))
     _tissue_image(tmp_path / "he.png")
     a = read_legacy_st(counts, spots, image=tmp_path / "he.png", image_scale=scale, slide_id="S1")
@@ -228,7 +224,7 @@ def test_spec_image_scale_as_text_is_a_number(tmp_path):
 
 # ---------------------------------------------------------------------------------------- 5. normalised counts
 def test_normalised_floats_given_as_counts_are_warned(tmp_path):
-    keys = _grid_keys(4, 4)
+    keys = grid_keys(4, 4)
     rng = np.random.default_rng(0)
     logs = np.round(np.log1p(rng.gamma(2.0, 2.0, (16, 3))), 4).tolist()
     a = read_legacy_st(*_legacy(tmp_path, keys=keys, counts=logs), slide_id="S1")
@@ -242,7 +238,7 @@ def test_normalised_floats_given_as_counts_are_warned(tmp_path):
 
 # ---------------------------------------------------------------------------------------- 6. positions
 def test_shared_positions_refused_or_warned(tmp_path):
-    keys = _grid_keys(6, 6)
+    keys = grid_keys(6, 6)
     at = {"1x1": (500.0, 500.0), "2x1": (500.0, 500.0)}  # 2 of 36 share one position: warned
     a = read_legacy_st(*_legacy(tmp_path, keys=keys, pixel=lambda x, y: at.get(f"{x}x{y}", (x * 20.0, y * 20.0))),
                        slide_id="S1")
