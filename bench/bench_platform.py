@@ -14,7 +14,7 @@ Ratio = (CLI end to end - fixed start-up) / in-process sum; target <= 1.3 on eve
 Peak worker RSS: the largest resident memory of any Ray worker (preprocess / train / infer tasks).
 
     .venv/bin/python bench/bench_platform.py [--rows a1,her2st6,dlpfc,syn8x2000,syn8x300,syn64x300]
-        [--epochs 100] [--syn-epochs 20] [--out /tmp/senca_bench_platform]
+        [--epochs N (default: the spec's training.epochs)] [--syn-epochs 20] [--out /tmp/senca_bench_platform]
 """
 
 from __future__ import annotations
@@ -40,6 +40,13 @@ A1_SCALE = 2000 / 6954
 
 
 # ------------------------------------------------------------------------------------------------ cohorts
+def spec_default_epochs() -> int:
+    """The spec's own ``training.epochs`` default, so the real rows train as a user's run does."""
+    from senca_platform.spec.schema import TrainingSpec
+
+    return int(TrainingSpec().epochs)
+
+
 def _base(name: str, epochs: int, patients: list[dict], preprocess: dict | None = None) -> dict:
     return {"name": name, "output_dir": "results", "patients": patients,
             "preprocess": preprocess or {"n_top_genes": 3000, "n_pca": 30},
@@ -202,7 +209,8 @@ def _threads_of(cli: dict) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="a1,her2st6,dlpfc,syn8x2000,syn8x300,syn64x300")
-    ap.add_argument("--epochs", type=int, default=100, help="epochs on the real sections (the spec default)")
+    ap.add_argument("--epochs", type=int, default=spec_default_epochs(),
+                    help="epochs on the real sections (default: the spec's training.epochs default)")
     ap.add_argument("--syn-epochs", type=int, default=20, help="epochs on the synthetic cohorts")
     ap.add_argument("--out", type=Path, default=Path("/tmp/senca_bench_platform"))
     args = ap.parse_args()

@@ -28,7 +28,8 @@ Our documented interpretation of SENCA-st (arXiv 2511.08573; the paper's body wa
   neighbours' neighbourhoods; blended in through one learned scalar gate that starts small (sigmoid(-2) = 0.12):
   ``f <- f + g (hop2(f) - f)``. Measured (docs/BENCHMARKS.md, "A second, gated hop"): HER2ST A1 0.429 +- 0.022
   over 10 seeds against one hop's 0.387 +- 0.058; B1, C1 and DLPFC 151673 level; chosen by leave-one-section-out;
-  1.4-1.7x the training time.
+  1.4-1.7x the training time. Trained, the gate ends at 0.15-0.16 on every HER2ST section (docs/BENCHMARKS.md,
+  "Tried on 2026-12-05"): the objective opens it alike everywhere, so in practice it is a fixed blend.
 * **Fusion.** ``z(i) = W [f_e(i) + f_h(i)]`` (a slide without image: ``W f_e(i)``): one embedding per spot. The
   "concat" ablation drops the attention and uses ``W' [t_e ; t_h]``.
 * **Decoders** reconstruct both modalities from ``z``; inputs of a random fraction of spots are masked per
