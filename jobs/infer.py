@@ -136,6 +136,25 @@ def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regio
     return {"k": int(k_used), "categories": categories, "region_paths": paths, "region_model_path": str(model_path)}
 
 
+def patient_mixing_warning(regions: dict[str, Any], patients: dict[str, str]) -> str | None:
+    """One line when a cohort of two or more patients got no pooled region shared by two of them (else None):
+    the pooled cut then describes the patients' differences more than the tissue (``metrics.patient_mixing``)."""
+    from senca_core import metrics
+
+    slides = [sid for sid in regions["region_paths"] if sid in patients]
+    if len({patients[sid] for sid in slides}) < 2:
+        return None
+    mixing = metrics.patient_mixing([np.load(regions["region_paths"][sid]) for sid in slides],
+                                    [patients[sid] for sid in slides])
+    if not metrics.regions_follow_patients(mixing):
+        return None
+    owner = ", ".join(f"{r} {p}" for r, p in zip(mixing["region"], mixing["top_patient"]))
+    return (f"the pooled regions follow the patients (region and its patient: {owner}; each region at least "
+            f"{mixing.loc[mixing['one_patient'], 'top_share'].min():.0%} one patient's spots), so a region id may "
+            "mean 'this patient' rather than a tissue shared across patients: compare patients' compositions "
+            "with care, and run a slide alone for its own regions (docs/BENCHMARKS.md, 'Six HER2ST sections')")
+
+
 def cohort_slims(rows: list[dict[str, Any]], regions: dict[str, Any], *, embeddings: bool = True) -> list:
     """Light AnnDatas of the cohort for the driver's cohort-level steps: ``var``, ``layers["log1p"]`` (read alone
     from each preprocessed slide), the region labels and, with ``embeddings``, ``obsm["X_senca"]``."""

@@ -169,7 +169,7 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
     from ._tables import write_tables
     from ._files import atomic_write_json
     from .infer import (cluster_cohort, cohort_slims, cohort_subregions, embed_slide, name_cohort_regions,
-                        summarise_slide)
+                        patient_mixing_warning, summarise_slide)
     from .preprocess import run_map
 
     out = Path(plan["output_dir"])
@@ -195,6 +195,10 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
         if not ok:
             raise PipelineError("infer", "no slide could be embedded")
         regions = cluster_cohort(ok, plan["clustering"], out / "infer" / "regions")
+        mixing = patient_mixing_warning(regions, patients)
+        cohort_warnings = [] if mixing is None else [mixing]
+        for w in cohort_warnings:
+            tracker.progress(f"infer: warning: {w}")
         try:  # one set of names / tissue labels / tumour flags for the run
             slims = cohort_slims(ok, regions)  # each slide's expression and embedding, read once for both steps
             names = name_cohort_regions(ok, regions, slims)
@@ -220,7 +224,7 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
         paths = write_tables(out / "tables", summaries, regions["categories"], names,
                              (subregions or {}).get("table"))
         hit = {"k": regions["k"], "categories": regions["categories"], "region_names": names, "summaries": summaries,
-               "embed_failures": [r for r in embedded if r["status"] != "ok"], **paths}
+               "embed_failures": [r for r in embedded if r["status"] != "ok"], "warnings": cohort_warnings, **paths}
         if all(s["status"] == "ok" for s in summaries) and not hit["embed_failures"]:
             cache.put("infer", key, hit)
     for r in hit.get("embed_failures", []):
@@ -244,7 +248,7 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
                         **{f"nmi_{s['slide_id']}": s["nmi"] for s in ok if s["nmi"] is not None}},
             "patient_table": table, "tables": {k: v for k, v in hit.items() if k.endswith("_path")},
             "region_maps": [s["map_path"] for s in ok if s.get("map_path")],
-            "slides": ok}
+            "slides": ok, "warnings": list(hit.get("warnings") or [])}
     tracker.stage("infer", info)
     return {"key": key, "k": hit["k"], "table": table, "info": info, "tables": info["tables"]}
 
@@ -290,6 +294,7 @@ def run_pipeline(plan: dict[str, Any], *, tracker: Tracker | None = None, fresh:
         inf = stage_infer(plan, pre, model, cache, tracker, status, progress)
         result["stages"]["infer"] = _brief(inf["info"])
         result["k"] = inf["k"]
+        result["warnings"] = inf["info"]["warnings"]
         result["tables"] = inf["tables"]
     except PipelineError as err:
         result["error"] = str(err)

@@ -116,6 +116,8 @@ def _header(c: dict) -> str:
                    + "</p>")
     if s.get("error"):
         out.append(f'<p class="note err"><b>Cohort error:</b> {_e(s["error"])}</p>')
+    for w in s.get("warnings") or []:  # cohort-level, e.g. pooled regions that follow the patients
+        out.append(f'<p class="note warn"><b>Warning:</b> {_e(w)}</p>')
     return "".join(out) + "</header>"
 
 

@@ -122,6 +122,7 @@ def _folder(root: Path, *, tables: str = "none") -> Path:
          "heterogeneity": {"tumour_regions": ["1"]}}))
     summary = {"cohort": f"cohort {EVIL}", "status": "partial", "error": None, "output_dir": str(out),
                "n_patients": 2, "n_slides": 2, "n_failed": 1, "slides": slides, "k": 2,
+               "warnings": [f"the pooled regions follow the patients {EVIL}"],
                "tuning": {"selection": {"rule": f"highest score {EVIL}"}, "best_config": {"lr": 0.001}}}
     (out / "cohort_summary.json").write_text(json.dumps(summary))
     (out / "tracking").mkdir()
@@ -162,6 +163,7 @@ def test_failed_slide_plain_slide_and_hostile_ids(tmp_path, tables):
     assert "user:pw" not in html and "secret@" not in html and "http" not in html.replace(
         'xmlns="http://www.w3.org/2000/svg"', "")
     assert "highest score &lt;script&gt;" in html
+    assert "<b>Warning:</b> the pooled regions follow the patients &lt;script&gt;" in html  # cohort-level
     if tables == "old":
         assert "<code>COL1A1</code>" in html and "<code>&lt;b&gt;G&lt;/b&gt;</code>" in html
         assert "66.7%" in html  # cohort composition from the slides' counts

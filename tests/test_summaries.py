@@ -1,5 +1,6 @@
 """senca_core.tl summaries (heterogeneity, microenvironment, marker_genes, tumour-region rule) and
-senca_core.pl.region_map, on hand-made grids with known answers, synthetic slides and HER2ST."""
+senca_core.pl.region_map, on hand-made grids with known answers, synthetic slides and HER2ST; the cohort regions'
+patient mixing (senca_core.metrics.patient_mixing) and the infer stage's warning built on it."""
 
 from __future__ import annotations
 
@@ -257,3 +258,36 @@ def test_tumour_subregions_split_two_populations_and_leave_one_alone():
     sub = np.concatenate([s.obs["tumour_subregion"].astype(object).to_numpy() for s in slides])
     assert (sub[:70] == "0a").all() and (sub[70:120] == "0b").all() and (sub[120:180] == "1").all()
     assert pd.isna(sub[180:]).all()
+
+
+def test_patient_mixing_flags_regions_that_follow_patients(tmp_path):
+    from jobs.infer import patient_mixing_warning
+    from senca_core.metrics import patient_mixing, regions_follow_patients
+
+    # two patients, three slides: every region is one patient's (B's two slides share regions 1 and 2)
+    follow = [np.array([0] * 50), np.array([1] * 30 + [2] * 20), np.array([1] * 25 + [2] * 25)]
+    table = patient_mixing(follow, ["A", "B", "B"])
+    assert table.set_index("region")["n_patients"].to_dict() == {"0": 1, "1": 1, "2": 1}
+    assert table["one_patient"].all() and regions_follow_patients(table)
+    # the same slides with one region shared by both patients: mixed
+    shared = [np.array([0] * 40 + [1] * 10), follow[1], follow[2]]
+    table = patient_mixing(shared, ["A", "B", "B"])
+    assert table.set_index("region").loc["1", "n_patients"] == 2 and not regions_follow_patients(table)
+    # a stray spot or two of another patient does not make a region shared (>= 95 % one patient's)
+    stray = [np.array([0] * 49 + [1]), np.array([1] * 50), np.array([1] * 48 + [0, 0])]
+    assert regions_follow_patients(patient_mixing(stray, ["A", "B", "B"]))
+    # one patient: nothing to follow
+    assert not regions_follow_patients(patient_mixing(follow, ["A", "A", "A"]))
+    with pytest.raises(ValueError, match="patient ids"):
+        patient_mixing(follow, ["A", "B"])
+
+    # the infer stage's warning: one line naming the rule; none when the regions are shared or one patient
+    paths = {}
+    for sid, labels in zip(("s1", "s2", "s3"), follow):
+        paths[sid] = str(tmp_path / f"{sid}.npy")
+        np.save(paths[sid], labels)
+    warning = patient_mixing_warning({"region_paths": paths}, {"s1": "A", "s2": "B", "s3": "B"})
+    assert warning is not None and "follow the patients" in warning and "0 A, 1 B, 2 B" in warning
+    assert patient_mixing_warning({"region_paths": paths}, {"s1": "A", "s2": "A", "s3": "A"}) is None
+    np.save(paths["s1"], shared[0])
+    assert patient_mixing_warning({"region_paths": paths}, {"s1": "A", "s2": "B", "s3": "B"}) is None

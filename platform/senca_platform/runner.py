@@ -309,6 +309,7 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
         "n_failed": sum(s["status"] != "ok" for s in slides),
         "slides": [{k: v for k, v in s.items() if k not in ("traceback", "has_labels", "hist_dim")} for s in slides],
         "k": result.get("k"),
+        "warnings": list(result.get("warnings") or []),
         "tuning": result.get("tuning"),
         "tables": {f"{name}_{fmt}": result["tables"].get(f"{name}_{fmt}_path")
                    for name in ("patients", "regions", "composition", "slides", "markers") for fmt in ("parquet", "csv")},
@@ -348,6 +349,8 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
             echo(f"FAILED slide {s['slide']} (patient {s['patient']}): {s['error']}")
         for w in dict.fromkeys(s.get("warnings") or []):  # each once
             echo(f"warning: slide {s['slide']}: {w}")
+    for w in summary["warnings"]:
+        echo(f"warning: cohort: {w}")
     if result.get("error"):
         echo(f"cohort error: {result['error']}")
     if guard.failed:

@@ -327,6 +327,8 @@ class MlflowTracker:
         self._metrics(self.run_id, {"n_slides_failed": len(failed), "n_slides_ok": len(slides) - len(failed),
                                     "seconds_total": summary.get("seconds")})
         set_tags(self.client, self.run_id, slide_tags(slides))  # senca.error.<slide>, senca.warning.<slide>
+        if summary.get("warnings"):  # cohort-level (per-slide warnings are in slide_tags)
+            self.client.set_tag(self.run_id, "senca.warning.cohort", "\n".join(summary["warnings"])[:5000])
         if summary.get("error"):
             self.client.set_tag(self.run_id, "senca.error", summary["error"][:5000])
         self.client.set_tag(self.run_id, "senca.status", summary["status"])
