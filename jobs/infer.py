@@ -142,8 +142,6 @@ def patient_mixing_warning(regions: dict[str, Any], patients: dict[str, str]) ->
     from senca_core import metrics
 
     slides = [sid for sid in regions["region_paths"] if sid in patients]
-    if len({patients[sid] for sid in slides}) < 2:
-        return None
     mixing = metrics.patient_mixing([np.load(regions["region_paths"][sid]) for sid in slides],
                                     [patients[sid] for sid in slides])
     if not metrics.regions_follow_patients(mixing):

@@ -26,11 +26,11 @@ def patient_mixing(regions: Sequence[np.ndarray], patients: Sequence[str]) -> pd
     """
     if len(regions) != len(patients):
         raise ValueError(f"{len(regions)} label arrays but {len(patients)} patient ids")
-    labels = np.concatenate([np.asarray(r).astype(str).ravel() for r in regions]) if regions else np.array([])
-    owners = np.concatenate([np.full(len(np.ravel(r)), str(p), dtype=object) for r, p in zip(regions, patients)]) \
-        if regions else np.array([], dtype=object)
-    if labels.size == 0:
+    sizes = [np.size(r) for r in regions]
+    if sum(sizes) == 0:
         return pd.DataFrame(columns=["region", "n_spots", "top_patient", "top_share", "n_patients", "one_patient"])
+    labels = np.concatenate([np.asarray(r).astype(str).ravel() for r in regions])
+    owners = np.repeat(np.array([str(p) for p in patients], dtype=object), sizes)
     table = pd.crosstab(pd.Series(labels, name="region"), pd.Series(owners, name="patient"))
     n = table.sum(axis=1)
     out = pd.DataFrame({"region": table.index.astype(str), "n_spots": n.to_numpy(),
