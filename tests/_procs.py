@@ -133,7 +133,7 @@ def listening(pids: list[int]) -> list[tuple[str, int, int, str]]:
                 continue
             ip, port = parts[1].split(":")
             pid = inodes[parts[9]]
-            out.append((_ip(ip), int(port, 16), pid, cmdline(pid)[:120]))
+            out.append((_ip(ip), int(port, 16), pid, cmdline(pid)[:300]))
     return out
 
 
@@ -144,12 +144,15 @@ def is_loopback(ip: str) -> bool:
 
 
 class SocketWatch:
-    """Samples the listening sockets of a session's processes every ``interval`` s while it runs (a thread)."""
+    """Samples the listening sockets of a session's processes every ``interval`` s while it runs (a thread):
+    ``seen`` maps each (ip, port) to its first owner (pid, command line); ``processes`` every pid of the session
+    seen to its command line (so that a check can tell "never ran" from "ran but was not caught listening")."""
 
     def __init__(self, sid: int, interval: float = 0.5):
         self.sid = sid
         self.interval = interval
         self.seen: dict[tuple[str, int], tuple[int, str]] = {}
+        self.processes: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -163,7 +166,11 @@ class SocketWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for ip, port, pid, cmd in listening(session_pids(self.sid)):
+            pids = session_pids(self.sid)
+            for pid in pids:
+                if pid not in self.processes:
+                    self.processes[pid] = cmdline(pid)[:300]
+            for ip, port, pid, cmd in listening(pids):
                 self.seen.setdefault((ip, port), (pid, cmd))
             self._stop.wait(self.interval)
 
