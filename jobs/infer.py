@@ -32,6 +32,8 @@ from ._jsonsafe import clean_float
 from ._memory import peak_rss_mb
 
 _MODEL_CACHE: dict[str, Any] = {}
+#: the spec's ``clustering.cut_by`` when unset (its schema default says the same)
+CUT_BY_DEFAULT = "cohort"
 
 
 def _model(path: str):
@@ -100,7 +102,8 @@ def cluster_args(clustering: dict[str, Any]) -> dict[str, Any]:
             "refine": bool(clustering.get("refine", True)), "align": None if align in (None, "none") else align,
             "spatial_prior": float(clustering.get("spatial_prior", 16.0)),
             "prior_em_rounds": int(clustering.get("prior_em_rounds", 0)),
-            "consensus": clustering.get("consensus"), "seed": int(clustering.get("seed", 0))}
+            "consensus": clustering.get("consensus"), "cut_by": clustering.get("cut_by", CUT_BY_DEFAULT),
+            "seed": int(clustering.get("seed", 0))}
 
 
 def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regions_dir: str | Path) -> dict[str, Any]:
@@ -121,7 +124,8 @@ def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regio
             a.obsm["spatial_neighbors"] = nb
         a.uns["senca"] = {"slide_id": r["slide_id"]}
         slims.append(a)
-    region_model = tl.cluster(slims, **cluster_args(clustering), return_model=True)
+    args = cluster_args(clustering)
+    region_model = tl.cluster(slims, **args, return_model=True)
     k_used = int(region_model.k_requested)
     categories = [str(c) for c in slims[0].obs["region"].cat.categories]
     regions_dir = Path(regions_dir)
@@ -133,12 +137,14 @@ def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regio
         paths[r["slide_id"]] = str(p)
     model_path = atomic_write_with(regions_dir.parent / "region_model.pkl",
                                    lambda tmp: tmp.write_bytes(pickle.dumps(region_model)))
-    return {"k": int(k_used), "categories": categories, "region_paths": paths, "region_model_path": str(model_path)}
+    return {"k": int(k_used), "categories": categories, "region_paths": paths, "region_model_path": str(model_path),
+            "cut_by": args["cut_by"]}
 
 
 def patient_mixing_warning(regions: dict[str, Any], patients: dict[str, str]) -> str | None:
-    """One line when a cohort of two or more patients got no pooled region shared by two of them (else None):
-    the pooled cut then describes the patients' differences more than the tissue (``metrics.patient_mixing``)."""
+    """One line when a cohort of two or more patients got no region shared by two of them (else None): the
+    regions then describe the patients' differences more than the tissue (``metrics.patient_mixing``). The advice
+    follows how the regions were cut (``regions["cut_by"]``)."""
     from senca_core import metrics
 
     slides = [sid for sid in regions["region_paths"] if sid in patients]
@@ -147,10 +153,15 @@ def patient_mixing_warning(regions: dict[str, Any], patients: dict[str, str]) ->
     if not metrics.regions_follow_patients(mixing):
         return None
     owner = ", ".join(f"{r} {p}" for r, p in zip(mixing["region"], mixing["top_patient"]))
+    share = mixing.loc[mixing["one_patient"], "top_share"].min()
+    if regions.get("cut_by", "cohort") == "slide":
+        return (f"the regions matched across slides follow the patients (region and its patient: {owner}; each "
+                f"region at least {share:.0%} one patient's spots): no region of one patient was matched to "
+                "another's, so compare patients' compositions with care")
     return (f"the pooled regions follow the patients (region and its patient: {owner}; each region at least "
-            f"{mixing.loc[mixing['one_patient'], 'top_share'].min():.0%} one patient's spots), so a region id may "
-            "mean 'this patient' rather than a tissue shared across patients: compare patients' compositions "
-            "with care, and run a slide alone for its own regions (docs/BENCHMARKS.md, 'Six HER2ST sections')")
+            f"{share:.0%} one patient's spots), so a region id may mean 'this patient' rather than a tissue shared "
+            "across patients: compare patients' compositions with care; clustering.cut_by: slide cuts each slide "
+            "alone and matches its regions across the cohort (docs/BENCHMARKS.md, 'Six HER2ST sections')")
 
 
 def cohort_slims(rows: list[dict[str, Any]], regions: dict[str, Any], *, embeddings: bool = True) -> list:

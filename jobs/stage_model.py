@@ -16,13 +16,15 @@ from typing import Any
 from ._stage import PIPELINE_VERSION, PipelineError, StageClock, Tracker, _model_cfg
 from ._cache import StageCache, stable_hash
 from ._files import atomic_write_json
+from .infer import CUT_BY_DEFAULT
 from ._jsonsafe import clean_float
 
 
 def _eval_cfg(plan: dict[str, Any], metric: str | None, every: int) -> dict[str, Any]:
     c = plan["clustering"]
     return {"metric": metric, "every": every, "k": c.get("k"), "method": c.get("method", "gmm"),
-            "refine": c.get("refine", True), "align": c.get("align", "matched"), "seed": c.get("seed", 0)}
+            "refine": c.get("refine", True), "align": c.get("align", "matched"), "cut_by": c.get("cut_by", CUT_BY_DEFAULT),
+            "seed": c.get("seed", 0)}
 
 
 #: the tuning objective ``metric: auto`` means; it uses no label (docs/BENCHMARKS.md: of the label-free criteria

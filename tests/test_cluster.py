@@ -14,19 +14,13 @@ from senca_core.errors import ConfigError
 from senca_core.tl._align import SlideAligner
 from senca_core.tl._consensus import average_linkage, member_settings
 
-CENTRES = np.array([[0.0, 0.0, 0.0, 0.0], [4.0, 0.0, 0.0, 0.0], [0.0, 4.0, 0.0, 0.0]])
+from _state_slides import CENTRES, state_slide
+
 
 
 def _slide(sid: str, props, offset, n=300, seed=0) -> AnnData:
     """A slide of 3 tissue states (shared by every slide) mixed in ``props``, all shifted by ``offset``."""
-    rng = np.random.default_rng(seed)
-    truth = rng.choice(3, size=n, p=props)
-    X = CENTRES[truth] + rng.normal(0, 0.5, size=(n, 4)) + np.asarray(offset)
-    a = AnnData(X=sp.csr_matrix((n, 0), dtype=np.float32))
-    a.obsm["X_senca"] = X
-    a.obs["truth"] = pd.Categorical(truth.astype(str))
-    a.uns["senca"] = {"slide_id": sid}
-    return a
+    return state_slide(sid, props, offset, n=n, seed=seed)
 
 
 def _cohort():

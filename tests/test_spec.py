@@ -301,3 +301,16 @@ def test_hmrf_em_rounds_need_a_single_cut(tmp_path):
     assert spec.clustering.prior_em_rounds == 10 and spec.clustering.consensus is False
     assert load_spec(_write(tmp_path, GOOD + "clustering:\n  prior_em_rounds: 10\n")).clustering.consensus is None
     assert load_spec(_write(tmp_path, GOOD)).clustering.consensus is None
+
+
+def test_cut_by_defaults_to_the_pooled_cut_and_is_checked(tmp_path):
+    """``clustering.cut_by``: the schema's default is the one the infer stage and the tuning objective fall back
+    to; ``slide`` reaches ``tl.cluster``; anything else is refused naming the field."""
+    from jobs.infer import CUT_BY_DEFAULT, cluster_args
+
+    spec = load_spec(_write(tmp_path, GOOD))
+    assert spec.clustering.cut_by == CUT_BY_DEFAULT == "cohort" and cluster_args({})["cut_by"] == "cohort"
+    spec = load_spec(_write(tmp_path, GOOD + "clustering:\n  cut_by: slide\n"))
+    assert cluster_args(spec.clustering.model_dump())["cut_by"] == "slide"
+    issues = _problems(tmp_path, GOOD + "clustering:\n  cut_by: patient\n")
+    assert any("cut_by" in i.field for i in issues), issues

@@ -288,6 +288,9 @@ def test_patient_mixing_flags_regions_that_follow_patients(tmp_path):
         np.save(paths[sid], labels)
     warning = patient_mixing_warning({"region_paths": paths}, {"s1": "A", "s2": "B", "s3": "B"})
     assert warning is not None and "follow the patients" in warning and "0 A, 1 B, 2 B" in warning
+    assert "clustering.cut_by: slide" in warning  # the pooled cut's advice: cut each slide alone
+    matched = patient_mixing_warning({"region_paths": paths, "cut_by": "slide"}, {"s1": "A", "s2": "B", "s3": "B"})
+    assert "matched across slides follow the patients" in matched and "cut_by" not in matched
     assert patient_mixing_warning({"region_paths": paths}, {"s1": "A", "s2": "A", "s3": "A"}) is None
     np.save(paths["s1"], shared[0])
     assert patient_mixing_warning({"region_paths": paths}, {"s1": "A", "s2": "B", "s3": "B"}) is None

@@ -79,6 +79,7 @@ tuning:                           # Ray Tune around the trainer (enabled: false 
     w_neigh: {{type: choice, values: [0.25, 0.5, 1.0]}}
 
 clustering:                       # regions on the POOLED embeddings: region ids mean the same in every slide
+  cut_by: cohort                  # cohort: one cut of the pooled spots | slide: each slide cut alone, ids matched
   k: auto                         # an integer, or auto (chosen by BIC)
   method: gmm                     # gmm | kmeans | leiden
   refine: true                    # spatial smoothing of the labels

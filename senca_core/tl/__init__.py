@@ -2,6 +2,7 @@
 
 from ._cluster import RegionModel, assign_regions, cluster
 from ._consensus import ConsensusRegionModel
+from ._per_slide import PerSlideRegionModel
 from ._labels import refine_labels, spatial_prior_labels
 from ._heterogeneity import heterogeneity
 from ._markers import (DEFAULT_NORMAL_GENES, DEFAULT_TUMOUR_GENES, marker_genes, tumour_like_regions,
@@ -13,6 +14,7 @@ from ._senca import apply, senca
 from ._subregions import SUBREGION_COLUMNS, tumour_subregions
 
 __all__ = ["senca", "apply", "cluster", "refine_labels", "spatial_prior_labels", "RegionModel", "ConsensusRegionModel",
+           "PerSlideRegionModel",
            "assign_regions",
            "heterogeneity", "microenvironment", "marker_genes",
            "tumour_like_regions", "tumour_scores", "DEFAULT_TUMOUR_GENES", "DEFAULT_NORMAL_GENES",

@@ -14,9 +14,11 @@ from sklearn.mixture import GaussianMixture
 from ..errors import ConfigError, SlideError
 from ._align import SlideAligner
 from ._consensus import ConsensusRegionModel, consensus_cut, member_settings
+from ._per_slide import PerSlideRegionModel, per_slide_cut
 from ._labels import refine_labels, spatial_prior_labels, write_regions
 
 METHODS = ("gmm", "leiden", "kmeans")
+CUT_BY = ("cohort", "slide")
 
 
 def _slide(adata: AnnData) -> str:
@@ -231,8 +233,8 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
             use_rep: str = "X_senca", refine: bool = True, n_pcs: int | None = 15, seed: int = 0,
             key_added: str = "region", k_max: int = 12, align: str | None = "matched",
             covariance: str = "full", spatial_prior: float = 16.0, prior_em_rounds: int = 0,
-            consensus: bool | None = None, return_model: bool = False,
-            _fits: dict | None = None) -> int | RegionModel | ConsensusRegionModel:
+            consensus: bool | None = None, cut_by: str = "cohort", return_model: bool = False,
+            _fits: dict | None = None) -> int | RegionModel | ConsensusRegionModel | PerSlideRegionModel:
     """Cluster ``obsm[use_rep]`` into ``k`` regions; writes ``obs[key_added]`` (categorical) on every slide.
 
     A list of slides is clustered on the pooled embeddings, so region ``"3"`` means the same in every slide.
@@ -255,7 +257,11 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     mixture on ⅔×, 1× and 2× ``n_pcs`` components, each plain and with HMRF-EM, every one with the spatial prior;
     chosen over one cut by leave-one-section-out, ``bench/bench_clustering.py``). ``consensus=True`` with another
     ``covariance`` or ``prior_em_rounds`` is refused; ``consensus=False`` is one cut. The model returned is then a
-    :class:`~senca_core.tl.ConsensusRegionModel`. ``_fits`` (internal, the consensus): fits shared between calls
+    :class:`~senca_core.tl.ConsensusRegionModel`. ``cut_by`` (several slides): ``"cohort"`` cuts the pooled
+    spots once; ``"slide"`` cuts each slide alone with the same settings (k per slide when not given) and matches
+    the slides' regions into cohort ids (:mod:`senca_core.tl._per_slide`; the model returned is a
+    :class:`~senca_core.tl.PerSlideRegionModel`, the value returned without it the cohort's number of regions).
+    ``_fits`` (internal, the consensus): fits shared between calls
     on the same slides and seed, keyed by ``(n_pcs, covariance, k, method)``.
     """
     adatas = [adatas] if isinstance(adatas, AnnData) else list(adatas)
@@ -269,8 +275,17 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         raise ConfigError("prior_em_rounds", f"must be an integer >= 0, got {prior_em_rounds!r}")
     if covariance not in ("full", "tied", "diag", "spherical"):
         raise ConfigError("covariance", f"unknown GMM covariance {covariance!r}; use full, tied, diag or spherical")
+    if cut_by not in CUT_BY:
+        raise ConfigError("cut_by", f"unknown {cut_by!r}; use one of {CUT_BY}")
     if consensus is None:  # the default: the consensus, unless the caller chose one cut's settings
         consensus = covariance == "full" and not prior_em_rounds
+    if cut_by == "slide" and len(adatas) > 1:
+        settings = {"k": k, "method": method, "refine": refine, "n_pcs": n_pcs, "seed": seed, "k_max": k_max,
+                    "covariance": covariance, "spatial_prior": spatial_prior, "prior_em_rounds": prior_em_rounds,
+                    "consensus": consensus}
+        model = per_slide_cut(adatas, lambda a: cluster(a, use_rep=use_rep, key_added=key_added, **settings),
+                              settings, key_added=key_added, use_rep=use_rep)
+        return model if return_model else int(model.k)
     if consensus and method == "gmm":
         if covariance != "full" or prior_em_rounds:
             raise ConfigError("consensus", "the consensus is a family of full-covariance cuts with and without "

@@ -180,6 +180,10 @@ class ClusteringSpec(_Base):
                                                      "2/3x, 1x, 2x the components, with and without HMRF-EM); "
                                                      "default (unset): on unless prior_em_rounds chooses one cut; "
                                                      "false: one cut")
+    cut_by: Literal["cohort", "slide"] = Field(
+        "cohort", description="several slides: 'slide' cuts each slide alone (k per slide when auto) and matches "
+                              "the slides' regions into cohort ids; 'cohort' cuts the pooled spots once "
+                              "(senca_core.tl.cluster cut_by)")
     seed: int = 0
 
     @field_validator("k")

@@ -1,0 +1,175 @@
+"""Regions cut slide by slide, then matched across the cohort (``tl.cluster(..., cut_by="slide")``).
+
+A pooled cut of several patients' slides can find the patients instead of the tissue: on six HER2ST sections of
+three patients every pooled region was one patient's, and all three sections of patient C were one region (C1
+ARI 0; docs/BENCHMARKS.md, "Six HER2ST sections"). Aligning the slides before pooling (``align``) does not undo
+it. Cut one slide at a time, the same embedding keeps each section's regions.
+
+So each slide is cut on its own (the same ``tl.cluster`` settings, k chosen per slide when it is not given), and
+the slides' regions are matched into one set of cohort region ids:
+
+1. every slide region is summarised by its centroid in the embedding; the reference types start as the regions of
+   the slide with the most regions (ties: the most spots);
+2. each slide is placed against the types by one translation (its offset, as in
+   :class:`~senca_core.tl._align.SlideAligner`: the spot-weighted mean of its regions' centroid minus their matched
+   type) and its regions are matched one-to-one to the types by the Hungarian algorithm on squared distance; a
+   slide with more regions than there are types opens a new type per unmatched region;
+3. the types are re-estimated as the spot-weighted mean of their matched (translated) centroids; steps 2-3 repeat.
+
+One-to-one matching keeps every slide's own regions apart (two regions of one slide never share an id); ids are
+ordered by cohort size. A new slide (``labels``) is cut alone with the same settings and matched to the fixed
+types (a slide with more regions than types: its extra regions take their nearest type). A training slide gets
+exactly its regions back (looked up by the fingerprint of its embedding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy.optimize import linear_sum_assignment
+
+#: rounds of (match every slide, re-estimate the types) and of (offset, match) per slide
+ROUNDS = 5
+
+
+def fingerprint(X: np.ndarray) -> str:
+    """A slide's embedding, as the key its training regions are kept under."""
+    X = np.ascontiguousarray(np.asarray(X, dtype=np.float32))
+    return hashlib.sha1(X.tobytes() + str(X.shape).encode()).hexdigest()
+
+
+def _centroids(X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(region ids present, their centroids, their spot counts)."""
+    ids, counts = np.unique(labels, return_counts=True)
+    return ids, np.stack([X[labels == r].mean(0) for r in ids]), counts.astype(np.float64)
+
+
+def _place(C: np.ndarray, w: np.ndarray, types: np.ndarray, *, grow: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(type of each region, the slide's offset). The offset settles first: alternately the Hungarian matching at
+    the current offset and the offset from that matching. Then a matched pair stands only when the region is
+    closer to its type than that type is to any other type; a region left out gets -1 (``grow``: a new type) or
+    its nearest type."""
+    offset = (w[:, None] * C).sum(0) / w.sum() - types.mean(0)
+    previous = None
+    for _ in range(ROUNDS):
+        Y = C - offset
+        rows, cols = linear_sum_assignment(((Y[:, None, :] - types[None]) ** 2).sum(-1))
+        offset = offset + (w[rows, None] * (Y[rows] - types[cols])).sum(0) / w[rows].sum()
+        if previous is not None and np.array_equal(cols, previous):
+            break
+        previous = cols
+    cost = (((C - offset)[:, None, :] - types[None]) ** 2).sum(-1)
+    rows, cols = linear_sum_assignment(cost)
+    gap = ((types[:, None, :] - types[None]) ** 2).sum(-1)
+    np.fill_diagonal(gap, np.inf)
+    keep = cost[rows, cols] <= gap.min(1)[cols]
+    match = np.full(len(C), -1)
+    match[rows[keep]] = cols[keep]
+    if not grow:
+        left = match < 0
+        match[left] = cost[left].argmin(1)
+    return match, offset
+
+
+def match_regions(centroids: Sequence[np.ndarray], weights: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """The cohort type of each slide's regions (one array per slide, in the order of its centroids) and the
+    types' centroids (see the module docstring)."""
+    ref = max(range(len(centroids)), key=lambda s: (len(centroids[s]), weights[s].sum()))
+    types = centroids[ref] - (weights[ref][:, None] * centroids[ref]).sum(0) / weights[ref].sum()
+    matches: list[np.ndarray] = []
+    for _ in range(ROUNDS):
+        matches, placed = [], []
+        for C, w in zip(centroids, weights):
+            match, offset = _place(C, w, types, grow=True)
+            for i in np.flatnonzero(match < 0):  # more regions than types: each extra region a type of its own
+                types = np.vstack([types, C[i] - offset])
+                match[i] = len(types) - 1
+            matches.append(match)
+            placed.append((C - offset, w, match))
+        sums, mass = np.zeros_like(types), np.zeros(len(types))
+        for Y, w, match in placed:
+            np.add.at(sums, match, w[:, None] * Y)
+            np.add.at(mass, match, w)
+        new_types = np.where(mass[:, None] > 0, sums / np.maximum(mass, 1e-12)[:, None], types)
+        if np.allclose(new_types, types):
+            break
+        types = new_types
+    return matches, types
+
+
+class PerSlideRegionModel:
+    """Regions cut slide by slide and matched across the cohort; the interface of
+    :class:`~senca_core.tl.RegionModel` (``k``, ``k_requested``, ``labels``, ``predict``, ``refine``,
+    ``method``). ``settings``: the ``tl.cluster`` keywords each slide is cut with (a new slide too); ``types``
+    the cohort types' centroids; ``remap`` type -> size-ordered cohort id; ``known`` the training slides'
+    fingerprints -> their cohort ids."""
+
+    def __init__(self, settings: dict[str, Any], types: np.ndarray, remap: dict, known: dict, k_requested: int,
+                 use_rep: str) -> None:
+        self.settings, self.types, self.remap, self.known = dict(settings), types, remap, known
+        self.k, self.k_requested = len(remap), int(k_requested)
+        self.method, self.refine, self.use_rep = settings["method"], bool(settings["refine"]), use_rep
+
+    def cut_slide(self, X: np.ndarray, neighbors: np.ndarray | None) -> np.ndarray:
+        """Local region ids of one slide cut alone with the fit's settings."""
+        import scipy.sparse as sp
+
+        from ._cluster import cluster
+
+        slim = AnnData(X=sp.csr_matrix((X.shape[0], 0), dtype=np.float32))
+        slim.obsm[self.use_rep] = X
+        if neighbors is not None:
+            slim.obsm["spatial_neighbors"] = np.asarray(neighbors)
+        cluster(slim, use_rep=self.use_rep, key_added="region", **self.settings)
+        return slim.obs["region"].astype(int).to_numpy()
+
+    def labels(self, X: np.ndarray, neighbors: np.ndarray | None = None) -> np.ndarray:
+        """Cohort region ids of one slide's readout ``X``: a training slide's own regions, another slide cut alone
+        and matched to the cohort's types."""
+        X = np.asarray(X, dtype=np.float64)
+        key = fingerprint(X)
+        if key in self.known:
+            return self.known[key].copy()
+        local = np.asarray(self.cut_slide(X, neighbors), dtype=int)
+        ids, C, w = _centroids(X, local)
+        match, _ = _place(C, w, self.types, grow=False)
+        lookup = {int(r): self.remap[int(t)] for r, t in zip(ids, match)}
+        return np.array([lookup[int(r)] for r in local], dtype=int)
+
+    def predict(self, adata: AnnData) -> np.ndarray:
+        """Cohort region ids of one slide."""
+        return self.labels(np.asarray(adata.obsm[self.use_rep], dtype=np.float64), adata.obsm.get("spatial_neighbors"))
+
+
+def per_slide_cut(adatas: Sequence[AnnData], cut: Callable[[AnnData], object], settings: dict[str, Any], *,
+                  key_added: str, use_rep: str) -> PerSlideRegionModel:
+    """Cut each slide with ``cut(adata)`` (regions in ``obs[key_added]``; ``settings`` the ``tl.cluster``
+    keywords it used), match the regions across slides, write the cohort ids to ``obs[key_added]`` and return the
+    model (``k`` and ``k_requested``: the cohort's regions)."""
+    centroids, weights, locals_ = [], [], []
+    for a in adatas:
+        cut(a)
+        local = a.obs[key_added].astype(int).to_numpy()
+        ids, C, w = _centroids(np.asarray(a.obsm[use_rep], dtype=np.float64), local)
+        locals_.append((local, ids))
+        centroids.append(C)
+        weights.append(w)
+    matches, types = match_regions(centroids, weights)
+    mass = np.zeros(len(types))
+    for match, w in zip(matches, weights):
+        np.add.at(mass, match, w)
+    order = np.lexsort((np.arange(len(types)), -mass))
+    order = order[mass[order] > 0]
+    remap = {int(t): i for i, t in enumerate(order)}
+    categories = [str(i) for i in range(len(order))]
+    known = {}
+    for a, (local, ids), match in zip(adatas, locals_, matches):
+        lookup = {int(r): remap[int(t)] for r, t in zip(ids, match)}
+        cohort = np.array([lookup[int(r)] for r in local], dtype=int)
+        a.obs[key_added] = pd.Categorical(cohort.astype(str), categories=categories)
+        known[fingerprint(np.asarray(a.obsm[use_rep], dtype=np.float64))] = cohort
+    return PerSlideRegionModel(settings, types, remap, known, len(remap), use_rep)
