@@ -27,12 +27,15 @@ from typing import Any
 from ._stage import PIPELINE_VERSION, PipelineError, StageClock, Tracker, _model_cfg  # noqa: F401 - re-exported
 from ._cache import StageCache, file_fingerprint, stable_hash
 from ._files import atomic_write_with, is_output_dir, is_temp_of, unlink_all
+from .infer import CUT_BY_DEFAULT
 from .stage_model import _eval_cfg, check_slide_cpus, resolve_metric, stage_train, stage_tune  # noqa: F401
 
 _SLIDE_FILES = ("counts", "spots", "labels", "image", "path")
 
 
 #: the output directory's folders the pipeline (and the control plane's tracking journal) write into
+#: how the infer stage's regions are cut (spec ``clustering.cut_by``), for its progress line
+_REGIONS_BY = {"cohort": "pooled regions", "slide": "regions per slide matched across the cohort"}
 OUTPUT_DIRS = ("preprocess", "train", "tune", "infer", "slides", "maps", "tables", "cache", "tracking")
 
 
@@ -180,7 +183,8 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
     hit = cache.get("infer", key)
     cached = hit is not None
     if hit is None:
-        tracker.progress(f"infer: embeddings, pooled regions and summaries of {len(pre['paths'])} slide(s)")
+        regions_by = _REGIONS_BY[plan["clustering"].get("cut_by", CUT_BY_DEFAULT)]
+        tracker.progress(f"infer: embeddings, {regions_by} and summaries of {len(pre['paths'])} slide(s)")
         conc = _default_concurrency(plan)
         rows = [{"slide_id": sid, "path": p, "model_path": model["model_path"],
                  "emb_path": str(out / "infer" / "embeddings" / f"{sid}.npy")} for sid, p in pre["paths"].items()]
