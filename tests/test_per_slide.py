@@ -88,6 +88,20 @@ def test_matching_is_one_to_one_within_a_slide_and_finds_the_offset():
     assert sorted(matches[0]) == [0, 1, 2, 3] and fitted.shape == (4, 3)
 
 
+def test_a_slide_too_small_to_cut_alone_takes_the_nearest_cohort_regions():
+    slides = _cohort()[:2] + [_slide("tiny", [0.4, 0.3, 0.3], [2, 0, 0, 0], n=8, seed=5)]
+    model = tl.cluster(slides, k=3, n_pcs=None, cut_by="slide", return_model=True)  # 8 spots < 3 per region
+    truth_to_id = {int(t): int(r) for t, r in zip(slides[0].obs["truth"].astype(int), slides[0].obs["region"].astype(int))}
+    tiny = slides[2]
+    expected = np.array([truth_to_id[int(t)] for t in tiny.obs["truth"].astype(int)])
+    assert np.mean(tiny.obs["region"].astype(int).to_numpy() == expected) >= 7 / 8
+    new = _slide("tiny2", [0.4, 0.3, 0.3], [-1, 1, 0, 0], n=6, seed=6)  # a new small slide: the same way
+    assert np.mean(model.predict(new) == np.array([truth_to_id[int(t)] for t in new.obs["truth"].astype(int)])) >= 5 / 6
+    only_small = [_slide(s, [0.4, 0.3, 0.3], [0, 0, 0, 0], n=9, seed=i) for i, s in enumerate("XY")]
+    assert not isinstance(tl.cluster(only_small, k=3, n_pcs=None, cut_by="slide", return_model=True),
+                          tl.PerSlideRegionModel)  # a cohort of small slides only: one pooled cut
+
+
 def test_cut_by_is_checked_and_one_slide_is_the_plain_cut():
     slides = _cohort()
     with pytest.raises(ConfigError, match="cut_by"):

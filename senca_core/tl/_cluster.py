@@ -14,7 +14,7 @@ from sklearn.mixture import GaussianMixture
 from ..errors import ConfigError, SlideError
 from ._align import SlideAligner
 from ._consensus import ConsensusRegionModel, consensus_cut, member_settings
-from ._per_slide import PerSlideRegionModel, per_slide_cut
+from ._per_slide import PerSlideRegionModel, big_enough, per_slide_cut
 from ._labels import refine_labels, spatial_prior_labels, write_regions
 
 METHODS = ("gmm", "leiden", "kmeans")
@@ -260,7 +260,9 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     :class:`~senca_core.tl.ConsensusRegionModel`. ``cut_by`` (several slides): ``"cohort"`` cuts the pooled
     spots once; ``"slide"`` cuts each slide alone with the same settings (k per slide when not given) and matches
     the slides' regions into cohort ids (:mod:`senca_core.tl._per_slide`; the model returned is a
-    :class:`~senca_core.tl.PerSlideRegionModel`, the value returned without it the cohort's number of regions).
+    :class:`~senca_core.tl.PerSlideRegionModel`, the value returned without it the cohort's number of regions; a
+    slide too small to be cut alone takes the nearest cohort region spot by spot, and a cohort of only such slides
+    is cut pooled).
     ``_fits`` (internal, the consensus): fits shared between calls
     on the same slides and seed, keyed by ``(n_pcs, covariance, k, method)``.
     """
@@ -279,7 +281,7 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         raise ConfigError("cut_by", f"unknown {cut_by!r}; use one of {CUT_BY}")
     if consensus is None:  # the default: the consensus, unless the caller chose one cut's settings
         consensus = covariance == "full" and not prior_em_rounds
-    if cut_by == "slide" and len(adatas) > 1:
+    if cut_by == "slide" and sum(big_enough(a.n_obs, k) for a in adatas) and len(adatas) > 1:
         settings = {"k": k, "method": method, "refine": refine, "n_pcs": n_pcs, "seed": seed, "k_max": k_max,
                     "covariance": covariance, "spatial_prior": spatial_prior, "prior_em_rounds": prior_em_rounds,
                     "consensus": consensus}

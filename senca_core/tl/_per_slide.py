@@ -34,6 +34,22 @@ from scipy.optimize import linear_sum_assignment
 
 #: rounds of (match every slide, re-estimate the types) and of (offset, match) per slide
 ROUNDS = 5
+#: a slide is cut alone when it has at least this many spots and 3 per region asked for; a smaller slide's spots
+#: take their nearest cohort region instead (its own cut would be noise, or impossible: fewer spots than k)
+MIN_SPOTS = 20
+
+
+def big_enough(n_spots: int, k: int | None) -> bool:
+    """Whether a slide of ``n_spots`` is cut alone (see :data:`MIN_SPOTS`)."""
+    per_region = int(k) if isinstance(k, (int, np.integer)) and k > 0 else 0
+    return n_spots >= max(MIN_SPOTS, 3 * per_region)
+
+
+def _nearest_types(X: np.ndarray, types: np.ndarray, mass: np.ndarray) -> np.ndarray:
+    """Each spot's nearest type after moving the slide's mean onto the types' spot-weighted mean (a slide too
+    small to be cut alone)."""
+    Y = X - X.mean(0) + (mass[:, None] * types).sum(0) / mass.sum()
+    return (((Y[:, None, :] - types[None]) ** 2).sum(-1)).argmin(1)
 
 
 def fingerprint(X: np.ndarray) -> str:
@@ -109,8 +125,9 @@ class PerSlideRegionModel:
     fingerprints -> their cohort ids."""
 
     def __init__(self, settings: dict[str, Any], types: np.ndarray, remap: dict, known: dict, k_requested: int,
-                 use_rep: str) -> None:
+                 use_rep: str, mass: np.ndarray | None = None) -> None:
         self.settings, self.types, self.remap, self.known = dict(settings), types, remap, known
+        self.mass = np.ones(len(types)) if mass is None else np.asarray(mass, dtype=np.float64)
         self.k, self.k_requested = len(remap), int(k_requested)
         self.method, self.refine, self.use_rep = settings["method"], bool(settings["refine"]), use_rep
 
@@ -134,6 +151,10 @@ class PerSlideRegionModel:
         key = fingerprint(X)
         if key in self.known:
             return self.known[key].copy()
+        used = np.asarray(sorted(self.remap), dtype=int)
+        if not big_enough(X.shape[0], self.settings.get("k")):
+            nearest = used[_nearest_types(X, self.types[used], self.mass[used])]
+            return np.array([self.remap[int(t)] for t in nearest], dtype=int)
         local = np.asarray(self.cut_slide(X, neighbors), dtype=int)
         ids, C, w = _centroids(X, local)
         match, _ = _place(C, w, self.types, grow=False)
@@ -149,9 +170,11 @@ def per_slide_cut(adatas: Sequence[AnnData], cut: Callable[[AnnData], object], s
                   key_added: str, use_rep: str) -> PerSlideRegionModel:
     """Cut each slide with ``cut(adata)`` (regions in ``obs[key_added]``; ``settings`` the ``tl.cluster``
     keywords it used), match the regions across slides, write the cohort ids to ``obs[key_added]`` and return the
-    model (``k`` and ``k_requested``: the cohort's regions)."""
+    model (``k`` and ``k_requested``: the cohort's regions). A slide too small to be cut alone (:func:`big_enough`;
+    at least one slide must be big enough) takes the nearest cohort region spot by spot."""
+    big = [a for a in adatas if big_enough(a.n_obs, settings.get("k"))]
     centroids, weights, locals_ = [], [], []
-    for a in adatas:
+    for a in big:
         cut(a)
         local = a.obs[key_added].astype(int).to_numpy()
         ids, C, w = _centroids(np.asarray(a.obsm[use_rep], dtype=np.float64), local)
@@ -159,17 +182,28 @@ def per_slide_cut(adatas: Sequence[AnnData], cut: Callable[[AnnData], object], s
         centroids.append(C)
         weights.append(w)
     matches, types = match_regions(centroids, weights)
+    labels = {}
+    for a, (local, ids), match in zip(big, locals_, matches):
+        lookup = {int(r): int(t) for r, t in zip(ids, match)}
+        labels[id(a)] = np.array([lookup[int(r)] for r in local], dtype=int)
     mass = np.zeros(len(types))
-    for match, w in zip(matches, weights):
-        np.add.at(mass, match, w)
+    for lab in labels.values():
+        np.add.at(mass, lab, 1.0)
+    used = np.flatnonzero(mass > 0)
+    for a in adatas:
+        if id(a) not in labels:
+            X = np.asarray(a.obsm[use_rep], dtype=np.float64)
+            labels[id(a)] = used[_nearest_types(X, types[used], mass[used])]
+    mass = np.zeros(len(types))
+    for lab in labels.values():
+        np.add.at(mass, lab, 1.0)
     order = np.lexsort((np.arange(len(types)), -mass))
     order = order[mass[order] > 0]
     remap = {int(t): i for i, t in enumerate(order)}
     categories = [str(i) for i in range(len(order))]
     known = {}
-    for a, (local, ids), match in zip(adatas, locals_, matches):
-        lookup = {int(r): remap[int(t)] for r, t in zip(ids, match)}
-        cohort = np.array([lookup[int(r)] for r in local], dtype=int)
+    for a in adatas:
+        cohort = np.array([remap[int(t)] for t in labels[id(a)]], dtype=int)
         a.obs[key_added] = pd.Categorical(cohort.astype(str), categories=categories)
         known[fingerprint(np.asarray(a.obsm[use_rep], dtype=np.float64))] = cohort
-    return PerSlideRegionModel(settings, types, remap, known, len(remap), use_rep)
+    return PerSlideRegionModel(settings, types, remap, known, len(remap), use_rep, mass=mass)
