@@ -12,14 +12,17 @@ the slides' regions are matched into one set of cohort region ids:
    the slide with the most regions (ties: the most spots);
 2. each slide is placed against the types by one translation (its offset, as in
    :class:`~senca_core.tl._align.SlideAligner`: the spot-weighted mean of its regions' centroid minus their matched
-   type) and its regions are matched one-to-one to the types by the Hungarian algorithm on squared distance; a
-   slide with more regions than there are types opens a new type per unmatched region;
+   type, alternating with the matching until the matching stops changing) and its regions are matched one-to-one
+   to the types by the Hungarian algorithm on squared distance; a pair stands only when the region is closer to
+   its type than that type is to any other type, and a region left unmatched (more regions than types, or a
+   tissue state no other slide has) opens a new type;
 3. the types are re-estimated as the spot-weighted mean of their matched (translated) centroids; steps 2-3 repeat.
 
 One-to-one matching keeps every slide's own regions apart (two regions of one slide never share an id); ids are
-ordered by cohort size. A new slide (``labels``) is cut alone with the same settings and matched to the fixed
-types (a slide with more regions than types: its extra regions take their nearest type). A training slide gets
-exactly its regions back (looked up by the fingerprint of its embedding).
+ordered by cohort size. A slide too small to be cut alone (:func:`big_enough`) takes the nearest type spot by
+spot. A new slide (``labels``) is cut alone with the same settings and matched to the fixed types (a region left
+unmatched takes its nearest type; no new id after the fit). A training slide gets exactly its regions back
+(looked up by the fingerprint of its embedding).
 """
 
 from __future__ import annotations
