@@ -1,14 +1,35 @@
-"""The SENCA-st model (see ``_network`` for the documented interpretation of the paper)."""
+"""The SENCA-st model (see ``_network`` for the documented interpretation of the paper).
 
-from ._batch import SlideBatch, make_batch
-from ._config import ABLATIONS, SencaConfig
-from ._heldout import heldout_r2
-from ._io import load_model, save_model
-from ._network import NeighbourhoodCrossAttention, SencaModel
-from ._readout import readout
-from ._train import (build_model, embed, fit, init_prototypes, make_optimizer, prototype_warmup, run_epoch,
-                     seed_everything, train_step)
+The names below load on first use, like ``senca_core``'s namespaces: ``SencaConfig`` (a dataclass) without torch,
+so that checking a spec's model settings does not pay torch's import (2.3 s, on the CLI's path before Ray starts).
+"""
+
+import importlib
+
+_EXPORTS = {
+    "SlideBatch": "_batch", "make_batch": "_batch",
+    "ABLATIONS": "_config", "SencaConfig": "_config",
+    "heldout_r2": "_heldout",
+    "load_model": "_io", "save_model": "_io",
+    "NeighbourhoodCrossAttention": "_network", "SencaModel": "_network",
+    "readout": "_readout",
+    "build_model": "_train", "embed": "_train", "fit": "_train", "init_prototypes": "_train",
+    "make_optimizer": "_train", "prototype_warmup": "_train", "run_epoch": "_train", "seed_everything": "_train",
+    "train_step": "_train",
+}
 
 __all__ = ["ABLATIONS", "SencaConfig", "SencaModel", "SlideBatch", "NeighbourhoodCrossAttention", "make_batch",
            "build_model", "make_optimizer", "run_epoch", "seed_everything", "train_step", "fit", "embed",
            "save_model", "load_model", "readout", "heldout_r2", "prototype_warmup", "init_prototypes"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
