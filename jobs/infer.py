@@ -154,7 +154,7 @@ def patient_mixing_warning(regions: dict[str, Any], patients: dict[str, str]) ->
         return None
     owner = ", ".join(f"{r} {p}" for r, p in zip(mixing["region"], mixing["top_patient"]))
     share = mixing.loc[mixing["one_patient"], "top_share"].min()
-    if regions.get("cut_by", "cohort") == "slide":
+    if regions.get("cut_by", CUT_BY_DEFAULT) == "slide":
         return (f"the regions matched across slides follow the patients (region and its patient: {owner}; each "
                 f"region at least {share:.0%} one patient's spots): no region of one patient was matched to "
                 "another's, so compare patients' compositions with care")

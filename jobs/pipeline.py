@@ -33,9 +33,9 @@ from .stage_model import _eval_cfg, check_slide_cpus, resolve_metric, stage_trai
 _SLIDE_FILES = ("counts", "spots", "labels", "image", "path")
 
 
-#: the output directory's folders the pipeline (and the control plane's tracking journal) write into
 #: how the infer stage's regions are cut (spec ``clustering.cut_by``), for its progress line
 _REGIONS_BY = {"cohort": "pooled regions", "slide": "regions per slide matched across the cohort"}
+#: the output directory's folders the pipeline (and the control plane's tracking journal) write into
 OUTPUT_DIRS = ("preprocess", "train", "tune", "infer", "slides", "maps", "tables", "cache", "tracking")
 
 

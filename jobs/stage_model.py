@@ -23,8 +23,8 @@ from ._jsonsafe import clean_float
 def _eval_cfg(plan: dict[str, Any], metric: str | None, every: int) -> dict[str, Any]:
     c = plan["clustering"]
     return {"metric": metric, "every": every, "k": c.get("k"), "method": c.get("method", "gmm"),
-            "refine": c.get("refine", True), "align": c.get("align", "matched"), "cut_by": c.get("cut_by", CUT_BY_DEFAULT),
-            "seed": c.get("seed", 0)}
+            "refine": c.get("refine", True), "align": c.get("align", "matched"),
+            "cut_by": c.get("cut_by", CUT_BY_DEFAULT), "seed": c.get("seed", 0)}
 
 
 #: the tuning objective ``metric: auto`` means; it uses no label (docs/BENCHMARKS.md: of the label-free criteria

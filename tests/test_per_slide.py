@@ -31,6 +31,11 @@ def _cohort():
             _slide("C", [0.4, 0.3, 0.3], [30, 30, 0, 0], scale=0.1, seed=3)]
 
 
+def _region_of_state(a) -> dict[int, int]:
+    """Tissue state -> the region id a slide gave it."""
+    return {int(t): int(r) for t, r in zip(a.obs["truth"].astype(int), a.obs["region"].astype(int))}
+
+
 def _ari(a) -> float:
     return adjusted_rand_score(a.obs["truth"].astype(int), a.obs["region"].astype(int))
 
@@ -58,7 +63,7 @@ def test_training_slides_get_their_regions_back_and_a_new_slide_gets_the_cohorts
     model = pickle.loads(pickle.dumps(model))
     for a in slides:
         assert np.array_equal(model.predict(a), a.obs["region"].astype(int).to_numpy())
-    truth_to_id = {int(t): int(r) for t, r in zip(slides[0].obs["truth"].astype(int), slides[0].obs["region"].astype(int))}
+    truth_to_id = _region_of_state(slides[0])
     new = _slide("D", [0.3, 0.3, 0.4], [-5, 2, 0, 0], scale=0.5, seed=9)  # a new patient: own offset and scale
     labels = model.predict(new)
     assert adjusted_rand_score(new.obs["truth"].astype(int), labels) > 0.9
@@ -91,7 +96,7 @@ def test_matching_is_one_to_one_within_a_slide_and_finds_the_offset():
 def test_a_slide_too_small_to_cut_alone_takes_the_nearest_cohort_regions():
     slides = _cohort()[:2] + [_slide("tiny", [0.4, 0.3, 0.3], [2, 0, 0, 0], n=8, seed=5)]
     model = tl.cluster(slides, k=3, n_pcs=None, cut_by="slide", return_model=True)  # 8 spots < 3 per region
-    truth_to_id = {int(t): int(r) for t, r in zip(slides[0].obs["truth"].astype(int), slides[0].obs["region"].astype(int))}
+    truth_to_id = _region_of_state(slides[0])
     tiny = slides[2]
     expected = np.array([truth_to_id[int(t)] for t in tiny.obs["truth"].astype(int)])
     assert np.mean(tiny.obs["region"].astype(int).to_numpy() == expected) >= 7 / 8

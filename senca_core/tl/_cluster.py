@@ -281,7 +281,7 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         raise ConfigError("cut_by", f"unknown {cut_by!r}; use one of {CUT_BY}")
     if consensus is None:  # the default: the consensus, unless the caller chose one cut's settings
         consensus = covariance == "full" and not prior_em_rounds
-    if cut_by == "slide" and sum(big_enough(a.n_obs, k) for a in adatas) and len(adatas) > 1:
+    if cut_by == "slide" and len(adatas) > 1 and any(big_enough(a.n_obs, k) for a in adatas):
         settings = {"k": k, "method": method, "refine": refine, "n_pcs": n_pcs, "seed": seed, "k_max": k_max,
                     "covariance": covariance, "spatial_prior": spatial_prior, "prior_em_rounds": prior_em_rounds,
                     "consensus": consensus}

@@ -94,7 +94,8 @@ def _place(C: np.ndarray, w: np.ndarray, types: np.ndarray, *, grow: bool) -> tu
     return match, offset
 
 
-def match_regions(centroids: Sequence[np.ndarray], weights: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+def match_regions(centroids: Sequence[np.ndarray],
+                  weights: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
     """The cohort type of each slide's regions (one array per slide, in the order of its centroids) and the
     types' centroids (see the module docstring)."""
     ref = max(range(len(centroids)), key=lambda s: (len(centroids[s]), weights[s].sum()))
@@ -124,14 +125,14 @@ class PerSlideRegionModel:
     """Regions cut slide by slide and matched across the cohort; the interface of
     :class:`~senca_core.tl.RegionModel` (``k``, ``k_requested``, ``labels``, ``predict``, ``refine``,
     ``method``). ``settings``: the ``tl.cluster`` keywords each slide is cut with (a new slide too); ``types``
-    the cohort types' centroids; ``remap`` type -> size-ordered cohort id; ``known`` the training slides'
-    fingerprints -> their cohort ids."""
+    the cohort regions' centroids, row ``i`` region ``i``; ``mass`` their training spots; ``known`` the training
+    slides' fingerprints -> their region ids."""
 
-    def __init__(self, settings: dict[str, Any], types: np.ndarray, remap: dict, known: dict, k_requested: int,
-                 use_rep: str, mass: np.ndarray | None = None) -> None:
-        self.settings, self.types, self.remap, self.known = dict(settings), types, remap, known
-        self.mass = np.ones(len(types)) if mass is None else np.asarray(mass, dtype=np.float64)
-        self.k, self.k_requested = len(remap), int(k_requested)
+    def __init__(self, settings: dict[str, Any], types: np.ndarray, mass: np.ndarray, known: dict,
+                 use_rep: str) -> None:
+        self.settings, self.types, self.known = dict(settings), types, known
+        self.mass = np.asarray(mass, dtype=np.float64)
+        self.k = self.k_requested = len(types)
         self.method, self.refine, self.use_rep = settings["method"], bool(settings["refine"]), use_rep
 
     def cut_slide(self, X: np.ndarray, neighbors: np.ndarray | None) -> np.ndarray:
@@ -149,20 +150,17 @@ class PerSlideRegionModel:
 
     def labels(self, X: np.ndarray, neighbors: np.ndarray | None = None) -> np.ndarray:
         """Cohort region ids of one slide's readout ``X``: a training slide's own regions, another slide cut alone
-        and matched to the cohort's types."""
+        and matched to the cohort's regions (a small one: spot by spot)."""
         X = np.asarray(X, dtype=np.float64)
         key = fingerprint(X)
         if key in self.known:
             return self.known[key].copy()
-        used = np.asarray(sorted(self.remap), dtype=int)
         if not big_enough(X.shape[0], self.settings.get("k")):
-            nearest = used[_nearest_types(X, self.types[used], self.mass[used])]
-            return np.array([self.remap[int(t)] for t in nearest], dtype=int)
+            return _nearest_types(X, self.types, self.mass)
         local = np.asarray(self.cut_slide(X, neighbors), dtype=int)
         ids, C, w = _centroids(X, local)
         match, _ = _place(C, w, self.types, grow=False)
-        lookup = {int(r): self.remap[int(t)] for r, t in zip(ids, match)}
-        return np.array([lookup[int(r)] for r in local], dtype=int)
+        return match[np.searchsorted(ids, local)]
 
     def predict(self, adata: AnnData) -> np.ndarray:
         """Cohort region ids of one slide."""
@@ -185,28 +183,24 @@ def per_slide_cut(adatas: Sequence[AnnData], cut: Callable[[AnnData], object], s
         centroids.append(C)
         weights.append(w)
     matches, types = match_regions(centroids, weights)
-    labels = {}
-    for a, (local, ids), match in zip(big, locals_, matches):
-        lookup = {int(r): int(t) for r, t in zip(ids, match)}
-        labels[id(a)] = np.array([lookup[int(r)] for r in local], dtype=int)
+    labels = {id(a): match[np.searchsorted(ids, local)] for a, (local, ids), match in zip(big, locals_, matches)}
     mass = np.zeros(len(types))
     for lab in labels.values():
         np.add.at(mass, lab, 1.0)
-    used = np.flatnonzero(mass > 0)
+    used = np.flatnonzero(mass > 0)  # a type the last round left without a region is no region
     for a in adatas:
         if id(a) not in labels:
             X = np.asarray(a.obsm[use_rep], dtype=np.float64)
             labels[id(a)] = used[_nearest_types(X, types[used], mass[used])]
-    mass = np.zeros(len(types))
-    for lab in labels.values():
-        np.add.at(mass, lab, 1.0)
+            np.add.at(mass, labels[id(a)], 1.0)
     order = np.lexsort((np.arange(len(types)), -mass))
-    order = order[mass[order] > 0]
-    remap = {int(t): i for i, t in enumerate(order)}
+    order = order[mass[order] > 0]  # region i is type order[i]: ids by cohort size
+    region_of = np.full(len(types), -1)
+    region_of[order] = np.arange(len(order))
     categories = [str(i) for i in range(len(order))]
     known = {}
     for a in adatas:
-        cohort = np.array([remap[int(t)] for t in labels[id(a)]], dtype=int)
+        cohort = region_of[labels[id(a)]]
         a.obs[key_added] = pd.Categorical(cohort.astype(str), categories=categories)
         known[fingerprint(np.asarray(a.obsm[use_rep], dtype=np.float64))] = cohort
-    return PerSlideRegionModel(settings, types, remap, known, len(remap), use_rep, mass=mass)
+    return PerSlideRegionModel(settings, types[order], mass[order], known, use_rep)
