@@ -78,7 +78,15 @@ def shard(paths: list[str], rank: int, world: int) -> list[str]:
 # ------------------------------------------------------------------------------------------ the loop
 def run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
     """Train on this worker's shard. ``cfg``: model (SencaConfig dict), overrides, slide_paths, n_expr, n_hist,
-    eval, threads, checkpoint (:class:`Policy`), live_path (optional). Returns the last metrics."""
+    eval, threads, checkpoint (:class:`Policy`), live_path (optional). Returns the last metrics. Torch's
+    deterministic algorithms are on, as in ``senca_core.model.fit``: one seed, the same model on every rerun."""
+    from senca_core.model import deterministic
+
+    with deterministic():
+        return _run_loop(cfg, session)
+
+
+def _run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
     import anndata as ad
     import numpy as np
     import torch
