@@ -40,6 +40,19 @@ def test_fit_trains_under_deterministic_algorithms_and_restores_the_setting():
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+def test_the_callers_warn_only_setting_is_restored():
+    from senca_core.model import deterministic
+
+    torch.use_deterministic_algorithms(True)  # strict, as a caller may have set it
+    try:
+        with deterministic():
+            assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def test_the_platform_loop_trains_under_deterministic_algorithms(tmp_path):
     from jobs.train_loop import read_checkpoint, run_loop
     from jobs.train_sessions import SoloSession

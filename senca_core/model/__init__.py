@@ -13,14 +13,14 @@ _EXPORTS = {
     "load_model": "_io", "save_model": "_io",
     "NeighbourhoodCrossAttention": "_network", "SencaModel": "_network",
     "readout": "_readout",
-    "build_model": "_train", "deterministic": "_train", "embed": "_train", "fit": "_train", "init_prototypes": "_train",
-    "make_optimizer": "_train", "prototype_warmup": "_train", "run_epoch": "_train", "seed_everything": "_train",
-    "train_step": "_train",
+    "build_model": "_train", "deterministic": "_train", "embed": "_train", "fit": "_train",
+    "init_prototypes": "_train", "make_optimizer": "_train", "prototype_warmup": "_train", "run_epoch": "_train",
+    "seed_everything": "_train", "train_step": "_train",
 }
 
 __all__ = ["ABLATIONS", "SencaConfig", "SencaModel", "SlideBatch", "NeighbourhoodCrossAttention", "make_batch",
-           "build_model", "deterministic", "make_optimizer", "run_epoch", "seed_everything", "train_step", "fit", "embed",
-           "save_model", "load_model", "readout", "heldout_r2", "prototype_warmup", "init_prototypes"]
+           "build_model", "deterministic", "make_optimizer", "run_epoch", "seed_everything", "train_step", "fit",
+           "embed", "save_model", "load_model", "readout", "heldout_r2", "prototype_warmup", "init_prototypes"]
 
 
 def __getattr__(name: str):

@@ -35,12 +35,12 @@ def deterministic() -> Iterator[None]:
     thread order on CPU with two or more threads: a 1e-8 difference at the first step that 200 epochs grow into
     other embeddings (measured: two CLI runs of a six-slide cohort). ``warn_only``: an op without a deterministic
     version warns instead of failing."""
-    previous = torch.are_deterministic_algorithms_enabled()
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous)
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 def resolve_device(config: SencaConfig) -> torch.device:
