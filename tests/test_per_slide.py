@@ -36,6 +36,11 @@ def _region_of_state(a) -> dict[int, int]:
     return {int(t): int(r) for t, r in zip(a.obs["truth"].astype(int), a.obs["region"].astype(int))}
 
 
+def _ids_of_states(a, region_of_state: dict[int, int]) -> np.ndarray:
+    """The region id each spot of ``a`` should get: its tissue state's id in ``region_of_state``."""
+    return np.array([region_of_state[int(t)] for t in a.obs["truth"].astype(int)])
+
+
 def _ari(a) -> float:
     return adjusted_rand_score(a.obs["truth"].astype(int), a.obs["region"].astype(int))
 
@@ -67,7 +72,7 @@ def test_training_slides_get_their_regions_back_and_a_new_slide_gets_the_cohorts
     new = _slide("D", [0.3, 0.3, 0.4], [-5, 2, 0, 0], scale=0.5, seed=9)  # a new patient: own offset and scale
     labels = model.predict(new)
     assert adjusted_rand_score(new.obs["truth"].astype(int), labels) > 0.9
-    assert np.mean(labels == np.array([truth_to_id[int(t)] for t in new.obs["truth"].astype(int)])) > 0.9
+    assert np.mean(labels == _ids_of_states(new, truth_to_id)) > 0.9
 
 
 def test_a_slide_with_a_state_the_others_lack_opens_a_region_of_its_own_and_never_merges_two():
@@ -98,10 +103,10 @@ def test_a_slide_too_small_to_cut_alone_takes_the_nearest_cohort_regions():
     model = tl.cluster(slides, k=3, n_pcs=None, cut_by="slide", return_model=True)  # 8 spots < 3 per region
     truth_to_id = _region_of_state(slides[0])
     tiny = slides[2]
-    expected = np.array([truth_to_id[int(t)] for t in tiny.obs["truth"].astype(int)])
+    expected = _ids_of_states(tiny, truth_to_id)
     assert np.mean(tiny.obs["region"].astype(int).to_numpy() == expected) >= 7 / 8
     new = _slide("tiny2", [0.4, 0.3, 0.3], [-1, 1, 0, 0], n=6, seed=6)  # a new small slide: the same way
-    assert np.mean(model.predict(new) == np.array([truth_to_id[int(t)] for t in new.obs["truth"].astype(int)])) >= 5 / 6
+    assert np.mean(model.predict(new) == _ids_of_states(new, truth_to_id)) >= 5 / 6
     only_small = [_slide(s, [0.4, 0.3, 0.3], [0, 0, 0, 0], n=9, seed=i) for i, s in enumerate("XY")]
     assert not isinstance(tl.cluster(only_small, k=3, n_pcs=None, cut_by="slide", return_model=True),
                           tl.PerSlideRegionModel)  # a cohort of small slides only: one pooled cut

@@ -18,9 +18,7 @@ _EXPORTS = {
     "seed_everything": "_train", "train_step": "_train",
 }
 
-__all__ = ["ABLATIONS", "SencaConfig", "SencaModel", "SlideBatch", "NeighbourhoodCrossAttention", "make_batch",
-           "build_model", "deterministic", "make_optimizer", "run_epoch", "seed_everything", "train_step", "fit",
-           "embed", "save_model", "load_model", "readout", "heldout_r2", "prototype_warmup", "init_prototypes"]
+__all__ = list(_EXPORTS)  # one list of names: a name exported is a name loaded
 
 
 def __getattr__(name: str):
