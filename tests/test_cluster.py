@@ -210,3 +210,34 @@ def test_weighted_average_linkage_is_average_linkage_over_the_points():
         ours = np.repeat(average_linkage(cdist(items, items), weights, k), weights)
         assert len(np.unique(ours)) == k
         assert adjusted_rand_score(ref, ours) == 1.0
+
+
+def _elongated_regions(k: int, seed: int, n_per: int = 700, dim: int = 4) -> np.ndarray:
+    """k regions of thousands of spots, each stretched along its own random direction (correlated features)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _ in range(k):
+        rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+        parts.append(rng.normal(size=(n_per, dim)) * np.r_[10.0, 0.3, 0.3, 0.3] @ rotation.T
+                     + rng.normal(scale=4.0, size=dim))
+    return np.vstack(parts)
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_k_auto_finds_correlated_regions_on_a_large_section(k):
+    """Thousands of spots support full covariances, so k auto reads the full family's BIC curve: on stretched,
+    crossing regions a diagonal mixture needs several components per region (its knee said 4 to 8 for 3 regions on
+    these seeds) and the full one finds k."""
+    from senca_core.tl._cluster import _choose_k
+
+    assert [_choose_k(_elongated_regions(k, seed), 0, 10) for seed in range(3)] == [k, k, k]
+
+
+def test_k_auto_keeps_the_diagonal_family_on_a_small_section():
+    """A few dozen spots per region in 15 dimensions do not support a full covariance (120 parameters a region):
+    the diagonal curve decides, and finds the three regions."""
+    from senca_core.tl._cluster import _choose_k
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(60, 15)) + rng.normal(scale=3.0, size=15) for _ in range(3)])
+    assert _choose_k(X, 0, 10) == 3
