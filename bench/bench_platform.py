@@ -49,7 +49,7 @@ def spec_default_epochs() -> int:
 
 def _base(name: str, epochs: int, patients: list[dict], preprocess: dict | None = None) -> dict:
     return {"name": name, "output_dir": "results", "patients": patients,
-            "preprocess": preprocess or {"n_top_genes": 3000, "n_pca": 30},
+            "preprocess": preprocess or {"n_pca": 30},
             "training": {"epochs": epochs, "num_workers": 2, "resources_per_worker": {"CPU": 1}, "seed": 0},
             "tuning": {"enabled": False}, "clustering": {"k": "auto"}}
 

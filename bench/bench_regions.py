@@ -54,7 +54,9 @@ def shared_ready() -> bool:
     return True
 
 
-def load_section(name: str):
+def load_section(name: str, genes: str = "spatial"):
+    """One labelled section, preprocessed with the default gene choice (``genes="variable"``: the scanpy pipeline
+    of peers.md, which the peers' baseline rows use)."""
     her2st = SHARED / "data" / "her2st"
     if name == "A1":
         a = sc.io.read_her2st(her2st, "A1", image=her2st / "images" / "A1_HE_dark_2000px.png", image_scale=2000 / 6954)
@@ -65,7 +67,7 @@ def load_section(name: str):
         sc.hist.patch_features(a)
     else:
         a = sc.io.read_her2st(her2st, name)
-    sc.pp.preprocess(a)
+    sc.pp.preprocess(a, genes=genes)
     return a
 
 
@@ -78,9 +80,11 @@ def score(a, key="region"):
 
 
 def run_baseline(a, k, seed, method):
-    """The peers' pipeline: PCA 30 -> GaussianMixture(k, full) (or Leiden searched to k); '+refine' adds ours.
-    'consensus' is no model at all: the expression PCA cut by SENCA-st's own default clustering (the consensus of
-    six GMM cuts with the spatial prior and refinement), so the table shows what the model adds to its clustering."""
+    """The peers' pipeline: PCA 30 -> GaussianMixture(k, full) (or Leiden searched to k); '+refine' adds ours;
+    ``a`` is then preprocessed as peers.md does (``genes="variable"``).
+    'consensus' is no model at all: the model's own input (the expression PCA of the default genes) cut by SENCA-st's
+    own default clustering (the consensus of six GMM cuts with the spatial prior and refinement), so the table
+    shows what the model adds to its clustering."""
     import pandas as pd
 
     if method == "consensus":
@@ -107,6 +111,7 @@ def real_sections(sections, seeds_for, methods):
     rows = []
     for name in sections:
         a = load_section(name)
+        peers_input = None
         k = n_classes(a)
         has_image = "X_hist" in a.obsm
         for method in methods:
@@ -116,8 +121,13 @@ def real_sections(sections, seeds_for, methods):
             aris, nmis, secs = [], [], []
             for seed in range(seeds_for(name)):
                 t = time.perf_counter()
-                if method.startswith("baseline"):
-                    run_baseline(a, k, seed, method.split(":")[1])
+                if method.startswith("baseline:consensus"):
+                    run_baseline(a, k, seed, "consensus")
+                elif method.startswith("baseline"):
+                    if peers_input is None:
+                        peers_input = load_section(name, genes="variable")
+                    run_baseline(peers_input, k, seed, method.split(":")[1])
+                    a.obs["region"] = peers_input.obs["region"]
                 else:
                     run_senca(a, k, seed, method)
                 secs.append(time.perf_counter() - t)

@@ -5,13 +5,14 @@ than one slide:
 
 1. ``read_and_prepare`` (Ray Data ``map``, bounded concurrency): read one slide with its reader
    (``senca_core.io``), ``validate_counts``, histology features when there is an image
-   (``senca_core.hist.patch_features``), then ``pp.qc`` → ``pp.hvg`` → ``pp.normalize_log`` →
-   ``pp.spatial_neighbors``. Writes ``OUT/preprocess/prepared/<slide>.h5ad``; returns a small row
+   (``senca_core.hist.patch_features``), then ``pp.qc`` → ``pp.normalize_log`` → ``pp.spatial_neighbors`` →
+   ``pp.select_genes`` (spatially autocorrelated genes by default, or variable ones). Writes
+   ``OUT/preprocess/prepared/<slide>.h5ad``; returns a small row
    (status, error, paths, sizes, this worker's peak memory). Any exception is caught and recorded for that slide.
 2. ``fit_shared_basis`` (driver): the shared gene panel (genes common to every finished slide) and ONE PCA basis
-   fitted on the pooled log-expression of the cohort's highly variable genes (``senca_core.pp.pca`` on a list:
-   the same gene selection and solver as in-process). The driver reads only ``var`` and the selected genes'
-   ``layers["log1p"]`` columns of each slide.
+   fitted on the pooled log-expression of the cohort's selected genes (spatially autocorrelated by default, or
+   highly variable; ``senca_core.pp.pca`` on a list: the same gene selection and solver as in-process). The
+   driver reads only ``var`` and the selected genes' ``layers["log1p"]`` columns of each slide.
 3. ``project_slide`` (Ray Data ``map``): subset one slide to the shared panel and project it on the basis
    (``pp.pca_project``); writes ``OUT/preprocess/slides/<slide>.h5ad`` (the model's input). The same
    ``project_prepared`` projects a new slide on a registered model's basis (``senca-platform predict``).
@@ -74,7 +75,7 @@ def read_entry(slide: dict[str, Any]):
 def prepare_slide(adata, cfg: dict[str, Any]) -> None:
     """Histology features (when the slide has an image) and the per-slide expression chain, in place.
 
-    The per-slide half of ``senca_core.pp.preprocess``: qc → hvg → normalize_log, then spatial neighbours.
+    The per-slide half of ``senca_core.pp.preprocess``: qc → normalize_log → spatial neighbours → select_genes.
     """
     from senca_core import hist, pp
 
@@ -87,9 +88,10 @@ def prepare_slide(adata, cfg: dict[str, Any]) -> None:
         hist.patch_features(adata, **kwargs)
     pp.qc(adata, min_counts=int(cfg.get("min_counts", 1)), min_genes=int(cfg.get("min_genes", 1)),
           min_cells=int(cfg.get("min_cells", 3)))
-    pp.hvg(adata, n_top_genes=int(cfg.get("n_top_genes", 3000)))
     pp.normalize_log(adata, target_sum=float(cfg.get("target_sum", 1e4)))
     pp.spatial_neighbors(adata)
+    n_top = cfg.get("n_top_genes")
+    pp.select_genes(adata, str(cfg.get("genes", "spatial")), None if n_top is None else int(n_top))
 
 
 def read_and_prepare(row: dict[str, Any]) -> dict[str, Any]:

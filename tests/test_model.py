@@ -185,10 +185,37 @@ def test_a_model_file_from_before_the_second_hop_still_loads(tmp_path):
     path = save_model(model, tmp_path / "old.pt")
     payload = torch.load(path, weights_only=True)
     del payload["config"]["attention_hops"]
+    del payload["config"]["readout_expr_weight"]
     torch.save(payload, path)
     again = load_model(path)
     assert again.config.attention_hops == 1
+    assert again.config.readout_expr_weight == 1.0  # read out as it was: the full reconstruction block
     np.testing.assert_array_equal(embed(model, a), embed(again, a))
+
+
+def test_the_readout_weighs_the_reconstructed_expression_block():
+    """``r = [x, v * x_hat, w * h_hat]``: the reconstruction at ``readout_expr_weight`` of the measured scale."""
+    from senca_core.model import readout
+
+    a = _grid_slide()
+    model, _ = fit(a, SencaConfig(**FAST))
+    z, r = readout(model, a)
+    n = model.n_expr
+    half = model.config.readout_expr_weight
+    assert half == 0.5
+    full, r_full = readout(model_with(model, readout_expr_weight=1.0), a)
+    np.testing.assert_allclose(z, full)
+    np.testing.assert_allclose(r[:, :n], r_full[:, :n])  # the measured expression, untouched
+    np.testing.assert_allclose(r[:, n:2 * n], half * r_full[:, n:2 * n], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(r[:, 2 * n:], r_full[:, 2 * n:])  # the histology block keeps its own weight
+
+
+def model_with(model, **changes):
+    import copy
+
+    other = copy.deepcopy(model)
+    other.config = other.config.replace(**changes)
+    return other
 
 
 @pytest.fixture(scope="module")

@@ -275,7 +275,7 @@ def _cohort_baseline_ari(root, k):
     import senca_core as score
 
     slides = {sid: score.io.read_her2st(root, sid) for sid in ("A1", "B1", "C1")}
-    score.pp.preprocess(list(slides.values()))
+    score.pp.preprocess(list(slides.values()), genes="variable")  # the scanpy pipeline, not the model's genes
     X = np.vstack([a.obsm["X_pca"] for a in slides.values()])
     out = {sid: [] for sid in slides}
     for seed in range(3):

@@ -342,7 +342,7 @@ def test_preprocess_reproduces_peers_scanpy_gmm_baseline(her2st_root, section):
 
     a = load_her2st(her2st_root, section)
     n0 = a.n_obs
-    pp.preprocess(a)  # HVG 3000 seurat_v3 -> normalise 1e4 -> log1p -> PCA 30
+    pp.preprocess(a, genes="variable")  # HVG 3000 seurat_v3 -> normalise 1e4 -> log1p -> PCA 30
     assert a.n_obs == n0  # defaults keep the section whole
     assert a.obsm["spatial_neighbors"].shape[1] == 9  # legacy ST: square grid, 8 + self
     scored = a.obs["label_scored"].to_numpy(dtype=bool)

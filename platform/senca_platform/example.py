@@ -43,7 +43,8 @@ patients:                         # one or more patients, each with one or more 
   #     - {{id: D2, reader: h5ad, path: d2.h5ad}}           # an AnnData in the senca_core contract
 
 preprocess:                       # per slide on Ray Data; a shared gene panel and PCA basis across the cohort
-  n_top_genes: 3000               # highly variable genes (pooled over the cohort)
+  genes: spatial                  # spatial: genes by spatial autocorrelation (Moran's I) | variable: seurat_v3 HVGs
+  # n_top_genes: 2000             # genes per slide (default 2000 spatial, 3000 variable; pooled over the cohort)
   n_pca: 30                       # shared PCA basis size (the model's expression input)
   patch_size: 64                  # histology patch side (px)
   patch_context: 2.0              # patch side in spot diameters

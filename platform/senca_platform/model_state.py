@@ -5,7 +5,7 @@ regions (``model_state/``, next to the model in MLflow):
 |---|---|---|
 | ``genes.npy`` | the shared gene panel (str) | ``OUT/preprocess/genes.npy`` |
 | ``pca_state.npz`` | the cohort's PCA basis (``senca_core.pp.pca`` state) | ``OUT/preprocess/pca_state.npz`` |
-| ``preprocess.json`` | the spec's ``preprocess`` section (HVGs, patches, encoder) | the resolved spec |
+| ``preprocess.json`` | the spec's ``preprocess`` section (gene choice, patches, encoder) | the resolved spec |
 | ``region_model.pkl`` | the cohort's fitted ``senca_core.tl.RegionModel`` (slide aligner, reducer, estimator, ids) | ``OUT/infer/region_model.pkl`` |
 | ``manifest.json`` | format, cohort, model sha256, k, categories, per-slide reproduction check | |
 

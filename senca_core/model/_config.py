@@ -53,6 +53,7 @@ class SencaConfig:
     mask_rate: float = 0.3
     n_negatives: int = 64
     readout_hist_weight: float = 0.25
+    readout_expr_weight: float = 0.5
     # optimisation
     epochs: int = 200
     lr: float = 2e-3
@@ -74,7 +75,8 @@ class SencaConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(name, f"must be in [0, 1), got {value!r}")
-        for name in ("w_expr", "w_hist", "w_neigh", "w_proto", "w_align", "weight_decay", "readout_hist_weight"):
+        for name in ("w_expr", "w_hist", "w_neigh", "w_proto", "w_align", "weight_decay", "readout_hist_weight",
+                     "readout_expr_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be >= 0, got {getattr(self, name)!r}")
         if self.lr <= 0 or self.temperature <= 0:

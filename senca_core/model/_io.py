@@ -58,8 +58,8 @@ def load_model(path: str | Path, *, device: str | None = None) -> SencaModel:
         raise ConfigError("model", f"{path} is not a readable SENCA-st model ({exc.__class__.__name__}: {exc})")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ConfigError("model", f"{path} is not a SENCA-st model file (format {FORMAT})")
-    # files written before ``attention_hops`` existed hold one-hop models
-    config = SencaConfig.from_dict({"attention_hops": 1, **payload["config"]})
+    # settings a file written before they existed was trained and read out with (one hop; the full readout)
+    config = SencaConfig.from_dict({"attention_hops": 1, "readout_expr_weight": 1.0, **payload["config"]})
     if device is not None:
         config = config.replace(device=device)
     model = SencaModel(config, n_expr=payload["n_expr"], n_hist=payload["n_hist"])

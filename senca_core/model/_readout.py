@@ -3,9 +3,11 @@
 A spot's fused embedding ``z`` is decoded back to expression (``x_hat = D_e(z)``): that reconstruction carries the
 spatial context (neighbourhood attention) and, where there is an image, the histology guidance. Clustering only on
 ``x_hat`` smooths regions away; clustering only on the measured ``x`` drowns in ST noise. The readout keeps both,
-side by side on one scale, and adds the embedding's histology reconstruction ``h_hat = D_h(z)`` at a fixed weight
-(``SencaConfig.readout_hist_weight``) where the slide has an image:
-``r(i) = [x(i), x_hat(i), w * h_hat(i)]`` (image-only ablation: ``[h(i), h_hat(i)]``). This is our
+side by side, the reconstruction at half the measured expression's scale (``SencaConfig.readout_expr_weight``,
+0.5: chosen by leave one section out together with the spatially autocorrelated genes, docs/BENCHMARKS.md "Genes
+chosen by spatial autocorrelation"), and adds the embedding's histology reconstruction ``h_hat = D_h(z)`` at a
+fixed weight (``SencaConfig.readout_hist_weight``) where the slide has an image:
+``r(i) = [x(i), v * x_hat(i), w * h_hat(i)]`` (image-only ablation: ``[h(i), h_hat(i)]``). This is our
 interpretation of SENCA-st's "keep both modalities, neither drowned in noise nor smoothed away": regions alike in
 histology but not in expression separate on ``x``/``x_hat``, regions alike in expression but not in histology on
 ``h_hat``.
@@ -30,7 +32,7 @@ def readout(model: SencaModel, adata: AnnData) -> tuple[np.ndarray, np.ndarray]:
     batch = make_batch(adata, model.config).to(device)
     z = model(batch)
     if model.decode_e is not None and batch.expr is not None:
-        blocks = [batch.expr, model.decode_e(z)]
+        blocks = [batch.expr, model.config.readout_expr_weight * model.decode_e(z)]
         if model.decode_h is not None and model.config.readout_hist_weight > 0:
             # a slide without image gets the histology the model imputes from its expression and neighbours
             blocks.append(model.config.readout_hist_weight * model.decode_h(z))

@@ -11,6 +11,8 @@ from ._normalize import normalize_log
 from ._pca import PcaState, pca, pca_genes, pca_project
 from ._preprocess import preprocess
 from ._qc import qc
+from ._select_genes import GENE_CHOICES, select_genes
+from ._spatial_genes import spatial_genes
 
-__all__ = ["qc", "hvg", "normalize_log", "pca", "pca_genes", "pca_project", "PcaState", "spatial_neighbors",
-           "GRID_K", "common_genes", "panel_outliers", "preprocess"]
+__all__ = ["qc", "hvg", "spatial_genes", "select_genes", "GENE_CHOICES", "normalize_log", "pca", "pca_genes",
+           "pca_project", "PcaState", "spatial_neighbors", "GRID_K", "common_genes", "panel_outliers", "preprocess"]

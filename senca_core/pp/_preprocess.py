@@ -1,4 +1,4 @@
-"""``preprocess``: the expression chain qc → hvg → normalize_log → pca → spatial_neighbors."""
+"""``preprocess``: the expression chain qc → normalize_log → select_genes → pca → spatial_neighbors."""
 
 from __future__ import annotations
 
@@ -7,18 +7,19 @@ from collections.abc import Sequence
 from anndata import AnnData
 
 from ..errors import SlideError
-from ._hvg import hvg
 from ._neighbors import spatial_neighbors
 from ._normalize import normalize_log
 from ._pca import PcaState, pca
 from ._qc import qc
+from ._select_genes import select_genes
 from ._utils import slide_name
 
 
 def preprocess(
     adata: AnnData | Sequence[AnnData],
     *,
-    n_top_genes: int = 3000,
+    genes: str = "spatial",
+    n_top_genes: int | None = None,
     n_comps: int = 30,
     target_sum: float = 1e4,
     min_counts: int = 1,
@@ -32,14 +33,16 @@ def preprocess(
 ) -> PcaState:
     """Run the expression chain in place on one slide, or on a cohort with one shared PCA basis.
 
-    Per slide: :func:`qc` (``min_counts``, ``min_genes``, ``min_cells``) → :func:`hvg`
-    (``n_top_genes``, ``hvg_flavor``, on raw counts) → :func:`normalize_log` (``target_sum``) →
-    then :func:`pca` (``n_comps``; one PCA fitted on the pooled spots when a list is given) →
-    :func:`spatial_neighbors` (``k``; grid-aware default; skipped when ``neighbors=False`` or the
-    slide has no ``obsm["spatial"]``).
+    Per slide: :func:`qc` (``min_counts``, ``min_genes``, ``min_cells``) → :func:`normalize_log`
+    (``target_sum``) → :func:`spatial_neighbors` (``k``; grid-aware default; skipped when the slide has no
+    ``obsm["spatial"]``) → :func:`select_genes` (``genes``, ``n_top_genes``) → then :func:`pca` (``n_comps``;
+    one PCA fitted on the pooled spots when a list is given).
 
-    With the defaults this is the scanpy baseline of peers.md (HVG 3000 seurat_v3 → normalise
-    1e4 → log1p → PCA 30); a GaussianMixture on ``obsm["X_pca"]`` reproduces its ARI.
+    ``genes="spatial"`` (default): the 2,000 genes most spatially autocorrelated (Moran's I,
+    :func:`spatial_genes`); ``genes="variable"``: the 3,000 highly variable genes (``hvg_flavor``, on raw
+    counts). With ``genes="variable"`` this is the scanpy baseline of peers.md (HVG 3000 seurat_v3 → normalise
+    1e4 → log1p → PCA 30); a GaussianMixture on ``obsm["X_pca"]`` reproduces its ARI. ``use_hvg=False`` fits
+    the PCA on every gene.
 
     Writes everything the steps write: ``uns["senca"]["qc"]``, ``var["highly_variable"]``,
     ``layers["counts"]``, ``layers["log1p"]``, ``obsm["X_pca"]``, ``varm["PCs"]``, ``uns["pca"]``,
@@ -50,17 +53,12 @@ def preprocess(
     for a in adatas:
         try:
             qc(a, min_counts=min_counts, min_genes=min_genes, min_cells=min_cells)
-            if use_hvg:
-                hvg(a, n_top_genes=n_top_genes, flavor=hvg_flavor)
             normalize_log(a, target_sum=target_sum)
+            if neighbors and "spatial" in a.obsm:
+                spatial_neighbors(a, k)
+            if use_hvg:
+                select_genes(a, genes, n_top_genes, hvg_flavor=hvg_flavor)
         except SlideError as err:
             raise err.with_slide(slide_name(a, "?")) from None
     state = pca(adatas if len(adatas) > 1 else adatas[0], n_comps=n_comps, use_hvg=use_hvg, seed=seed)
-    if neighbors:
-        for a in adatas:
-            if "spatial" in a.obsm:
-                try:
-                    spatial_neighbors(a, k)
-                except SlideError as err:
-                    raise err.with_slide(slide_name(a, "?")) from None
     return state

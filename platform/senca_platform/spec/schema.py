@@ -79,7 +79,10 @@ class Patient(_Base):
 
 # ---------------------------------------------------------------------------------------------- stages
 class PreprocessSpec(_Base):
-    n_top_genes: int = Field(3000, ge=10, description="highly variable genes of the shared panel")
+    genes: Literal["spatial", "variable"] = Field(
+        "spatial", description="spatial: genes by spatial autocorrelation (Moran's I); variable: seurat_v3 HVGs")
+    n_top_genes: int | None = Field(None, ge=10, description="genes of the shared panel (default: 2000 spatial, "
+                                    "3000 variable)")
     n_pca: int = Field(30, ge=2, description="size of the shared PCA basis")
     patch_size: int = Field(64, ge=8, description="histology patch side in pixels")
     patch_context: float = Field(2.0, gt=0, description="patch side in spot diameters")
