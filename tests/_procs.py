@@ -167,9 +167,10 @@ class SocketWatch:
     def _run(self) -> None:
         while not self._stop.is_set():
             pids = session_pids(self.sid)
-            for pid in pids:
-                if pid not in self.processes:
-                    self.processes[pid] = cmdline(pid)[:300]
+            for pid in pids:  # re-read every time: a process seen just after its fork still shows its parent's
+                cmd = cmdline(pid)[:300]  # command line until it execs (the dashboard, caught that way, was "not seen")
+                if cmd:
+                    self.processes[pid] = cmd
             for ip, port, pid, cmd in listening(pids):
                 self.seen.setdefault((ip, port), (pid, cmd))
             self._stop.wait(self.interval)
