@@ -1,4 +1,4 @@
-"""``preprocess``: the expression chain qc → normalize_log → select_genes → pca → spatial_neighbors."""
+"""``preprocess``: the expression chain qc → normalize_log → spatial_neighbors → select_genes → pca."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def preprocess(
     """Run the expression chain in place on one slide, or on a cohort with one shared PCA basis.
 
     Per slide: :func:`qc` (``min_counts``, ``min_genes``, ``min_cells``) → :func:`normalize_log`
-    (``target_sum``) → :func:`spatial_neighbors` (``k``; grid-aware default; skipped when the slide has no
-    ``obsm["spatial"]``) → :func:`select_genes` (``genes``, ``n_top_genes``) → then :func:`pca` (``n_comps``;
+    (``target_sum``) → :func:`spatial_neighbors` (``k``; grid-aware default; skipped when ``neighbors=False``, unless
+    the spatial gene choice needs them, or when the slide has no ``obsm["spatial"]``) → :func:`select_genes` (``genes``, ``n_top_genes``) → then :func:`pca` (``n_comps``;
     one PCA fitted on the pooled spots when a list is given).
 
     ``genes="spatial"`` (default): the 2,000 genes most spatially autocorrelated (Moran's I,

@@ -30,7 +30,6 @@ def select_genes(adata: AnnData, genes: str = "spatial", n_top_genes: int | None
         _add_warning(adata, "genes: the slide has no spot positions (obsm['spatial']): variable genes "
                             "(seurat_v3) instead of spatially autocorrelated ones")
         genes = "variable"
-        n_top_genes = None
     n = GENE_CHOICES[genes] if n_top_genes is None else n_top_genes
     if genes == "spatial":
         try:
