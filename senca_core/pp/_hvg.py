@@ -11,7 +11,7 @@ from anndata import AnnData
 
 from ..errors import ConfigError, SlideError
 from ._normalize import log_normalize
-from ._utils import counts_matrix, senca_uns, slide_name
+from ._utils import add_warning, counts_matrix, senca_uns, slide_name
 
 #: below this many varying genes the seurat_v3 loess fit is not attempted
 _MIN_LOESS_GENES = 50
@@ -35,16 +35,6 @@ def _varying_genes(counts) -> np.ndarray:
     hi = np.asarray(counts.max(axis=0).todense()).ravel()
     lo = np.asarray(counts.min(axis=0).todense()).ravel()
     return hi > lo
-
-
-def _add_warning(adata: AnnData, text: str) -> None:
-    """Append ``text`` to ``uns["senca"]["warnings"]`` (the contract's list of str)."""
-    senca = senca_uns(adata)
-    old = senca.get("warnings")
-    warns = [str(w) for w in (list(old) if old is not None else [])]
-    if text not in warns:
-        warns.append(text)
-    senca["warnings"] = warns
 
 
 def _variance(m) -> np.ndarray:
@@ -135,8 +125,8 @@ def hvg(adata: AnnData, n_top_genes: int = 3000, *, flavor: str = "seurat_v3") -
             fallback = (f"seurat_v3 needs >= {_MIN_DISTINCT_SPOTS} distinct spots and >= "
                         f"{_MIN_LOESS_GENES} varying genes, the slide has {why}; "
                         "ranked by dispersion of log1p instead")
-            _add_warning(adata, f"hvg: {why} (identical or near-empty spots?): highly variable genes "
-                                "ranked by dispersion instead of seurat_v3")
+            add_warning(adata, f"hvg: {why} (identical or near-empty spots?): highly variable genes "
+                               "ranked by dispersion instead of seurat_v3")
         else:
             try:
                 # constant genes (exactly) never reach loess: their float round-off variance is noise

@@ -5,8 +5,9 @@ from __future__ import annotations
 from anndata import AnnData
 
 from ..errors import ConfigError
-from ._hvg import _add_warning, hvg
+from ._hvg import hvg
 from ._spatial_genes import NoVaryingGene, spatial_genes
+from ._utils import add_warning
 
 #: how each gene choice ranks genes, and how many it keeps unless told: ``spatial`` (Moran's I over the grid
 #: neighbours, :func:`spatial_genes`) and ``variable`` (seurat_v3 highly variable genes, :func:`hvg`, the
@@ -27,8 +28,8 @@ def select_genes(adata: AnnData, genes: str = "spatial", n_top_genes: int | None
     if genes not in GENE_CHOICES:
         raise ConfigError("genes", f"unknown gene choice {genes!r} ({', '.join(GENE_CHOICES)})")
     if genes == "spatial" and "spatial" not in adata.obsm and "spatial_neighbors" not in adata.obsm:
-        _add_warning(adata, "genes: the slide has no spot positions (obsm['spatial']): variable genes "
-                            "(seurat_v3) instead of spatially autocorrelated ones")
+        add_warning(adata, "genes: the slide has no spot positions (obsm['spatial']): variable genes "
+                           "(seurat_v3) instead of spatially autocorrelated ones")
         genes = "variable"
     n = GENE_CHOICES[genes] if n_top_genes is None else n_top_genes
     if genes == "spatial":
@@ -36,8 +37,8 @@ def select_genes(adata: AnnData, genes: str = "spatial", n_top_genes: int | None
             spatial_genes(adata, n_top_genes=n)
             return
         except NoVaryingGene:
-            _add_warning(adata, "genes: no gene's log-expression varies across spots: variable genes (seurat_v3) "
-                                "instead of spatially autocorrelated ones")
+            add_warning(adata, "genes: no gene's log-expression varies across spots: variable genes (seurat_v3) "
+                               "instead of spatially autocorrelated ones")
             if n_top_genes is None:
                 n = GENE_CHOICES["variable"]
     hvg(adata, n_top_genes=n, flavor=hvg_flavor)

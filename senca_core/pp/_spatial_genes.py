@@ -76,7 +76,7 @@ def spatial_genes(adata: AnnData, n_top_genes: int = 2000) -> None:
     varying = np.isfinite(score)
     if not varying.any():
         raise NoVaryingGene("no gene varies across spots: cannot rank genes by spatial autocorrelation",
-                         slide=slide, field="X")
+                            slide=slide, field="X")
     n = int(min(int(n_top_genes), int(varying.sum())))
     order = np.argsort(-np.where(varying, score, -np.inf), kind="stable")[:n]
     rank = np.full(adata.n_vars, np.nan)
