@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +230,7 @@ def _check_train_snapshot(run_dir: Path, tracker: Tracker) -> None:
 def stage_tune(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tracker: Tracker,
                status: dict[str, dict], *, progress: bool, resume: bool) -> dict[str, Any]:
     from ._files import atomic_write_bytes
-    from .train import read_checkpoint
+    from .train import read_checkpoint, runs_as_task, where_train_finds_its_cluster
     from .tune import run_tuning
 
     out = Path(plan["output_dir"])
@@ -255,10 +256,13 @@ def stage_tune(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tra
                          f"each trial {why}")
         try:
             with live_epochs(out, "tune", tracker) as live:
-                res = run_tuning(cfg, tuning, storage_path=out / "ray" / "tune", num_workers=workers,
-                                 use_gpu=bool(t.get("use_gpu")), resources_per_worker=resources,
-                                 max_failures=int(t.get("max_failures", 1)), progress=progress,
-                                 launcher=t.get("launcher", "auto"), live_dir=live)
+                # trials that train on Ray Train's worker groups need their cluster's address (jobs.train)
+                launch = run_tuning if runs_as_task(workers, t.get("launcher", "auto")) else \
+                    partial(where_train_finds_its_cluster, run_tuning)
+                res = launch(cfg, tuning, storage_path=out / "ray" / "tune", num_workers=workers,
+                             use_gpu=bool(t.get("use_gpu")), resources_per_worker=resources,
+                             max_failures=int(t.get("max_failures", 1)), progress=progress,
+                             launcher=t.get("launcher", "auto"), live_dir=live)
         except Exception as err:  # noqa: BLE001
             raise PipelineError("tune", f"{type(err).__name__}: {err}") from err
         best = res["best"]

@@ -164,8 +164,10 @@ def make_trainer(cfg: dict[str, Any], *, name: str, storage_path: str | Path, nu
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         callbacks=callbacks or None,
     )
+    from ._loopback import torch_config
+
     return TorchTrainer(
-        train_loop_per_worker, train_loop_config=cfg,
+        train_loop_per_worker, train_loop_config=cfg, torch_config=torch_config(),
         scaling_config=ray.train.ScalingConfig(num_workers=int(num_workers), use_gpu=bool(use_gpu),
                                                resources_per_worker=resources),
         run_config=run_config,
@@ -191,6 +193,45 @@ def run_solo(cfg: dict[str, Any], *, run_dir: str | Path, cpus: float, use_gpu: 
     return ray.get(task.remote(dict(cfg, threads=threads), str(run_dir), "cuda" if use_gpu else "cpu"))
 
 
+def where_train_finds_its_cluster(fn, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` where Ray Train's controller can find its cluster.
+
+    Ray Train's controller looks the cluster up by address, and with another Ray running on the same machine it fails
+    ("Found multiple active Ray instances") unless ``RAY_ADDRESS`` names its own. On an embedded Ray, ``fn`` therefore
+    runs in a zero-CPU Ray task whose environment sets ``RAY_ADDRESS`` to this Ray's GCS; the controller, the
+    workers and Tune's trials it starts inherit it. The rest of the run (Ray Data, one-worker tasks) starts its worker
+    processes without a runtime environment, which would cost each new process 0.6-1.0 s. On a cluster ``fn`` runs
+    here. An error inside comes back as itself, not wrapped."""
+    if not ray_is_embedded():
+        return fn(*args, **kwargs)
+    import ray
+
+    env = {"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}}
+    task = ray.remote(fn).options(num_cpus=0, max_retries=0, runtime_env=env)
+    try:
+        return ray.get(task.remote(*args, **kwargs))
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, Exception):
+            raise err.cause from None
+        raise
+
+
+def _fit_worker_group(cfg: dict[str, Any], *, out_dir: str, name: str, storage_path: str, num_workers: int,
+                      use_gpu: bool, resources_per_worker: dict[str, float] | None,
+                      max_failures: int) -> dict[str, Any]:
+    """Ray Train's worker group: fit, copy the final model to ``out_dir``; the checkpoint, metrics and history."""
+    trainer = make_trainer(cfg, name=name, storage_path=storage_path, num_workers=num_workers, use_gpu=use_gpu,
+                           resources_per_worker=resources_per_worker, max_failures=max_failures)
+    result = trainer.fit()
+    if getattr(result, "error", None):
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        history = _copy_model(d, Path(out_dir))
+    return {"checkpoint": str(result.checkpoint.path), "metrics": dict(result.metrics or {}), "history": history}
+
+
 def run_training(cfg: dict[str, Any], *, out_dir: str | Path, name: str, storage_path: str | Path,
                  num_workers: int, use_gpu: bool, resources_per_worker: dict[str, float] | None,
                  max_failures: int, resume: bool = False, launcher: str = "auto") -> dict[str, Any]:
@@ -212,17 +253,11 @@ def run_training(cfg: dict[str, Any], *, out_dir: str | Path, name: str, storage
                        max_failures=max_failures)
         checkpoint_dir, metrics, used = Path(res["checkpoint"]), res["metrics"], "ray_task"
     else:
-        trainer = make_trainer(cfg, name=name, storage_path=storage_path, num_workers=num_workers,
-                               use_gpu=use_gpu, resources_per_worker=resources_per_worker,
-                               max_failures=max_failures)
-        result = trainer.fit()
-        if getattr(result, "error", None):
-            raise result.error
-        if result.checkpoint is None:
-            raise RuntimeError("training finished without a checkpoint")
-        checkpoint_dir, metrics, used = result.checkpoint.path, dict(result.metrics or {}), "ray_train"
-        with result.checkpoint.as_directory() as d:
-            history = _copy_model(d, Path(out_dir))
+        res = where_train_finds_its_cluster(
+            _fit_worker_group, cfg, out_dir=str(out_dir), name=name, storage_path=str(storage_path),
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker,
+            max_failures=max_failures)
+        checkpoint_dir, metrics, history, used = res["checkpoint"], res["metrics"], res["history"], "ray_train"
     if used == "ray_task":
         history = _copy_model(checkpoint_dir, Path(out_dir))
     atomic_write_json(Path(out_dir) / "history.json", history)

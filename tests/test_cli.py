@@ -27,6 +27,34 @@ def test_console_script_is_installed():
         assert command in out.stdout
 
 
+def test_the_console_script_ends_promptly_with_the_commands_code_output_and_exit_handlers(tmp_path):
+    """``main`` ends the process with ``os._exit`` after the last exit handler: the command's exit code, its whole
+    output (piped) and every handler a command registered at exit (MLflow's, Ray's) survive it."""
+    marker = tmp_path / "handler_ran"
+    probe = (
+        "import atexit, sys\n"
+        "from senca_platform import cli\n"
+        "@cli.app.command('probe')\n"
+        "def probe(code: int = 0):\n"
+        f"    atexit.register(lambda: open({str(marker)!r}, 'w').write('ran'))\n"
+        "    print('x' * 200000)\n"
+        "    raise SystemExit(code)\n"
+        "sys.argv = ['senca-platform', 'probe', '--code', sys.argv[1]]\n"
+        "cli.main()\n"
+    )
+    for code in (0, 4):
+        marker.unlink(missing_ok=True)
+        out = subprocess.run([sys.executable, "-c", probe, str(code)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == code, out.stderr
+        assert out.stdout == "x" * 200000 + "\n"
+        assert marker.read_text() == "ran"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    exe = shutil.which("senca-platform") or str(Path(sys.executable).parent / "senca-platform")
+    out = subprocess.run([exe, "validate", str(bad)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and str(bad) in out.stderr, (out.returncode, out.stderr)
+
+
 def test_version_names_the_tool_and_its_engines():
     from importlib.metadata import version
 

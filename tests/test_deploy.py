@@ -171,11 +171,13 @@ def test_rayjob_entrypoint_is_a_real_command_of_the_package():
     assert words[1] == "job-run" and words[2].startswith("/data/") and words[2].endswith(".yaml")
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
     assert yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
-    # the console script points at the Typer app
+    # the console script is senca_platform.cli.main, which runs the Typer app
     module, attr = SCRIPTS["senca-platform"].split(":")
     import importlib
 
-    assert isinstance(getattr(importlib.import_module(module), attr), typer.Typer)
+    cli = importlib.import_module(module)
+    assert (module, attr) == ("senca_platform.cli", "main") and callable(cli.main)
+    assert isinstance(cli.app, typer.Typer)
 
 
 # ------------------------------------------------------------------------------------------------ launcher

@@ -63,35 +63,33 @@ def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, 
 
     Every server of the embedded node (GCS, raylet, workers, dashboard on 127.0.0.1:8265 or the next free port,
     dashboard agent, metrics) listens on 127.0.0.1 only (:func:`_loopback_node`), and so does the DDP rendezvous
-    store of Ray Train's workers and their Gloo connections (``senca_platform._loopback``, the workers' setup
-    hook, and ``GLOO_SOCKET_IFNAME=lo``); Ray's token authentication (on by default in Ray 2.60) applies too.
+    store of Ray Train's workers and their Gloo connections (``jobs._loopback``, installed by the trainers' torch
+    config, and ``GLOO_SOCKET_IFNAME=lo``); Ray's token authentication (on by default in Ray 2.60) applies too.
 
-    The GCS port is chosen here so that the cluster's own workers get ``RAY_ADDRESS`` pointing at it (job
-    ``runtime_env``): Ray Train V2 helpers (the placement-group cleaner) look the cluster up by address and fail
-    with "Found multiple active Ray instances" when another Ray runs on the same machine. The worker-group start
-    timeout is raised (``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``, 600 s) for busy small machines, and Ray Train's
-    controller polls every :data:`TRAIN_POLL_S` s (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``).
+    The settings of the workers are set in this process's environment while Ray starts: the raylet inherits them
+    and passes them on to every worker it starts. No job-wide ``runtime_env``: with one, every new worker process
+    waited 0.6-1.0 s for Ray's runtime-environment agent (measured on the first task, docs/BENCHMARKS.md). Ray
+    Train's controller gets ``RAY_ADDRESS`` where it runs (``jobs.train.where_train_finds_its_cluster``). The
+    worker-group start timeout is raised (``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``, 600 s) for busy small machines,
+    and Ray Train's controller polls every :data:`TRAIN_POLL_S` s (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``).
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     with _loopback_node():
         port = _free_port()
-        ip = ray.util.get_node_ip_address()
-        env = {"RAY_ADDRESS": f"{ip}:{port}", "RAY_USAGE_STATS_ENABLED": "0", _RAY_CLUSTER_ENV: "0",
+        env = {"RAY_USAGE_STATS_ENABLED": "0", _RAY_CLUSTER_ENV: "0",
                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S),
                "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S",
                                                                         "600")}
         if sys.platform.startswith("linux"):  # torch.distributed's Gloo connections between the DDP workers
             env["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
         outer_address = os.environ.pop("RAY_ADDRESS", None)  # the spec has no address: embedded, whatever the shell says
-        try:  # the raylet reads both at start (WORKER_NICENESS: unless the user set it)
-            with env_settings({"RAY_GCS_SERVER_PORT": str(port)}, override=True), \
+        try:  # the raylet reads these at start and its workers inherit them (WORKER_NICENESS: unless the user set it)
+            with env_settings({"RAY_GCS_SERVER_PORT": str(port), **env}, override=True), \
                     env_settings({WORKER_NICENESS: "0"}, override=False):
                 context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", num_cpus=num_cpus,
-                                   log_to_driver=log_to_driver, logging_level=logging_level,
-                                   runtime_env={"env_vars": env, "worker_process_setup_hook":
-                                                "senca_platform._loopback.torch_store_on_loopback"})
+                                   log_to_driver=log_to_driver, logging_level=logging_level)
         finally:
             if outer_address is not None:
                 os.environ["RAY_ADDRESS"] = outer_address

@@ -1,14 +1,17 @@
-"""Loopback-only servers inside the embedded local Ray's workers (its ``worker_process_setup_hook``).
+"""The DDP rendezvous store of Ray Train's workers on the loopback address when the node is 127.0.0.1.
 
 Ray Train sets up ``torch.distributed`` with ``init_method="env://"``: rank 0 hosts the rendezvous store
 (``c10d.TCPStore``) on ``MASTER_ADDR:MASTER_PORT``, and torch binds that server to every interface whatever the
 address. In the embedded Ray the node (hence ``MASTER_ADDR``) is 127.0.0.1, so rank 0 binds the store's socket to
 that address itself and hands it to ``TCPStore(master_listen_fd=...)``. Gloo's own connections use
-``GLOO_SOCKET_IFNAME=lo`` (set in the embedded Ray's environment by the runner). Nothing changes for a
-non-loopback ``MASTER_ADDR`` (a real cluster) or for the other ranks.
+``GLOO_SOCKET_IFNAME=lo`` (set in the embedded Ray's environment by ``senca_platform.ray_local``). Nothing changes
+for a non-loopback ``MASTER_ADDR`` (a real cluster) or for the other ranks.
 
-The hook does not import torch (a Ray Data worker that never needs it stays small): the patch is applied when
-``torch.distributed.rendezvous`` is imported, by a finder on ``sys.meta_path``.
+:class:`LoopbackTorchConfig` (every ``TorchTrainer`` of :mod:`jobs.train`) installs the patch on each worker just
+before Ray Train sets up the process group, so only Ray Train's workers carry it: the embedded Ray needs no
+job-wide ``worker_process_setup_hook``, whose runtime environment cost every new worker process 0.6-1.0 s
+(docs/BENCHMARKS.md). Installing does not import torch: when ``torch.distributed.rendezvous`` is not loaded yet, a
+finder on ``sys.meta_path`` patches it as it loads.
 """
 
 from __future__ import annotations
@@ -89,3 +92,11 @@ def torch_store_on_loopback() -> None:
         _patch(module)
     elif not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _PatchOnImport())
+
+
+def torch_config():
+    """A ``ray.train.torch.TorchConfig`` whose backend installs :func:`torch_store_on_loopback` on every worker before
+    the process group is set up (Ray Train's defaults otherwise)."""
+    from ._ddp import LoopbackTorchConfig
+
+    return LoopbackTorchConfig()
