@@ -260,8 +260,9 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
             echo(message)
 
     model_info: dict[str, Any] = {"name": spec.model_name, "version": None, "alias": None}
+    session: dict[str, Any] | None = None
     try:
-        with ray_session(spec.ray.address, spec.ray.num_cpus, quiet=not progress) as session:
+        with ray_session(spec.ray.address, spec.ray.num_cpus, quiet=not progress, defer_shutdown=True) as session:
             timing["ray_start_s"] = time.perf_counter() - t0
             n_slides = sum(len(p.slides) for p in spec.patients)
             warm = warmup.start(min(session["num_cpus"], n_slides)) if session["embedded"] else None
@@ -290,6 +291,7 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
                          f"(alias {model_info.get('alias')})")
         timing["model_logging_s"] = time.perf_counter() - t_model
     except BaseException as err:  # a crash of the platform itself: record it, then raise
+        _join_shutdown(session)
         if tracker is None:
             tracker = opening.result_or_none()
         if tracker is not None and isinstance(err, KeyboardInterrupt):  # SIGINT, or SIGTERM (the CLI maps it)
@@ -358,6 +360,7 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
              f"on disk; log them with `senca-platform sync {out}` (list: {summary['tracking']['pending_file']})")
     echo(f"summary: {summary_path} ({summary['status']}, {summary['n_slides'] - summary['n_failed']}/"
          f"{summary['n_slides']} slides ok, {summary['seconds']:.0f}s)")
+    _join_shutdown(session)  # Ray's shutdown ran beside the model's registration, the summary and the report
     if summary["status"] != "ok":
         exit_code = EXIT_FAILED
     elif guard.failed:
@@ -367,6 +370,13 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
     return CohortResult(summary=summary, summary_path=summary_path, exit_code=exit_code,
                         extra={"worker_peak_rss_mb": result.get("worker_peak_rss_mb", []),
                                "history": result.get("history")})
+
+
+def _join_shutdown(session: dict | None) -> None:
+    """Wait for the embedded Ray's deferred shutdown (``ray_session(defer_shutdown=True)``), if one runs."""
+    thread = (session or {}).get("shutdown")
+    if thread is not None:
+        thread.join()
 
 
 def _epochs_total(spec: CohortSpec, stage: str) -> int:
