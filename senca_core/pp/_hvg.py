@@ -10,8 +10,9 @@ import scanpy as sc
 from anndata import AnnData
 
 from ..errors import ConfigError, SlideError
+from ..io._validate import add_warning
 from ._normalize import log_normalize
-from ._utils import add_warning, counts_matrix, senca_uns, slide_name
+from ._utils import counts_matrix, senca_uns, slide_name
 
 #: below this many varying genes the seurat_v3 loess fit is not attempted
 _MIN_LOESS_GENES = 50

@@ -5,9 +5,9 @@ from __future__ import annotations
 from anndata import AnnData
 
 from ..errors import ConfigError
+from ..io._validate import add_warning
 from ._hvg import hvg
 from ._spatial_genes import NoVaryingGene, spatial_genes
-from ._utils import add_warning
 
 #: how each gene choice ranks genes, and how many it keeps unless told: ``spatial`` (Moran's I over the grid
 #: neighbours, :func:`spatial_genes`) and ``variable`` (seurat_v3 highly variable genes, :func:`hvg`, the

@@ -18,17 +18,6 @@ def senca_uns(adata: AnnData) -> dict[str, Any]:
     return adata.uns["senca"]
 
 
-def add_warning(adata: AnnData, text: str) -> None:
-    """Append ``text`` to ``uns["senca"]["warnings"]`` (the contract's list of str; a text already there is not
-    repeated)."""
-    senca = senca_uns(adata)
-    old = senca.get("warnings")
-    warns = [str(w) for w in (list(old) if old is not None else [])]
-    if text not in warns:
-        warns.append(text)
-    senca["warnings"] = warns
-
-
 def slide_name(adata: AnnData, default: str | None = None) -> str | None:
     """The slide id from ``uns["senca"]["slide_id"]`` (``default`` when unknown)."""
     senca = adata.uns.get("senca", {})
