@@ -7,7 +7,7 @@ that address itself and hands it to ``TCPStore(master_listen_fd=...)``. Gloo's o
 ``GLOO_SOCKET_IFNAME=lo`` (set in the embedded Ray's environment by ``senca_platform.ray_local``). Nothing changes
 for a non-loopback ``MASTER_ADDR`` (a real cluster) or for the other ranks.
 
-:class:`LoopbackTorchConfig` (every ``TorchTrainer`` of :mod:`jobs.train`) installs the patch on each worker just
+``jobs._ddp.LoopbackTorchConfig`` (every ``TorchTrainer`` of :mod:`jobs.train`) installs the patch on each worker just
 before Ray Train sets up the process group, so only Ray Train's workers carry it: the embedded Ray needs no
 job-wide ``worker_process_setup_hook``, whose runtime environment cost every new worker process 0.6-1.0 s
 (docs/BENCHMARKS.md). Installing does not import torch: when ``torch.distributed.rendezvous`` is not loaded yet, a
@@ -93,10 +93,3 @@ def torch_store_on_loopback() -> None:
     elif not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _PatchOnImport())
 
-
-def torch_config():
-    """A ``ray.train.torch.TorchConfig`` whose backend installs :func:`torch_store_on_loopback` on every worker before
-    the process group is set up (Ray Train's defaults otherwise)."""
-    from ._ddp import LoopbackTorchConfig
-
-    return LoopbackTorchConfig()

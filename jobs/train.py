@@ -164,10 +164,10 @@ def make_trainer(cfg: dict[str, Any], *, name: str, storage_path: str | Path, nu
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         callbacks=callbacks or None,
     )
-    from ._loopback import torch_config
+    from ._ddp import LoopbackTorchConfig
 
     return TorchTrainer(
-        train_loop_per_worker, train_loop_config=cfg, torch_config=torch_config(),
+        train_loop_per_worker, train_loop_config=cfg, torch_config=LoopbackTorchConfig(),
         scaling_config=ray.train.ScalingConfig(num_workers=int(num_workers), use_gpu=bool(use_gpu),
                                                resources_per_worker=resources),
         run_config=run_config,

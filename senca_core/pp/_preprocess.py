@@ -35,8 +35,9 @@ def preprocess(
 
     Per slide: :func:`qc` (``min_counts``, ``min_genes``, ``min_cells``) → :func:`normalize_log`
     (``target_sum``) → :func:`spatial_neighbors` (``k``; grid-aware default; skipped when ``neighbors=False``, unless
-    the spatial gene choice needs them, or when the slide has no ``obsm["spatial"]``) → :func:`select_genes` (``genes``, ``n_top_genes``) → then :func:`pca` (``n_comps``;
-    one PCA fitted on the pooled spots when a list is given).
+    the spatial gene choice needs them, or when the slide has no ``obsm["spatial"]``) → :func:`select_genes`
+    (``genes``, ``n_top_genes``) → then :func:`pca` (``n_comps``; one PCA fitted on the pooled spots when a list
+    is given).
 
     ``genes="spatial"`` (default): the 2,000 genes most spatially autocorrelated (Moran's I,
     :func:`spatial_genes`); ``genes="variable"``: the 3,000 highly variable genes (``hvg_flavor``, on raw

@@ -9,7 +9,7 @@ from anndata import AnnData
 from ..errors import ConfigError, SlideError
 from ._neighbors import spatial_neighbors
 from ._normalize import normalize_log
-from ._utils import senca_uns, slide_name
+from ._utils import slide_name
 
 
 class NoVaryingGene(SlideError):
@@ -85,5 +85,3 @@ def spatial_genes(adata: AnnData, n_top_genes: int = 2000) -> None:
     adata.var["highly_variable"] = np.isfinite(rank)
     adata.var["highly_variable_rank"] = rank
     adata.uns["hvg"] = {"flavor": "moran", "n_top_genes": n}
-    senca_uns(adata)
-    return None
