@@ -299,68 +299,72 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
         elif tracker is not None and isinstance(err, Exception) and not isinstance(err, RunNotStarted):
             guard.call("fail", tracker.fail, f"{type(err).__name__}: {err}")
         raise
-    slides = result["slides"]
-    summary = {
-        "cohort": spec.name,
-        "status": _status(slides, result.get("error")),
-        "error": result.get("error"),
-        "output_dir": str(out),
-        "spec": str(spec_path) if spec_path else None,
-        "n_patients": len(spec.patients),
-        "n_slides": len(slides),
-        "n_failed": sum(s["status"] != "ok" for s in slides),
-        "slides": [{k: v for k, v in s.items() if k not in ("traceback", "has_labels", "hist_dim")} for s in slides],
-        "k": result.get("k"),
-        "warnings": list(result.get("warnings") or []),
-        "tuning": result.get("tuning"),
-        "tables": {f"{name}_{fmt}": result["tables"].get(f"{name}_{fmt}_path")
-                   for name in ("patients", "regions", "composition", "slides", "markers") for fmt in ("parquet", "csv")},
-        "model_path": result.get("model_path"),
-        "stages": result.get("stages", {}),
-        "mlflow": None if tracker is None else tracker.summary_info(),
-        "mlflow_run_id": None if tracker is None else tracker.run_id,
-        "registered_model": model_info,
-        "registered_model_version": model_info.get("version"),
-        "tracking": {"status": "off"} if tracker is None else {"status": "complete"},
-        "tracking_error": None,
-        "seconds": round(time.perf_counter() - t0, 2),
-        "timing": {k: round(v, 3) for k, v in timing.items()},
-    }
-    summary_path = out / "cohort_summary.json"
-    if guard.failed:
-        _mark_untracked(summary, guard, journal, tracker, out)
-    atomic_write_json(summary_path, summary)
-    from jobs.report import write_report  # never raises: None and one warning line when it cannot be written
-
-    report = write_report(out, on_error=lambda msg: echo(f"warning: {msg}"))
-    if report is not None:
-        echo(f"report: {report}")
-    if tracker is not None and not guard.failed:
-        if model_info.get("version") is not None:
-            attached = guard.call("model_state", tracker.model_state_attached, model_info)
-            if attached is False:
-                _attach_predict_state(tracker, model_info, out, echo)
-        guard.call("finish", tracker.finish, summary, summary_path)
-        if guard.failed:  # the server went away at the very end: the summary says so
+    try:  # the closing work; Ray's deferred shutdown is joined even when it raises
+        slides = result["slides"]
+        summary = {
+            "cohort": spec.name,
+            "status": _status(slides, result.get("error")),
+            "error": result.get("error"),
+            "output_dir": str(out),
+            "spec": str(spec_path) if spec_path else None,
+            "n_patients": len(spec.patients),
+            "n_slides": len(slides),
+            "n_failed": sum(s["status"] != "ok" for s in slides),
+            "slides": [{k: v for k, v in s.items() if k not in ("traceback", "has_labels", "hist_dim")}
+                       for s in slides],
+            "k": result.get("k"),
+            "warnings": list(result.get("warnings") or []),
+            "tuning": result.get("tuning"),
+            "tables": {f"{name}_{fmt}": result["tables"].get(f"{name}_{fmt}_path")
+                       for name in ("patients", "regions", "composition", "slides", "markers")
+                       for fmt in ("parquet", "csv")},
+            "model_path": result.get("model_path"),
+            "stages": result.get("stages", {}),
+            "mlflow": None if tracker is None else tracker.summary_info(),
+            "mlflow_run_id": None if tracker is None else tracker.run_id,
+            "registered_model": model_info,
+            "registered_model_version": model_info.get("version"),
+            "tracking": {"status": "off"} if tracker is None else {"status": "complete"},
+            "tracking_error": None,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "timing": {k: round(v, 3) for k, v in timing.items()},
+        }
+        summary_path = out / "cohort_summary.json"
+        if guard.failed:
             _mark_untracked(summary, guard, journal, tracker, out)
-            atomic_write_json(summary_path, summary)
-        else:
-            journal.clear_pending()
-    for s in slides:
-        if s["status"] != "ok":
-            echo(f"FAILED slide {s['slide']} (patient {s['patient']}): {s['error']}")
-        for w in dict.fromkeys(s.get("warnings") or []):  # each once
-            echo(f"warning: slide {s['slide']}: {w}")
-    for w in summary["warnings"]:
-        echo(f"warning: cohort: {w}")
-    if result.get("error"):
-        echo(f"cohort error: {result['error']}")
-    if guard.failed:
-        echo(f"MLflow tracking incomplete: {guard.error}; not logged: {', '.join(guard.pending)}. Every result is "
-             f"on disk; log them with `senca-platform sync {out}` (list: {summary['tracking']['pending_file']})")
-    echo(f"summary: {summary_path} ({summary['status']}, {summary['n_slides'] - summary['n_failed']}/"
-         f"{summary['n_slides']} slides ok, {summary['seconds']:.0f}s)")
-    _join_shutdown(session)  # Ray's shutdown ran beside the model's registration, the summary and the report
+        atomic_write_json(summary_path, summary)
+        from jobs.report import write_report  # never raises: None and one warning line when it cannot be written
+
+        report = write_report(out, on_error=lambda msg: echo(f"warning: {msg}"))
+        if report is not None:
+            echo(f"report: {report}")
+        if tracker is not None and not guard.failed:
+            if model_info.get("version") is not None:
+                attached = guard.call("model_state", tracker.model_state_attached, model_info)
+                if attached is False:
+                    _attach_predict_state(tracker, model_info, out, echo)
+            guard.call("finish", tracker.finish, summary, summary_path)
+            if guard.failed:  # the server went away at the very end: the summary says so
+                _mark_untracked(summary, guard, journal, tracker, out)
+                atomic_write_json(summary_path, summary)
+            else:
+                journal.clear_pending()
+        for s in slides:
+            if s["status"] != "ok":
+                echo(f"FAILED slide {s['slide']} (patient {s['patient']}): {s['error']}")
+            for w in dict.fromkeys(s.get("warnings") or []):  # each once
+                echo(f"warning: slide {s['slide']}: {w}")
+        for w in summary["warnings"]:
+            echo(f"warning: cohort: {w}")
+        if result.get("error"):
+            echo(f"cohort error: {result['error']}")
+        if guard.failed:
+            echo(f"MLflow tracking incomplete: {guard.error}; not logged: {', '.join(guard.pending)}. Every result is "
+                 f"on disk; log them with `senca-platform sync {out}` (list: {summary['tracking']['pending_file']})")
+        echo(f"summary: {summary_path} ({summary['status']}, {summary['n_slides'] - summary['n_failed']}/"
+             f"{summary['n_slides']} slides ok, {summary['seconds']:.0f}s)")
+    finally:
+        _join_shutdown(session)  # Ray's shutdown ran beside the model's registration, the summary and the report
     if summary["status"] != "ok":
         exit_code = EXIT_FAILED
     elif guard.failed:

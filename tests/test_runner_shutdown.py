@@ -1,0 +1,52 @@
+"""The embedded Ray's deferred shutdown is joined before ``run_cohort`` returns or raises, also when the closing
+work (summary, report) fails: an in-process caller may start another Ray at once."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from senca_platform import runner
+from senca_platform.demo import write_demo
+from senca_platform.spec import load_spec
+
+
+class _Shutdown:
+    joined = False
+
+    def join(self):
+        self.joined = True
+
+
+@pytest.mark.parametrize("report_fails", [False, True])
+def test_deferred_ray_shutdown_is_joined_after_the_closing_work(tmp_path, monkeypatch, report_fails):
+    import jobs.pipeline
+    import jobs.report
+
+    shutdown = _Shutdown()
+
+    @contextlib.contextmanager
+    def fake_session(*args, **kwargs):
+        assert kwargs.get("defer_shutdown") is True
+        yield {"embedded": False, "num_cpus": 1, "shutdown": shutdown}
+
+    def fake_report(out, on_error):
+        assert not shutdown.joined  # the shutdown runs beside the closing work, not before it
+        if report_fails:
+            raise OSError("disk full")
+        return None
+
+    monkeypatch.setattr(runner, "ray_session", fake_session)
+    monkeypatch.setattr(jobs.pipeline, "run_pipeline", lambda plan, **kw: {
+        "slides": [], "model_path": None, "error": None, "tables": {}, "stages": {}})
+    monkeypatch.setattr(jobs.report, "write_report", fake_report)
+    spec_path = write_demo(tmp_path, n_patients=1, n_spots=60, seed=0, epochs=1, tuning=False)
+    run = lambda: runner.run_cohort(load_spec(spec_path), spec_path=spec_path, progress=False,  # noqa: E731
+                                    echo=lambda m: None, track=False)
+    if report_fails:
+        with pytest.raises(OSError, match="disk full"):
+            run()
+    else:
+        assert run().summary_path.is_file()
+    assert shutdown.joined
