@@ -75,7 +75,7 @@ def read_entry(slide: dict[str, Any]):
 def prepare_slide(adata, cfg: dict[str, Any]) -> None:
     """Histology features (when the slide has an image) and the per-slide expression chain, in place.
 
-    The per-slide half of ``senca_core.pp.preprocess``: qc → normalize_log → spatial neighbours → select_genes.
+    The expression chain is ``senca_core.pp.preprocess_slide``, the per-slide half of ``pp.preprocess``.
     """
     from senca_core import hist, pp
 
@@ -86,12 +86,11 @@ def prepare_slide(adata, cfg: dict[str, Any]) -> None:
         if cfg.get("encoder_weights"):
             kwargs["weights"] = cfg["encoder_weights"]
         hist.patch_features(adata, **kwargs)
-    pp.qc(adata, min_counts=int(cfg.get("min_counts", 1)), min_genes=int(cfg.get("min_genes", 1)),
-          min_cells=int(cfg.get("min_cells", 3)))
-    pp.normalize_log(adata, target_sum=float(cfg.get("target_sum", 1e4)))
-    pp.spatial_neighbors(adata)
     n_top = cfg.get("n_top_genes")
-    pp.select_genes(adata, str(cfg.get("genes", "spatial")), None if n_top is None else int(n_top))
+    pp.preprocess_slide(adata, genes=str(cfg.get("genes", "spatial")),
+                        n_top_genes=None if n_top is None else int(n_top),
+                        target_sum=float(cfg.get("target_sum", 1e4)), min_counts=int(cfg.get("min_counts", 1)),
+                        min_genes=int(cfg.get("min_genes", 1)), min_cells=int(cfg.get("min_cells", 3)))
 
 
 def read_and_prepare(row: dict[str, Any]) -> dict[str, Any]:

@@ -53,13 +53,25 @@ def preprocess(
     adatas = [adata] if isinstance(adata, AnnData) else list(adata)
     for a in adatas:
         try:
-            qc(a, min_counts=min_counts, min_genes=min_genes, min_cells=min_cells)
-            normalize_log(a, target_sum=target_sum)
-            if neighbors and "spatial" in a.obsm:
-                spatial_neighbors(a, k)
-            if use_hvg:
-                select_genes(a, genes, n_top_genes, hvg_flavor=hvg_flavor)
+            preprocess_slide(a, genes=genes, n_top_genes=n_top_genes, target_sum=target_sum, min_counts=min_counts,
+                             min_genes=min_genes, min_cells=min_cells, hvg_flavor=hvg_flavor, use_hvg=use_hvg, k=k,
+                             neighbors=neighbors)
         except SlideError as err:
             raise err.with_slide(slide_name(a, "?")) from None
     state = pca(adatas if len(adatas) > 1 else adatas[0], n_comps=n_comps, use_hvg=use_hvg, seed=seed)
     return state
+
+
+def preprocess_slide(adata: AnnData, *, genes: str = "spatial", n_top_genes: int | None = None,
+                     target_sum: float = 1e4, min_counts: int = 1, min_genes: int = 1, min_cells: int = 3,
+                     hvg_flavor: str = "seurat_v3", use_hvg: bool = True, k: int | None = None,
+                     neighbors: bool = True) -> None:
+    """The per-slide half of :func:`preprocess`, in place: qc → normalize_log → spatial_neighbors → select_genes
+    (no PCA: a cohort fits one basis over every slide's genes). The platform's preprocessing stage runs this per
+    slide in parallel, then the shared PCA."""
+    qc(adata, min_counts=min_counts, min_genes=min_genes, min_cells=min_cells)
+    normalize_log(adata, target_sum=target_sum)
+    if neighbors and "spatial" in adata.obsm:
+        spatial_neighbors(adata, k)
+    if use_hvg:
+        select_genes(adata, genes, n_top_genes, hvg_flavor=hvg_flavor)
