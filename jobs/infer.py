@@ -59,15 +59,16 @@ def embed_slide(row: dict[str, Any]) -> dict[str, Any]:
     the fused embedding ``z`` to ``OUT/infer/latent/<slide>.npy``; never raises (errors recorded)."""
     import anndata as ad
     import torch
-    from senca_core.model import readout
+    from senca_core.model import readout, readout_blocks
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     out = {"slide_id": row["slide_id"], "status": "ok", "error": None, "traceback": None,
-           "emb_path": None, "n_spots": 0, "seconds": 0.0, "peak_rss_mb": 0.0}
+           "emb_path": None, "n_spots": 0, "seconds": 0.0, "peak_rss_mb": 0.0, "readout_blocks": 1}
     try:
         adata = ad.read_h5ad(row["path"])
-        latent, R = readout(_model(row["model_path"]), adata)
+        model = _model(row["model_path"])
+        latent, R = readout(model, adata)
         R = R.astype(np.float32)
         if not (np.isfinite(R).all() and np.isfinite(latent).all()):
             raise ValueError("the embedding has NaN/inf values")
@@ -75,7 +76,8 @@ def embed_slide(row: dict[str, Any]) -> dict[str, Any]:
         atomic_write_with(path, lambda tmp: np.save(open(tmp, "wb"), R))
         latent_path = latent_path_of(path)
         atomic_write_with(latent_path, lambda tmp: np.save(open(tmp, "wb"), latent))
-        out.update(emb_path=str(path), latent_path=str(latent_path), n_spots=int(adata.n_obs))
+        out.update(emb_path=str(path), latent_path=str(latent_path), n_spots=int(adata.n_obs),
+                   readout_blocks=readout_blocks(model))
     except Exception as err:  # noqa: BLE001
         out.update(status="failed", error=error_text(err, row["slide_id"]), traceback=short_traceback(err))
     out["seconds"] = time.perf_counter() - t0
@@ -122,7 +124,7 @@ def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regio
         nb = read_obsm(r["path"], "spatial_neighbors")
         if nb is not None:
             a.obsm["spatial_neighbors"] = nb
-        a.uns["senca"] = {"slide_id": r["slide_id"]}
+        a.uns["senca"] = {"slide_id": r["slide_id"], "readout_blocks": int(r.get("readout_blocks") or 1)}
         slims.append(a)
     args = cluster_args(clustering)
     region_model = tl.cluster(slims, **args, return_model=True)
@@ -187,7 +189,7 @@ def cohort_slims(rows: list[dict[str, Any]], regions: dict[str, Any], *, embeddi
         a.obs["region"] = pd.Categorical(labels.astype(str), categories=list(regions["categories"]))
         if embeddings:
             a.obsm["X_senca"] = np.load(r["emb_path"])
-        a.uns["senca"] = {"slide_id": r["slide_id"]}
+        a.uns["senca"] = {"slide_id": r["slide_id"], "readout_blocks": int(r.get("readout_blocks") or 1)}
         slims.append(a)
     return slims
 

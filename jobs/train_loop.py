@@ -91,7 +91,7 @@ def _run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
     import numpy as np
     import torch
     import torch.distributed as dist
-    from senca_core.model import SencaConfig, SencaModel, init_prototypes, make_batch, make_optimizer, \
+    from senca_core.model import SencaConfig, init_prototypes, make_batch, make_optimizer, members, network, \
         prototype_warmup, seed_everything, train_step
 
     from ._faults import fault_point
@@ -113,7 +113,7 @@ def _run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
         batches.append(cache[p])
 
     torch.manual_seed(config.seed)  # same initial weights on every rank (DDP broadcasts rank 0's anyway)
-    model = SencaModel(config, n_expr=int(cfg["n_expr"]), n_hist=int(cfg["n_hist"])).to(device)
+    model = network(config, n_expr=int(cfg["n_expr"]), n_hist=int(cfg["n_hist"])).to(device)
     optimizer = make_optimizer(model, config)
     generator = seed_everything(config.seed + 1000 * rank)
     start, history, last_eval, restored_from, exact = 0, [], {}, None, True
@@ -139,7 +139,8 @@ def _run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
         if config.hierarchical and config.w_proto > 0 and epoch == warmup:
             init_prototypes(core, batches, generator)
             if world > 1 and dist.is_initialized():
-                dist.broadcast(core.prototypes.data, src=0)
+                for member in members(core):
+                    dist.broadcast(member.prototypes.data, src=0)
         order = list(range(len(batches)))
         random.Random(config.seed * 7919 + epoch * 31 + rank).shuffle(order)
         sums: dict[str, float] = {}
@@ -286,7 +287,7 @@ def evaluate(model, adatas: list, metric: str, ev: dict[str, Any]) -> dict[str, 
     import numpy as np
     import torch
     from senca_core import metrics, tl
-    from senca_core.model import heldout_r2, make_batch, readout
+    from senca_core.model import heldout_r2, make_batch, readout, readout_blocks
 
     from .infer import cluster_args
 
@@ -300,8 +301,8 @@ def evaluate(model, adatas: list, metric: str, ev: dict[str, Any]) -> dict[str, 
             device = next(core.parameters()).device
             generator = torch.Generator().manual_seed(int(ev.get("seed", 0)))
             for a in adatas:
-                loss, _ = core(make_batch(a, core.config).to(device), objective=True, generator=generator)
-                total += float(loss) * a.n_obs
+                _, parts = core(make_batch(a, core.config).to(device), objective=True, generator=generator)
+                total += float(parts["loss"]) * a.n_obs  # an ensemble's: its members' mean
                 n += a.n_obs
         out["objective"] = total / max(n, 1)
     elif metric == "reconstruction":
@@ -309,6 +310,7 @@ def evaluate(model, adatas: list, metric: str, ev: dict[str, Any]) -> dict[str, 
     else:
         for a in adatas:  # the region readout, clustered as the infer stage clusters it
             a.obsm["X_senca"] = readout(core, a)[1].astype(np.float32)
+            a.uns.setdefault("senca", {})["readout_blocks"] = readout_blocks(core)
         k = tl.cluster(adatas, **cluster_args(ev))
         if metric == "ari":
             scores = [metrics.ari(a) for a in adatas if "label" in a.obs]

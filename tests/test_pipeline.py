@@ -329,3 +329,38 @@ def test_her2st_cohort_end_to_end(tmp_path, her2st_root):
     assert "tables/patients.json" in {f.path for f in client.list_artifacts(summary["mlflow_run_id"], "tables")}
     trials = json.loads((tmp_path / "out" / "tune" / "trials.json").read_text())
     assert len(trials["trials"]) == 2 and trials["metric"] == "reconstruction"
+
+
+def test_an_ensemble_runs_registers_and_predicts_its_own_regions(tmp_path):
+    """``model.n_models: 2`` through the platform: one model file with both networks, readouts of two blocks, the
+    region model the consensus of each network's consensus; the registered model and ``predict`` give the run's
+    regions back."""
+    import pickle
+
+    import mlflow.pyfunc
+
+    from senca_platform.predict import predict_cohort
+
+    spec_path = write_demo(tmp_path, n_patients=2, n_spots=150, seed=4, epochs=4, tuning=False)
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["model"]["n_models"] = 2
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = _run(spec_path)
+    summary = result.summary
+    assert result.exit_code == 0 and summary["status"] == "ok", summary.get("error")
+    region_model = pickle.loads((Path(summary["output_dir"]) / "infer" / "region_model.pkl").read_bytes())
+    assert len(region_model.members) == 2 and all(len(m.members) == 6 for m in region_model.members)
+    slide = summary["slides"][0]
+    a = ad.read_h5ad(slide["h5ad"])
+    assert a.obsm["X_senca"].shape[1] % 2 == 0 and a.obsm["X_senca_latent"].shape[1] == 2 * 16
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/senca-demo@champion")
+    Z = pyfunc.predict({"X_pca": a.obsm["X_pca"].astype(np.float32), "X_hist": a.obsm["X_hist"].astype(np.float32),
+                        "spatial_neighbors": a.obsm["spatial_neighbors"].astype(np.int64)})
+    assert np.allclose(Z[[c for c in Z.columns if c.startswith("z_")]].to_numpy(), a.obsm["X_senca_latent"], atol=1e-5)
+    assert (Z["region"].astype(str).to_numpy() == a.obs["region"].astype(str).to_numpy()).mean() > 0.95
+
+    pred = predict_cohort("models:/senca-demo@champion", spec_path, tracking_uri=summary["mlflow"]["tracking_uri"],
+                          output_dir=tmp_path / "pred", echo=lambda m: None)
+    assert pred.summary["status"] == "ok"
+    assert set(pred.summary["model"]["training_regions_reproduced"].values()) == {1.0}

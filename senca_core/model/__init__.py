@@ -9,10 +9,11 @@ import importlib
 _EXPORTS = {
     "SlideBatch": "_batch", "make_batch": "_batch",
     "ABLATIONS": "_config", "SencaConfig": "_config",
+    "SencaEnsemble": "_ensemble", "members": "_ensemble", "network": "_ensemble",
     "heldout_r2": "_heldout",
     "load_model": "_io", "save_model": "_io",
     "NeighbourhoodCrossAttention": "_network", "SencaModel": "_network",
-    "readout": "_readout",
+    "readout": "_readout", "readout_blocks": "_readout",
     "build_model": "_train", "deterministic": "_train", "embed": "_train", "fit": "_train",
     "init_prototypes": "_train", "make_optimizer": "_train", "prototype_warmup": "_train", "run_epoch": "_train",
     "seed_everything": "_train", "train_step": "_train",

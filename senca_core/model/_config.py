@@ -37,6 +37,8 @@ class SencaConfig:
     dropout: float = 0.1
     n_prototypes: int = 16
     attention_hops: int = 2
+    #: networks trained side by side, regions from the consensus over all of them (``_ensemble``; 1 = one network)
+    n_models: int = 1
     # switches (ablations)
     use_expr: bool = True
     use_hist: bool = True
@@ -62,7 +64,7 @@ class SencaConfig:
     device: str = "cpu"
 
     def validate(self) -> "SencaConfig":
-        positive_ints = ("hidden", "embed_dim", "n_heads", "n_prototypes", "epochs", "n_negatives")
+        positive_ints = ("hidden", "embed_dim", "n_heads", "n_prototypes", "epochs", "n_negatives", "n_models")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

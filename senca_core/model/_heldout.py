@@ -8,6 +8,7 @@ import torch
 from anndata import AnnData
 
 from ._batch import make_batch
+from ._ensemble import members
 from ._network import SencaModel
 
 
@@ -21,7 +22,8 @@ def heldout_r2(model: SencaModel, adata: AnnData | Sequence[AnnData], *, fractio
     on one task; 1 is perfect, 0 is no better than the mean spot. Uses no label. NaN for an image-only model.
     """
     core = getattr(model, "module", model)
-    if core.decode_e is None:
+    nets = members(core)
+    if nets[0].decode_e is None:
         return float("nan")
     was_training = core.training
     core.eval()
@@ -33,9 +35,10 @@ def heldout_r2(model: SencaModel, adata: AnnData | Sequence[AnnData], *, fractio
         hidden = (torch.rand(batch.n_spots, generator=generator) < fraction).to(device)
         if batch.expr is None or not hidden.any():
             continue
-        z = core.encode(batch, masks=(hidden, None))
         truth = batch.expr[hidden]
-        err += float(((core.decode_e(z)[hidden] - truth) ** 2).sum())
+        for net in nets:  # an ensemble: every member predicts the same hidden spots (its R² is their mean)
+            z = net.encode(batch, masks=(hidden, None))
+            err += float(((net.decode_e(z)[hidden] - truth) ** 2).sum()) / len(nets)
         total += float(((truth - batch.expr.mean(0)) ** 2).sum())
     if was_training:
         core.train()

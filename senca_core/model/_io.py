@@ -10,6 +10,7 @@ import torch
 
 from ..errors import ConfigError
 from ._config import SencaConfig
+from ._ensemble import network
 from ._network import SencaModel
 
 FORMAT = "senca-st/1"
@@ -59,10 +60,11 @@ def load_model(path: str | Path, *, device: str | None = None) -> SencaModel:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ConfigError("model", f"{path} is not a SENCA-st model file (format {FORMAT})")
     # settings a file written before they existed was trained and read out with (one hop; the full readout)
-    config = SencaConfig.from_dict({"attention_hops": 1, "readout_expr_weight": 1.0, **payload["config"]})
+    config = SencaConfig.from_dict({"attention_hops": 1, "readout_expr_weight": 1.0, "n_models": 1,
+                                    **payload["config"]})
     if device is not None:
         config = config.replace(device=device)
-    model = SencaModel(config, n_expr=payload["n_expr"], n_hist=payload["n_hist"])
+    model = network(config, n_expr=payload["n_expr"], n_hist=payload["n_hist"])
     model.load_state_dict(payload["state_dict"])
     model.to(config.device)
     model.eval()

@@ -36,6 +36,9 @@ Our documented interpretation of SENCA-st (arXiv 2511.08573; the paper's body wa
   modality during training (masked autoencoding), so a masked spot's expression must be predicted from its own
   histology and its neighbours - the cross-modal signal. Reconstruction is never the only objective, and neither is
   the cross-modal alignment (an InfoNCE between ``f_e`` and ``f_h`` with sampled negatives, weighted ``w_align``).
+* **An ensemble** (``n_models``, ``_ensemble.py``): that many networks trained side by side on the same slides,
+  their readouts side by side, regions the consensus of each network's own consensus (``tl.cluster``). Not part of
+  the paper; it buys steadier regions over seeds at ``n_models`` times the training.
 * **Hierarchical learning** (switchable): losses at three spatial scales - spot (reconstruct ``x(i)``),
   neighbourhood (the mean embedding over ``N(i)`` decodes the mean input over ``N(i)``) and region (soft
   assignment of ``z`` to learnable prototypes sharpened towards a confident, balanced target, DEC-style).

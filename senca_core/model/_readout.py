@@ -20,16 +20,31 @@ import torch
 from anndata import AnnData
 
 from ._batch import make_batch
+from ._ensemble import members
 from ._network import SencaModel
 
 
 @torch.no_grad()
 def readout(model: SencaModel, adata: AnnData) -> tuple[np.ndarray, np.ndarray]:
-    """``(z, r)``: the fused embedding (n, embed_dim) and the region readout (see the module docstring)."""
-    model = getattr(model, "module", model)
-    model.eval()
-    device = next(model.parameters()).device
-    batch = make_batch(adata, model.config).to(device)
+    """``(z, r)``: the fused embedding (n, embed_dim) and the region readout (see the module docstring). An
+    ensemble (``SencaConfig.n_models`` > 1): its members' ``z`` and ``r`` side by side, member by member
+    (``readout_blocks`` equal blocks, which ``tl.cluster``'s consensus cuts one by one)."""
+    core = getattr(model, "module", model)
+    core.eval()
+    device = next(core.parameters()).device
+    batch = make_batch(adata, core.config).to(device)
+    parts = [_one(member, batch) for member in members(core)]
+    z = torch.cat([p[0] for p in parts], dim=1)
+    r = torch.cat([p[1] for p in parts], dim=1)
+    return z.cpu().numpy().astype(np.float32), r.cpu().numpy().astype(np.float64)
+
+
+def readout_blocks(model: SencaModel) -> int:
+    """How many equal blocks the readout of ``model`` has: one per network."""
+    return len(members(model))
+
+
+def _one(model: SencaModel, batch) -> tuple[torch.Tensor, torch.Tensor]:
     z = model(batch)
     if model.decode_e is not None and batch.expr is not None:
         blocks = [batch.expr, model.config.readout_expr_weight * model.decode_e(z)]
@@ -38,5 +53,4 @@ def readout(model: SencaModel, adata: AnnData) -> tuple[np.ndarray, np.ndarray]:
             blocks.append(model.config.readout_hist_weight * model.decode_h(z))
     else:
         blocks = [batch.hist, model.decode_h(z)]
-    r = torch.cat(blocks, dim=1)
-    return z.cpu().numpy().astype(np.float32), r.cpu().numpy().astype(np.float64)
+    return z, torch.cat(blocks, dim=1)

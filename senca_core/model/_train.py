@@ -13,6 +13,7 @@ from anndata import AnnData
 from ..errors import ConfigError, SlideError
 from ._batch import SlideBatch, make_batch
 from ._config import SencaConfig
+from ._ensemble import clip_members, members, network
 from ._network import SencaModel
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -63,10 +64,11 @@ def input_dims(batches: Sequence[SlideBatch]) -> tuple[int, int]:
 
 
 def build_model(config: SencaConfig, batches: Sequence[SlideBatch]) -> SencaModel:
+    """The network for these slides' input widths (an ensemble when ``config.n_models`` > 1)."""
     n_expr, n_hist = input_dims(batches)
     if config.use_hist and not config.use_expr and n_hist == 0:
         raise SlideError("image-only model but no slide has histology features", field="hist")
-    return SencaModel(config, n_expr=n_expr, n_hist=n_hist)
+    return network(config, n_expr=n_expr, n_hist=n_hist)
 
 
 def make_optimizer(model: torch.nn.Module, config: SencaConfig) -> torch.optim.Optimizer:
@@ -89,18 +91,20 @@ def train_step(model: torch.nn.Module, batch: SlideBatch, optimizer: torch.optim
         raise SlideError(f"training diverged (loss {float(loss)})", slide=batch.slide_id, field="loss")
     with torch.enable_grad():
         loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    clip_members(model, 5.0)  # one network: its whole gradient; an ensemble: each member's
     optimizer.step()
     return parts
 
 
 @torch.no_grad()
 def init_prototypes(model: SencaModel, batches: Sequence[SlideBatch], generator: torch.Generator) -> None:
-    """Place the region prototypes on randomly drawn spot embeddings (no dead prototypes)."""
+    """Place the region prototypes on randomly drawn spot embeddings (no dead prototypes); each member of an
+    ensemble on its own embeddings."""
     model.eval()
-    z = torch.cat([model(b) for b in batches])
-    idx = torch.randperm(z.shape[0], generator=generator)[: model.prototypes.shape[0]]
-    model.prototypes.data[: len(idx)] = z[idx.to(z.device)]
+    for member in members(model):
+        z = torch.cat([member(b) for b in batches])
+        idx = torch.randperm(z.shape[0], generator=generator)[: member.prototypes.shape[0]]
+        member.prototypes.data[: len(idx)] = z[idx.to(z.device)]
 
 
 def run_epoch(model, batches, optimizer, epoch: int, config: SencaConfig, generator: torch.Generator,

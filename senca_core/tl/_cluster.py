@@ -13,7 +13,7 @@ from sklearn.mixture import GaussianMixture
 
 from ..errors import ConfigError, SlideError
 from ._align import SlideAligner
-from ._consensus import ConsensusRegionModel, consensus_cut, member_settings
+from ._consensus import ConsensusRegionModel, block_settings, consensus_cut, member_settings, readout_blocks
 from ._per_slide import PerSlideRegionModel, big_enough, per_slide_cut
 from ._labels import refine_labels, spatial_prior_labels, write_regions
 
@@ -173,10 +173,11 @@ class RegionModel:
     """
 
     def __init__(self, reducer, estimator, method: str, k: int, remap: dict, centroids: np.ndarray,
-                 use_rep: str, refine: bool, aligner: SlideAligner | None = None, spatial_prior: float = 0.0) -> None:
+                 use_rep: str, refine: bool, aligner: SlideAligner | None = None, spatial_prior: float = 0.0,
+                 columns: tuple[int, int] | None = None) -> None:
         self.reducer, self.estimator, self.method, self.k = reducer, estimator, method, int(k)
         self.remap, self.centroids, self.use_rep, self.refine = remap, centroids, use_rep, refine
-        self.aligner, self.spatial_prior = aligner, float(spatial_prior)
+        self.aligner, self.spatial_prior, self.columns = aligner, float(spatial_prior), columns
 
     def _scores(self, Xr: np.ndarray) -> np.ndarray:
         """(n, n_raw) preference of each spot for each raw component (higher = more likely)."""
@@ -191,6 +192,9 @@ class RegionModel:
         likely component that has a region id.
         """
         X = np.asarray(X, dtype=np.float64)
+        columns = getattr(self, "columns", None)  # an ensemble's member cut: its network's block (older: none)
+        if columns is not None:
+            X = X[:, columns[0]:columns[1]]
         if getattr(self, "aligner", None) is not None:
             X = self.aligner.transform(X)
         Xr = self.reducer.transform(X)
@@ -245,14 +249,15 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
             key_added: str = "region", k_max: int = 12, align: str | None = "matched",
             covariance: str = "full", spatial_prior: float = 16.0, prior_em_rounds: int = 0,
             consensus: bool | None = None, cut_by: str = "cohort", return_model: bool = False,
-            _fits: dict | None = None) -> int | RegionModel | ConsensusRegionModel | PerSlideRegionModel:
+            blocks: int | None = None, _fits: dict | None = None, _columns: tuple[int, int] | None = None,
+            ) -> int | RegionModel | ConsensusRegionModel | PerSlideRegionModel:
     """Cluster ``obsm[use_rep]`` into ``k`` regions; writes ``obs[key_added]`` (categorical) on every slide.
 
     A list of slides is clustered on the pooled embeddings, so region ``"3"`` means the same in every slide.
     ``k=None`` chooses k by BIC. ``refine`` smooths labels over ``obsm['spatial_neighbors']``. ``align`` (several
     slides only): remove each slide's offset before pooling (:class:`~senca_core.tl._align.SlideAligner`,
-    ``"matched"`` (default) or ``"centre"``; None = pool as is), so regions are tissue states, not patients. Returns k, or with
-    ``return_model`` the fitted :class:`RegionModel` (``.k``) that assigns the same ids to new slides.
+    ``"matched"`` (default) or ``"centre"``; None = pool as is), so regions are tissue states, not patients. Returns
+    k, or with ``return_model`` the fitted :class:`RegionModel` (``.k``) that assigns the same ids to new slides.
     ``covariance``: the GMM's covariance type (``"full"``, ``"tied"`` (mclust's EEE), ``"diag"``, ``"spherical"``;
     compared in ``bench/bench_clustering.py``). ``spatial_prior`` (GMM only; ``0`` = off): the weight β of a Potts
     prior over ``obsm['spatial_neighbors']`` (:func:`spatial_prior_labels`): a spot's region is the GMM component
@@ -274,8 +279,11 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     :class:`~senca_core.tl.PerSlideRegionModel`, the value returned without it the cohort's number of regions; a
     slide too small to be cut alone takes the nearest cohort region spot by spot, and a cohort of only such slides
     is cut pooled).
-    ``_fits`` (internal, the consensus): fits shared between calls
-    on the same slides and seed, keyed by ``(n_pcs, covariance, k, method)``.
+    ``blocks``: how many networks' readouts ``obsm[use_rep]`` holds side by side (an ensemble, ``SencaConfig.n_models``;
+    None: the slides' ``uns["senca"]["readout_blocks"]``, 1 when absent): the consensus is then that of each block's
+    own consensus (:mod:`senca_core.tl._consensus`); one cut takes the blocks together.
+    ``_fits`` (internal, the consensus): fits shared between calls on the same slides and seed, keyed by
+    ``(n_pcs, covariance, k, method, _columns)``; ``_columns`` (internal): the member's block of the readout.
     """
     adatas = [adatas] if isinstance(adatas, AnnData) else list(adatas)
     if method not in METHODS:
@@ -292,10 +300,11 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         raise ConfigError("cut_by", f"unknown {cut_by!r}; use one of {CUT_BY}")
     if consensus is None:  # the default: the consensus, unless the caller chose one cut's settings
         consensus = covariance == "full" and not prior_em_rounds
+    blocks = readout_blocks(adatas, use_rep, blocks) if _columns is None else 1
     if cut_by == "slide" and len(adatas) > 1 and any(big_enough(a.n_obs, k) for a in adatas):
         settings = {"k": k, "method": method, "refine": refine, "n_pcs": n_pcs, "seed": seed, "k_max": k_max,
                     "covariance": covariance, "spatial_prior": spatial_prior, "prior_em_rounds": prior_em_rounds,
-                    "consensus": consensus}
+                    "consensus": consensus, "blocks": blocks}
         model = per_slide_cut(adatas, lambda a: cluster(a, use_rep=use_rep, key_added=key_added, **settings),
                               settings, key_added=key_added, use_rep=use_rep)
         return model if return_model else int(model.k)
@@ -305,16 +314,25 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
                                            "HMRF-EM; covariance and prior_em_rounds choose one cut: consensus=False")
 
         fits: dict = {}  # members sharing n_pcs and covariance (with and without HMRF-EM) share one mixture fit
+        shared = {"method": "gmm", "use_rep": use_rep, "refine": refine, "seed": seed, "key_added": key_added,
+                  "k_max": k_max, "align": align, "spatial_prior": spatial_prior, "return_model": True}
 
         def fit_member(setting: dict, k_member: int | None) -> RegionModel:
-            return cluster(adatas, k_member, method="gmm", use_rep=use_rep, refine=refine, seed=seed,
-                           key_added=key_added, k_max=k_max, align=align, spatial_prior=spatial_prior,
-                           consensus=False, return_model=True, _fits=fits, **setting)
+            return cluster(adatas, k_member, consensus=False, _fits=fits, _columns=_columns, **shared, **setting)
 
-        model = consensus_cut(adatas, fit_member, member_settings(n_pcs), k, refine=refine, key_added=key_added,
-                              use_rep=use_rep)
+        def fit_block(setting: dict, k_block: int | None) -> ConsensusRegionModel:  # one network's consensus
+            return cluster(adatas, k_block, n_pcs=n_pcs, consensus=True, **shared, **setting)
+
+        if blocks > 1:  # an ensemble's readout: the consensus of its networks' consensuses
+            model = consensus_cut(adatas, fit_block, block_settings(blocks, _pooled(adatas[:1], use_rep).shape[1]),
+                                  k, refine=refine, key_added=key_added, use_rep=use_rep)
+        else:
+            model = consensus_cut(adatas, fit_member, member_settings(n_pcs), k, refine=refine, key_added=key_added,
+                                  use_rep=use_rep)
         return model if return_model else int(model.k_requested)
     X = _pooled(adatas, use_rep)
+    if _columns is not None:
+        X = X[:, _columns[0]:_columns[1]]
     n = X.shape[0]
     if n < 2:
         raise SlideError(f"only {n} spot(s) to cluster, need at least 2", slide=", ".join(map(_slide, adatas)),
@@ -326,12 +344,13 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         if k > n:
             slides = ", ".join(_slide(a) for a in adatas)
             raise SlideError(f"k={k} regions requested but only {n} spots", slide=slides, field="k")
-    if _fits is not None and (n_pcs, covariance, k, method) in _fits:  # a consensus member: the same fit as another
-        k, aligner, reducer, Xr, estimator = _fits[(n_pcs, covariance, k, method)]
+    key = (n_pcs, covariance, k, method, _columns)
+    if _fits is not None and key in _fits:  # a consensus member: the same fit as another
+        k, aligner, reducer, Xr, estimator = _fits[key]
     else:
         k, aligner, reducer, Xr, estimator = _fit(adatas, X, k, method, n_pcs, seed, k_max, align, covariance)
         if _fits is not None:
-            _fits[(n_pcs, covariance, k, method)] = (k, aligner, reducer, Xr, estimator)
+            _fits[(n_pcs, covariance, k, method, _columns)] = (k, aligner, reducer, Xr, estimator)
     labels = _leiden(Xr, k, seed) if method == "leiden" else estimator.predict(Xr)
     use_prior = method == "gmm" and spatial_prior > 0
     # the Potts prior within each slide (slides without neighbours keep the arg-max): the labels below
@@ -352,7 +371,7 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     raw_ids = np.unique(labels)
     centroids = np.stack([Xr[labels == r].mean(0) for r in raw_ids])
     model = RegionModel(reducer, estimator, method, len(categories), remap, centroids, use_rep, refine,
-                        aligner=aligner, spatial_prior=spatial_prior if method == "gmm" else 0.0)
+                        aligner=aligner, spatial_prior=spatial_prior if method == "gmm" else 0.0, columns=_columns)
     model.raw_ids_ = raw_ids
     model.k_requested = int(k)  # k asked / chosen; model.k = regions left after refinement
     return model

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from anndata import AnnData
 
-from ..model import SencaConfig, SencaModel, fit, readout
+from ..model import SencaConfig, SencaModel, fit, readout, readout_blocks
 
 
 def senca(adatas: AnnData | Sequence[AnnData], config: SencaConfig | None = None, *,
@@ -14,7 +14,8 @@ def senca(adatas: AnnData | Sequence[AnnData], config: SencaConfig | None = None
     """Train SENCA-st (self-supervised) on the slides and write, on each slide,
 
     - ``obsm[key_added + "_latent"]``: the fused embedding ``z`` (n, embed_dim);
-    - ``obsm[key_added]``: the region readout ``[x, D_e(z)]`` that :func:`cluster` uses (see ``model._readout``).
+    - ``obsm[key_added]``: the region readout ``[x, D_e(z)]`` that :func:`cluster` uses (see ``model._readout``);
+    - ``uns["senca"]["readout_blocks"]``: how many networks' readouts it holds side by side (``config.n_models``).
 
     Every slide must already be preprocessed (``pp.preprocess``; ``hist.patch_features`` where there is an image).
     Returns the model.
@@ -30,5 +31,7 @@ def senca(adatas: AnnData | Sequence[AnnData], config: SencaConfig | None = None
 def apply(model: SencaModel, adatas: AnnData | Sequence[AnnData], *, key_added: str = "X_senca") -> None:
     """Write a trained model's embedding and region readout on slides (no training): ``predict`` uses this."""
     slides = [adatas] if isinstance(adatas, AnnData) else list(adatas)
+    blocks = readout_blocks(model)
     for a in slides:
         a.obsm[key_added + "_latent"], a.obsm[key_added] = readout(model, a)
+        a.uns.setdefault("senca", {})["readout_blocks"] = blocks
