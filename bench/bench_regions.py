@@ -98,8 +98,13 @@ def run_baseline(a, k, seed, method):
         sc.tl.cluster(a, k, method="leiden", use_rep="X_pca", n_pcs=None, refine=False, seed=seed)
 
 
-def run_senca(a, k, seed, ablation):
-    sc.tl.senca(a, SencaConfig(seed=seed).ablation(ablation))
+#: options of the full model beside its ablations: an ensemble of three networks (``model._ensemble``)
+VARIANTS = {"ensemble3": {"n_models": 3}}
+
+
+def run_senca(a, k, seed, variant):
+    config = SencaConfig(seed=seed)
+    sc.tl.senca(a, config.ablation(variant) if variant in ABLATIONS else config.replace(**VARIANTS[variant]))
     sc.tl.cluster(a, k, seed=seed)
 
 
@@ -211,7 +216,7 @@ def main() -> None:
     p.add_argument("--skip-synthetic", action="store_true")
     args = p.parse_args()
 
-    methods = ["baseline:gmm", "baseline:leiden", "baseline:gmm+refine", "baseline:consensus", *ABLATIONS]
+    methods = ["baseline:gmm", "baseline:leiden", "baseline:gmm+refine", "baseline:consensus", *ABLATIONS, *VARIANTS]
     if (SHARED / "data" / "her2st").exists():
         sections = ["A1", "B1", "C1"] + (["DLPFC"] if args.dlpfc else [])
         seeds_for = lambda name: (args.a1_seeds or args.seeds) if name == "A1" else args.seeds  # noqa: E731

@@ -55,6 +55,7 @@ model:                            # senca_core.model.SencaConfig settings (defau
   hidden: 128
   embed_dim: 32
   lr: 0.002
+  # n_models: 3                   # an ensemble: steadier regions from seed to seed, 3x the training time
 
 training:                         # Ray Train: TorchTrainer, DDP over slides (each worker a shard of slides)
   epochs: {epochs}                   # full passes over the slides (200: chosen by leave-one-section-out)
