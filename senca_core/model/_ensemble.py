@@ -1,7 +1,8 @@
 """An ensemble of SENCA-st networks trained side by side (``SencaConfig.n_models``), for steadier regions.
 
 One network's regions move with its seed: on the small legacy ST sections the ARI over ten training seeds has an
-sd of 0.03-0.09 (docs/BENCHMARKS.md, "An ensemble of three networks"). ``n_models`` networks, each initialised
+sd of 0.03-0.09. Three networks bring it to 0.013 on HER2ST A1 and 0.028 on C1, with C1's mean 0.06 lower and
+DLPFC level (docs/BENCHMARKS.md, "An ensemble of three networks"): an option, not the default. ``n_models`` networks, each initialised
 by the same seed's generator one after the other, train on the same slides at the same steps; each member's loss
 is its own (the members never see each other), and the step optimises their sum, so each member gets the
 gradient it would get alone (gradients are clipped member by member, ``clip_members``). The region readout is the
