@@ -42,6 +42,13 @@ def plan_workers(*, n_slides: int, n_spots: int, num_workers: int, min_spots_per
                      f"{min_spots_per_worker} per worker (training.min_spots_per_worker)")
 
 
+def may_use_worker_groups(*, n_slides: int, num_workers: int, launcher: str = "auto") -> bool:
+    """Whether any training of the cohort (the trainer's or a Tune trial's) may run as a Ray Train worker group,
+    which needs Ray's dashboard. A one-slide cohort never gets more than one worker (:func:`plan_workers`), and one
+    worker runs as one Ray task (:func:`runs_as_task`) unless ``launcher`` asks for Ray Train."""
+    return launcher != "auto" or (int(n_slides) > 1 and int(num_workers) > 1)
+
+
 def worker_need(use_gpu: bool, resources_per_worker: dict[str, float] | None) -> dict[str, float]:
     """What one training worker reserves (as ``make_trainer`` / ``run_solo`` ask Ray for it)."""
     need = {str(k): float(v) for k, v in (resources_per_worker or {"CPU": 1.0}).items()}

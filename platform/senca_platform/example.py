@@ -9,7 +9,7 @@ EXAMPLE_TEMPLATE = """\
 name: {name}                      # cohort name: also the MLflow experiment and registered model name
 output_dir: {output_dir}         # run outputs: h5ad per slide, tables, region maps, mlflow.db, cohort_summary.json
 
-# ray:                            # absent: an embedded local Ray is started (dashboard on 127.0.0.1)
+# ray:                            # absent: an embedded local Ray (its dashboard on 127.0.0.1 for several slides)
 #   address: ray://head:10001     # an existing cluster
 #   num_cpus: 2                   # embedded Ray only (default: all cores)
 

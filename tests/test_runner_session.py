@@ -1,5 +1,6 @@
-"""The embedded Ray's deferred shutdown is joined before ``run_cohort`` returns or raises, also when the closing
-work (summary, report) fails: an in-process caller may start another Ray at once."""
+"""How ``run_cohort`` holds its Ray session: the embedded Ray's deferred shutdown is joined before it returns or
+raises, also when the closing work (summary, report) fails (an in-process caller may start another Ray at once);
+Ray's dashboard only where a Ray Train worker group may need it."""
 
 from __future__ import annotations
 
@@ -50,3 +51,28 @@ def test_deferred_ray_shutdown_is_joined_after_the_closing_work(tmp_path, monkey
     else:
         assert run().summary_path.is_file()
     assert shutdown.joined
+
+
+@pytest.mark.parametrize("n_patients,launcher,dashboard", [(1, "auto", False), (1, "ray_train", True),
+                                                            (2, "auto", True)])
+def test_ray_starts_without_its_dashboard_when_no_worker_group_can_train(tmp_path, monkeypatch, n_patients,
+                                                                          launcher, dashboard):
+    import jobs.pipeline
+    import yaml
+
+    asked = {}
+
+    @contextlib.contextmanager
+    def fake_session(*args, **kwargs):
+        asked.update(kwargs)
+        yield {"embedded": False, "num_cpus": 1, "shutdown": None}
+
+    monkeypatch.setattr(runner, "ray_session", fake_session)
+    monkeypatch.setattr(jobs.pipeline, "run_pipeline", lambda plan, **kw: {
+        "slides": [], "model_path": None, "error": None, "tables": {}, "stages": {}})
+    spec_path = write_demo(tmp_path, n_patients=n_patients, n_spots=60, seed=0, epochs=1, tuning=True)
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["training"]["launcher"] = launcher
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    runner.run_cohort(load_spec(spec_path), spec_path=spec_path, progress=False, echo=lambda m: None, track=False)
+    assert asked["dashboard"] is dashboard
