@@ -310,7 +310,7 @@ def evaluate(model, adatas: list, metric: str, ev: dict[str, Any]) -> dict[str, 
     else:
         for a in adatas:  # the region readout, clustered as the infer stage clusters it
             a.obsm["X_senca"] = readout(core, a)[1].astype(np.float32)
-            a.uns.setdefault("senca", {})["readout_blocks"] = readout_blocks(core)
+            a.uns.setdefault("senca", {})["readout_blocks"] = {"X_senca": readout_blocks(core)}
         k = tl.cluster(adatas, **cluster_args(ev))
         if metric == "ari":
             scores = [metrics.ari(a) for a in adatas if "label" in a.obs]

@@ -48,7 +48,7 @@ def test_ensemble_readout_clusters_by_member_blocks_and_round_trips(tmp_path):
     one = _grid_slide()
     sc.tl.senca(one, SencaConfig(**dict(ENS, n_models=1)))
     width = one.obsm["X_senca"].shape[1]
-    assert a.obsm["X_senca"].shape == (a.n_obs, 3 * width) and a.uns["senca"]["readout_blocks"] == 3
+    assert a.obsm["X_senca"].shape == (a.n_obs, 3 * width) and a.uns["senca"]["readout_blocks"] == {"X_senca": 3}
     assert a.obsm["X_senca_latent"].shape == (a.n_obs, 3 * 8)
     assert not np.allclose(a.obsm["X_senca"][:, width:2 * width], a.obsm["X_senca"][:, :width])
 
@@ -59,6 +59,9 @@ def test_ensemble_readout_clusters_by_member_blocks_and_round_trips(tmp_path):
         {(0, width)}, {(width, 2 * width)}, {(2 * width, 3 * width)}]
     assert (region_model.predict(a) == a.obs["region"].astype(int).to_numpy()).all()
     assert sc.metrics.ari(a) > 0.5
+    # the blocks belong to the readout only: another representation of the same slide is cut whole
+    pca_model = sc.tl.cluster(a, 2, use_rep="X_pca", seed=0, return_model=True, key_added="pca_region")
+    assert len(pca_model.members) == 6 and {m.columns for m in pca_model.members} == {None}
 
     path = save_model(model, tmp_path / "model.pt")
     loaded = load_model(path)

@@ -47,12 +47,12 @@ def member_settings(n_pcs: int | None) -> list[dict]:
 
 def readout_blocks(adatas: Sequence[AnnData], use_rep: str, blocks: int | None) -> int:
     """How many equal blocks ``obsm[use_rep]`` has (an ensemble's readout: one per network, ``model._ensemble``):
-    ``blocks`` when given, else the slides' ``uns["senca"]["readout_blocks"]`` (written with the readout; 1 when
-    absent)."""
+    ``blocks`` when given, else the slides' ``uns["senca"]["readout_blocks"][use_rep]`` (written with the readout;
+    1 when absent: any other representation is one block)."""
     from ..errors import ConfigError
 
     if blocks is None:
-        found = {int(a.uns.get("senca", {}).get("readout_blocks", 1)) for a in adatas}
+        found = {int(dict(a.uns.get("senca", {}).get("readout_blocks", {})).get(use_rep, 1)) for a in adatas}
         if len(found) > 1:
             raise ConfigError("readout_blocks", f"the slides' readouts come from different models ({sorted(found)} "
                                                 "networks): cluster slides read out by one model")

@@ -15,7 +15,8 @@ def senca(adatas: AnnData | Sequence[AnnData], config: SencaConfig | None = None
 
     - ``obsm[key_added + "_latent"]``: the fused embedding ``z`` (n, embed_dim);
     - ``obsm[key_added]``: the region readout ``[x, D_e(z)]`` that :func:`cluster` uses (see ``model._readout``);
-    - ``uns["senca"]["readout_blocks"]``: how many networks' readouts it holds side by side (``config.n_models``).
+    - ``uns["senca"]["readout_blocks"]``: ``{key_added: n}``, how many networks' readouts it holds side by side
+      (``config.n_models``).
 
     Every slide must already be preprocessed (``pp.preprocess``; ``hist.patch_features`` where there is an image).
     Returns the model.
@@ -34,4 +35,4 @@ def apply(model: SencaModel, adatas: AnnData | Sequence[AnnData], *, key_added: 
     blocks = readout_blocks(model)
     for a in slides:
         a.obsm[key_added + "_latent"], a.obsm[key_added] = readout(model, a)
-        a.uns.setdefault("senca", {})["readout_blocks"] = blocks
+        a.uns.setdefault("senca", {})["readout_blocks"] = {key_added: blocks}
