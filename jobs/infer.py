@@ -96,6 +96,12 @@ def read_obsm(path: str | Path, key: str) -> np.ndarray | None:
         return None if f"obsm/{key}" not in f else np.asarray(read_elem(f[f"obsm/{key}"]))
 
 
+def readout_blocks_uns(row: dict[str, Any]) -> dict[str, int]:
+    """``uns["senca"]["readout_blocks"]`` of a slide whose readout an embed row wrote (rows cached before the
+    ensemble option have none: one network)."""
+    return {"X_senca": int(row.get("readout_blocks") or 1)}
+
+
 def cluster_args(clustering: dict[str, Any]) -> dict[str, Any]:
     """The spec's ``clustering`` section (``k``: int | "auto", ``align``: ... | "none") as ``tl.cluster`` keywords;
     the infer stage and the Tune objective cluster alike."""
@@ -124,7 +130,7 @@ def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regio
         nb = read_obsm(r["path"], "spatial_neighbors")
         if nb is not None:
             a.obsm["spatial_neighbors"] = nb
-        a.uns["senca"] = {"slide_id": r["slide_id"], "readout_blocks": {"X_senca": int(r.get("readout_blocks") or 1)}}
+        a.uns["senca"] = {"slide_id": r["slide_id"], "readout_blocks": readout_blocks_uns(r)}
         slims.append(a)
     args = cluster_args(clustering)
     region_model = tl.cluster(slims, **args, return_model=True)
@@ -189,7 +195,7 @@ def cohort_slims(rows: list[dict[str, Any]], regions: dict[str, Any], *, embeddi
         a.obs["region"] = pd.Categorical(labels.astype(str), categories=list(regions["categories"]))
         if embeddings:
             a.obsm["X_senca"] = np.load(r["emb_path"])
-        a.uns["senca"] = {"slide_id": r["slide_id"], "readout_blocks": {"X_senca": int(r.get("readout_blocks") or 1)}}
+        a.uns["senca"] = {"slide_id": r["slide_id"], "readout_blocks": readout_blocks_uns(r)}
         slims.append(a)
     return slims
 
@@ -297,7 +303,7 @@ def summarise_slide(row: dict[str, Any]) -> dict[str, Any]:
         adata = ad.read_h5ad(row["path"])
         out["warnings"] += [str(w) for w in np.ravel(adata.uns.get("senca", {}).get("warnings", []))]  # reader's
         adata.obsm["X_senca"] = np.load(row["emb_path"])
-        adata.uns.setdefault("senca", {})["readout_blocks"] = {"X_senca": int(row.get("readout_blocks") or 1)}
+        adata.uns.setdefault("senca", {})["readout_blocks"] = readout_blocks_uns(row)
         if latent_path_of(row["emb_path"]).exists():
             adata.obsm["X_senca_latent"] = np.load(latent_path_of(row["emb_path"]))
         labels = np.load(row["region_path"])

@@ -2,13 +2,15 @@
 
 One network's regions move with its seed: on the small legacy ST sections the ARI over ten training seeds has an
 sd of 0.03-0.09. Three networks bring it to 0.013 on HER2ST A1 and 0.028 on C1, with C1's mean 0.06 lower and
-DLPFC level (docs/BENCHMARKS.md, "An ensemble of three networks"): an option, not the default. ``n_models`` networks, each initialised
-by the same seed's generator one after the other, train on the same slides at the same steps; each member's loss
-is its own (the members never see each other), and the step optimises their sum, so each member gets the
-gradient it would get alone (gradients are clipped member by member, ``clip_members``). The region readout is the
-members' readouts side by side (``[r_1 | r_2 | ...]``, see ``_readout``) and ``tl.cluster``'s consensus cuts each
-member's block with the whole family of cuts and keeps the partition they agree on (``readout_blocks``). Cost:
-``n_models`` times the training and the inference of one network, and that many times the consensus's cuts.
+DLPFC level (docs/BENCHMARKS.md, "An ensemble of three networks"): an option, not the default.
+
+``n_models`` networks, each initialised by the same seed's generator one after the other, train on the same slides
+at the same steps; each member's loss is its own (the members never see each other), and the step optimises their
+sum, so each member gets the gradient it would get alone (gradients are clipped member by member,
+``clip_members``). The region readout is the members' readouts side by side (``[r_1 | r_2 | ...]``, see
+``_readout``); ``tl.cluster`` gives each member's block its own consensus and keeps the consensus of those
+(``uns["senca"]["readout_blocks"]``). Cost: ``n_models`` times the training and the inference of one network, and
+that many times the consensus's cuts.
 
 ``n_models=1`` builds the plain :class:`~senca_core.model._network.SencaModel` (no wrapper): results, files and
 random streams are those of one network.

@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 from anndata import AnnData
 
+from ..errors import ConfigError
 from ._labels import refine_labels, write_regions
 
 #: HMRF-EM rounds of the members that re-estimate the mixture under the prior
@@ -49,8 +50,6 @@ def readout_blocks(adatas: Sequence[AnnData], use_rep: str, blocks: int | None) 
     """How many equal blocks ``obsm[use_rep]`` has (an ensemble's readout: one per network, ``model._ensemble``):
     ``blocks`` when given, else the slides' ``uns["senca"]["readout_blocks"][use_rep]`` (written with the readout;
     1 when absent: any other representation is one block)."""
-    from ..errors import ConfigError
-
     if blocks is None:
         found = {int(dict(a.uns.get("senca", {}).get("readout_blocks", {})).get(use_rep, 1)) for a in adatas}
         if len(found) > 1:

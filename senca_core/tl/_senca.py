@@ -35,4 +35,4 @@ def apply(model: SencaModel, adatas: AnnData | Sequence[AnnData], *, key_added: 
     blocks = readout_blocks(model)
     for a in slides:
         a.obsm[key_added + "_latent"], a.obsm[key_added] = readout(model, a)
-        a.uns.setdefault("senca", {})["readout_blocks"] = {key_added: blocks}
+        a.uns.setdefault("senca", {}).setdefault("readout_blocks", {})[key_added] = blocks
