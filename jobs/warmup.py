@@ -22,6 +22,21 @@ def import_stack() -> None:
 
     from . import infer, preprocess, train_loop  # noqa: F401
 
+    freeze_imports()
+
+
+def freeze_imports() -> None:
+    """Move every object alive now (the imported stack: ~350,000 objects) out of the cyclic garbage collector's
+    reach. A full collection then scans only what the stages create: 0.13 s -> under 1 ms for the
+    ``gc.collect()`` after each slide's task (``_memory.release_memory``) and for every automatic full collection
+    inside a task. Refcounting frees objects as before; only a reference cycle among these import-time objects
+    would outlive its use, and modules live as long as the worker anyway. Workers only: a driver (a test session,
+    a notebook) keeps its collector as it is."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
 
 def import_driver() -> None:
     """In the driver: the imports of its own stage work (shared basis, pooled regions), off the critical path."""
