@@ -71,8 +71,10 @@ def _sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _default_concurrency(plan: dict[str, Any]) -> int:
-    return int(plan["preprocess"].get("concurrency") or plan.get("num_cpus") or 1)
+def _default_concurrency(plan: dict[str, Any]) -> int | None:
+    """The per-slide maps' task cap: the spec's ``preprocess.concurrency``; unset, as many as the CPUs hold."""
+    value = plan["preprocess"].get("concurrency")
+    return None if value is None else int(value)
 
 
 # ----------------------------------------------------------------------------------------------- stage 1

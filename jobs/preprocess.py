@@ -286,9 +286,10 @@ def load_state(path: str | Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- Ray Data driver
-def run_map(rows: list[dict[str, Any]], fn, *, concurrency: int, num_cpus: float, progress: bool = True,
+def run_map(rows: list[dict[str, Any]], fn, *, concurrency: int | None, num_cpus: float, progress: bool = True,
             max_retries: int = TASK_MAX_RETRIES) -> list[dict[str, Any]]:
-    """Ray Data: ``from_items`` (one block per row) → ``map(fn)`` with at most ``concurrency`` tasks at once.
+    """Ray Data: ``from_items`` (one block per row) → ``map(fn)`` with at most ``concurrency`` tasks at once
+    (``None``: as many as the CPUs hold, see :func:`_pool_size`).
 
     Rows travel as JSON text (one column), so optional fields (``None`` here, a path there) never meet Arrow's
     schema unification; results come back in input order, one per row. A task whose worker process dies is retried
@@ -313,7 +314,7 @@ def run_map(rows: list[dict[str, Any]], fn, *, concurrency: int, num_cpus: float
         with warnings.catch_warnings():  # Ray 2.60 has no named parameter for max_retries yet: ray_remote_args
             warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
             ds = ds.map(functools.partial(_json_call, fn), num_cpus=num_cpus,
-                        compute=ray.data.TaskPoolStrategy(size=_pool_size(concurrency, num_cpus, len(items))),
+                        compute=ray.data.TaskPoolStrategy(size=_pool_size(concurrency, len(items))),
                         max_retries=int(max_retries))
         out = {r["i"]: json.loads(r["result"]) for r in ds.take_all()}
     finally:
@@ -321,17 +322,13 @@ def run_map(rows: list[dict[str, Any]], fn, *, concurrency: int, num_cpus: float
     return [out[i] if i in out else _lost_row(row, int(max_retries)) for i, row in enumerate(rows)]
 
 
-def _pool_size(concurrency: int, num_cpus: float, n_rows: int) -> int:
-    """Ray Data's task cap for a map. A ``concurrency`` below the CPU slots the cluster has now (``num_cpus`` per
-    task) is the user's limit and stays the cap. At or above them, Ray's own scheduler already runs no more tasks
-    than fit: every row is submitted at once and the next task starts the moment one ends. Capped at the slots,
-    Ray Data admits the next task only when its loop notices a finished one, 0.1-0.2 s later (8 tasks of 0.8-2 s
-    on 2 CPUs: 5.8 s capped, 5.3 s not; ideal 4.85)."""
-    import ray
-
-    wanted = max(1, min(int(concurrency), n_rows))
-    slots = ray.cluster_resources().get("CPU", 0.0) // num_cpus if num_cpus > 0 else float("inf")
-    return n_rows if wanted >= slots else wanted
+def _pool_size(concurrency: int | None, n_rows: int) -> int:
+    """Ray Data's task cap for a map. ``concurrency`` given (``preprocess.concurrency``): the user's limit, the cap.
+    ``None`` (the default): every row is submitted at once and Ray's own scheduler runs as many as the CPUs hold,
+    starting the next the moment one ends. Capped at the CPU slots instead, Ray Data admits the next task only when
+    its loop notices a finished one, 0.1-0.2 s later (8 tasks of 0.8-2 s on 2 CPUs: 5.6-5.8 s capped, 5.3 s not;
+    ideal 4.85)."""
+    return n_rows if concurrency is None else max(1, min(int(concurrency), n_rows))
 
 
 def _lost_row(row: dict[str, Any], max_retries: int) -> dict[str, Any]:

@@ -12,20 +12,14 @@ import pytest
 from jobs import preprocess, warmup
 
 
-@pytest.mark.parametrize(("cpus", "concurrency", "num_cpus", "rows", "size"), [
-    (2.0, 2, 1.0, 8, 8),    # concurrency = the slots: every row submitted, Ray's scheduler runs two at a time
-    (2.0, 4, 1.0, 8, 8),    # above the slots: the same
-    (8.0, 2, 1.0, 8, 2),    # the user's limit below the slots stays the cap
-    (4.0, 2, 2.0, 6, 6),    # 2-CPU tasks on 4 CPUs: 2 slots
-    (2.0, 2, 1.0, 1, 1),    # one row
-    (2.0, 3, 0.0, 5, 3),    # zero-CPU tasks: no slot limit from Ray, the cap stays
+@pytest.mark.parametrize(("concurrency", "rows", "size"), [
+    (None, 8, 8),  # unset: every row submitted, Ray's scheduler runs as many as the CPUs hold
+    (None, 1, 1),
+    (2, 8, 2),     # the user's limit is the cap
+    (4, 3, 3),
 ])
-def test_the_map_cap_is_lifted_only_where_ray_already_limits_the_tasks(monkeypatch, cpus, concurrency, num_cpus,
-                                                                       rows, size):
-    import ray
-
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": cpus})
-    assert preprocess._pool_size(concurrency, num_cpus, rows) == size
+def test_the_map_cap_is_the_users_limit_or_every_row(concurrency, rows, size):
+    assert preprocess._pool_size(concurrency, rows) == size
 
 
 def test_run_map_keeps_input_order_and_leaves_the_data_context_as_found():
@@ -39,7 +33,7 @@ def test_run_map_keeps_input_order_and_leaves_the_data_context_as_found():
         ctx = ray.data.DataContext.get_current()
         before = ctx.max_errored_blocks, ctx.op_resource_reservation_enabled
         rows = [{"slide_id": f"s{i}", "x": i} for i in range(5)]
-        out = preprocess.run_map(rows, dict, concurrency=2, num_cpus=1.0, progress=False)  # a copy of each row
+        out = preprocess.run_map(rows, dict, concurrency=None, num_cpus=1.0, progress=False)  # a copy of each row
         assert [(r["slide_id"], r["x"]) for r in out] == [(f"s{i}", i) for i in range(5)]
         assert all(r["task_peak_rss_mb"] > 0 for r in out)
         assert (ctx.max_errored_blocks, ctx.op_resource_reservation_enabled) == before
