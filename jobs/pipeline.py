@@ -220,7 +220,7 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
                 tracker.progress(f"infer: tumour sub-regions not computed ({type(err).__name__}: {err})")
         rows = [{"slide_id": r["slide_id"], "patient_id": patients[r["slide_id"]], "path": r["path"],
                  "emb_path": r["emb_path"], "region_path": regions["region_paths"][r["slide_id"]],
-                 "readout_blocks": int(r.get("readout_blocks") or 1),
+                 "readout_blocks": r.get("readout_blocks"),
                  "categories": regions["categories"], "region_names": names,
                  "subregion_path": (subregions or {}).get("paths", {}).get(r["slide_id"]),
                  "h5ad_path": str(out / "slides" / f"{r['slide_id']}.h5ad"),

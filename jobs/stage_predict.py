@@ -84,7 +84,7 @@ def predict_slide(entry: dict[str, Any], fitted: Fitted, out: Path, *, stamp: di
         return st, None
     summ = summarise_slide({"slide_id": sid, "patient_id": entry["patient_id"], "path": str(path),
                             "emb_path": str(emb_path), "region_path": str(reg_path),
-                            "readout_blocks": int(emb.get("readout_blocks") or 1),
+                            "readout_blocks": emb.get("readout_blocks"),
                             "categories": list(fitted.categories),
                             "h5ad_path": str(out / "slides" / f"{sid}.h5ad"),
                             "map_path": str(out / "maps" / f"{sid}_regions.png"),
