@@ -53,6 +53,24 @@ def test_the_callers_warn_only_setting_is_restored():
         torch.use_deterministic_algorithms(False)
 
 
+def test_training_skips_the_nan_fill_of_new_buffers_and_restores_it():
+    from senca_core.model import deterministic
+
+    assert torch.utils.deterministic.fill_uninitialized_memory  # torch's default in deterministic mode
+    with deterministic():
+        assert not torch.utils.deterministic.fill_uninitialized_memory
+    assert torch.utils.deterministic.fill_uninitialized_memory
+
+
+def test_the_neighbourhood_target_is_the_mean_over_each_spots_neighbours_computed_once():
+    from senca_core.model import make_batch
+
+    batch = make_batch(_slide(), SencaConfig(**TINY))
+    first = batch.neighbourhood_mean("expr")
+    assert torch.equal(first, batch.expr[batch.neighbors].mean(dim=1))
+    assert batch.neighbourhood_mean("expr") is first
+
+
 def test_the_platform_loop_trains_under_deterministic_algorithms(tmp_path):
     from jobs.train_loop import read_checkpoint, run_loop
     from jobs.train_sessions import SoloSession

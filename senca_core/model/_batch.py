@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,10 +25,18 @@ class SlideBatch:
     hist: torch.Tensor | None
     neighbors: torch.Tensor
     slide_id: str = "?"
+    _neighbourhood_means: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_spots(self) -> int:
         return int(self.neighbors.shape[0])
+
+    def neighbourhood_mean(self, name: str) -> torch.Tensor:
+        """The mean input over each spot's N(i) of one modality (``"expr"`` or ``"hist"``): the hierarchy's
+        neighbourhood-scale target, a constant of the slide, so computed once and kept."""
+        if name not in self._neighbourhood_means:
+            self._neighbourhood_means[name] = getattr(self, name)[self.neighbors].mean(dim=1)
+        return self._neighbourhood_means[name]
 
     def to(self, device: str | torch.device) -> "SlideBatch":
         move = (lambda t: None if t is None else t.to(device))

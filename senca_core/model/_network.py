@@ -281,10 +281,10 @@ class SencaModel(nn.Module):
             nb = batch.neighbors
             z_nb = z[nb].mean(dim=1)  # neighbourhood scale
             if expr is not None:
-                recon(self.decode_e, expr[nb].mean(dim=1), None, cfg.w_neigh, "rec_expr_neigh", z_nb)
+                recon(self.decode_e, batch.neighbourhood_mean("expr"), None, cfg.w_neigh, "rec_expr_neigh", z_nb)
             if hist is not None:
-                recon(self.decode_h, hist[nb].mean(dim=1), None, cfg.w_neigh * cfg.w_hist / max(cfg.w_expr, 1e-8),
-                      "rec_hist_neigh", z_nb)
+                recon(self.decode_h, batch.neighbourhood_mean("hist"), None,
+                      cfg.w_neigh * cfg.w_hist / max(cfg.w_expr, 1e-8), "rec_hist_neigh", z_nb)
             if use_prototypes and cfg.w_proto > 0:  # region scale
                 q = torch.softmax(F.normalize(z, dim=1) @ F.normalize(self.prototypes, dim=1).T / 0.1, dim=1)
                 with torch.no_grad():

@@ -35,13 +35,17 @@ def deterministic() -> Iterator[None]:
     bit-identical reruns. Without it the backward of the neighbour gathers (an accumulating index_put) sums in
     thread order on CPU with two or more threads: a 1e-8 difference at the first step that 200 epochs grow into
     other embeddings (measured: two CLI runs of a six-slide cohort). ``warn_only``: an op without a deterministic
-    version warns instead of failing."""
-    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    version warns instead of failing. Uninitialised memory is not filled with NaN (torch's debugging aid in this
+    mode): every buffer the loop allocates is written before it is read, and the fill cost 8 % of an epoch."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.utils.deterministic.fill_uninitialized_memory)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.utils.deterministic.fill_uninitialized_memory = previous[2]
 
 
 def resolve_device(config: SencaConfig) -> torch.device:
