@@ -181,6 +181,16 @@ def test_pca_matches_sklearn_and_separates_regions(slide):
     assert adjusted_rand_score(merged, g) > 0.7
 
 
+def test_the_genes_gram_matrix_summed_over_row_blocks_is_the_sparse_product(monkeypatch):
+    import scipy.sparse as sp
+
+    from senca_core.pp import _pca
+
+    X = sp.random(53, 11, density=0.3, format="csr", random_state=0, dtype=np.float64)
+    monkeypatch.setattr(_pca, "_GRAM_ROWS", 7)  # eight blocks, the last one short
+    np.testing.assert_allclose(_pca._gram(X), (X.T @ X).toarray(), rtol=1e-12, atol=1e-12)
+
+
 def test_pca_cohort_shared_basis_and_projection(tmp_path):
     a = synthetic_slide(500, seed=1, with_image=False, slide_id="a")
     b = synthetic_slide(400, seed=2, with_image=False, slide_id="b", layout={"tumour": 0.2})
