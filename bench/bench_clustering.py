@@ -72,7 +72,8 @@ def cut(a, k: int, seed: int, kwargs: dict) -> None:
 
     six = member_settings(15)
     settings = six + [dict(s, covariance="tied") for s in six if not s["prior_em_rounds"]]
-    consensus_cut([a], lambda s, kk: sc.tl.cluster(a, kk, seed=seed, consensus=False, return_model=True, **s),
+    consensus_cut([a], lambda s, kk, slides: sc.tl.cluster(slides, kk, seed=seed, consensus=False,
+                                                          return_model=True, **s),
                   settings, k, refine=True, key_added="region", use_rep="X_senca")
 
 

@@ -16,6 +16,7 @@ from ._align import SlideAligner
 from ._consensus import ConsensusRegionModel, block_settings, consensus_cut, member_settings, readout_blocks
 from ._per_slide import PerSlideRegionModel, big_enough, per_slide_cut
 from ._labels import refine_labels, spatial_prior_labels, write_regions
+from ._threads import thread_map
 
 METHODS = ("gmm", "leiden", "kmeans")
 CUT_BY = ("cohort", "slide")
@@ -67,8 +68,11 @@ def _choose_k(X: np.ndarray, seed: int, k_max: int, max_spots: int = 3000) -> in
         return int(ks[0])
     # the full family regularised as the cuts' own mixtures are (``reg_covar`` 1e-4): unregularised, a full
     # covariance fitted to a few dozen spots in 15 dimensions is near-singular and its BIC flatters it
-    curves = {cov: np.array([GaussianMixture(int(k), covariance_type=cov, reg_covar=reg, random_state=seed)
-                             .fit(X).bic(X) for k in ks]) for cov, reg in (("diag", 1e-6), ("full", 1e-4))}
+    families = (("diag", 1e-6), ("full", 1e-4))
+    fits = [(cov, reg, int(k)) for cov, reg in families for k in ks]  # independent: fitted side by side
+    bics = thread_map(lambda f: GaussianMixture(f[2], covariance_type=f[0], reg_covar=f[1], random_state=seed)
+                      .fit(X).bic(X), fits)
+    curves = {cov: np.array(bics[i * len(ks):(i + 1) * len(ks)]) for i, (cov, _) in enumerate(families)}
     bic = min(curves.values(), key=lambda curve: curve.min())
     x = (ks - ks[0]) / (ks[-1] - ks[0])
     y = (bic - bic.min()) / (np.ptp(bic) or 1.0)
@@ -317,11 +321,12 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         shared = {"method": "gmm", "use_rep": use_rep, "refine": refine, "seed": seed, "key_added": key_added,
                   "k_max": k_max, "align": align, "spatial_prior": spatial_prior, "return_model": True}
 
-        def fit_member(setting: dict, k_member: int | None) -> RegionModel:
-            return cluster(adatas, k_member, consensus=False, _fits=fits, _columns=_columns, **shared, **setting)
+        def fit_member(setting: dict, k_member: int | None, slides: list) -> RegionModel:
+            return cluster(slides, k_member, consensus=False, _fits=fits, _columns=_columns, **shared, **setting)
 
-        def fit_block(setting: dict, k_block: int | None) -> ConsensusRegionModel:  # one network's consensus
-            return cluster(adatas, k_block, n_pcs=n_pcs, consensus=True, **shared, **setting)
+        def fit_block(setting: dict, k_block: int | None, slides: list) -> ConsensusRegionModel:
+            # one network's consensus
+            return cluster(slides, k_block, n_pcs=n_pcs, consensus=True, **shared, **setting)
 
         if blocks > 1:  # an ensemble's readout: the consensus of its networks' consensuses
             model = consensus_cut(adatas, fit_block, block_settings(blocks, _pooled(adatas[:1], use_rep).shape[1]),

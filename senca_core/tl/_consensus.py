@@ -13,7 +13,8 @@ Each spot gets a tuple of member region ids. Tuples held by enough spots are mer
 Hamming distance between tuples, weighted by how many spots hold each (exactly UPGMA over the spots themselves,
 since identical tuples are at distance 0), down to k groups; a rare tuple joins the group whose members' ids it
 matches best. The consensus is refined spatially like any cut. Cost: three GMM fits (the HMRF-EM members start
-from their plain twin's fit) plus the HMRF-EM rounds, and a linkage over at most ``max_items`` distinct tuples.
+from their plain twin's fit) plus the HMRF-EM rounds, and a linkage over at most ``max_items`` distinct tuples;
+after the first member (which chooses k) the fits run side by side on the CPUs the process may use.
 
 :class:`ConsensusRegionModel` keeps the members and the tuple table, so a new slide gets the same region ids and
 the training slides get exactly their regions back.
@@ -30,10 +31,12 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 
 from ..errors import ConfigError
 from ._labels import refine_labels, write_regions
+from ._threads import thread_map
 
 #: HMRF-EM rounds of the members that re-estimate the mixture under the prior
 EM_ROUNDS = 10
@@ -163,17 +166,45 @@ def _best_group(L: np.ndarray, profiles: list) -> np.ndarray:
     return _group_scores(L, profiles).argmax(1)
 
 
-def consensus_cut(adatas: Sequence[AnnData], fit_member: Callable[[dict, int | None], object], settings: list,
-                  k: int | None, *, refine: bool, key_added: str, use_rep: str,
+def _member_views(adatas: Sequence[AnnData]) -> list[AnnData]:
+    """Stand-ins for the slides that a member fitted in its own thread reads from and writes its regions into:
+    the same ``obsm`` arrays and ``uns`` (not copied), an ``obs`` of its own."""
+    return [AnnData(obs=pd.DataFrame(index=a.obs_names.copy()), obsm=dict(a.obsm), uns=a.uns) for a in adatas]
+
+
+def _fit_groups(settings: list) -> list[list[int]]:
+    """Member indices grouped so that members sharing one mixture fit (a cut and its HMRF-EM twin: the same
+    settings but ``prior_em_rounds``) run one after the other, the twin reusing the fit; groups are independent."""
+    groups: dict = {}
+    for i, setting in enumerate(settings):
+        key = tuple(sorted((name, repr(value)) for name, value in setting.items() if name != "prior_em_rounds"))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def consensus_cut(adatas: Sequence[AnnData], fit_member: Callable[[dict, int | None, list], object],
+                  settings: list, k: int | None, *, refine: bool, key_added: str, use_rep: str,
                   max_items: int = 1000) -> ConsensusRegionModel:
-    """Fit every member (``fit_member(setting, k)`` returns a fitted cut and writes ``obs[key_added]``), then the
-    consensus; writes the consensus regions to ``obs[key_added]`` of every slide and returns its model."""
-    members, columns = [], []
-    for setting in settings:
-        member = fit_member(setting, k)
-        k = int(member.k_requested)  # the first member chooses k when it was not given
-        members.append(member)
-        columns.append(np.concatenate([a.obs[key_added].astype(int).to_numpy() for a in adatas]))
+    """Fit every member (``fit_member(setting, k, slides)`` returns a fitted cut and writes ``obs[key_added]`` of
+    ``slides``), then the consensus; writes the consensus regions to ``obs[key_added]`` of every slide and returns
+    its model. The first member runs first (it chooses k when it was not given); the others are independent of
+    each other and are fitted side by side (``_threads.thread_map``), each on its own stand-ins of the slides, so
+    the members and the regions are those of fitting them one after the other."""
+    def labels(slides) -> np.ndarray:
+        return np.concatenate([a.obs[key_added].astype(int).to_numpy() for a in slides])
+
+    first = fit_member(settings[0], k, list(adatas))
+    k = int(first.k_requested)
+    members, columns = [first] + [None] * (len(settings) - 1), [labels(adatas)] + [None] * (len(settings) - 1)
+
+    def fit_group(indices: list[int]) -> list[tuple[int, object, np.ndarray]]:
+        views = _member_views(adatas)
+        return [(i, fit_member(settings[i], k, views), labels(views)) for i in indices]
+
+    rest = [[i for i in group if i > 0] for group in _fit_groups(settings)]
+    for done in thread_map(fit_group, [group for group in rest if group]):
+        for i, member, column in done:
+            members[i], columns[i] = member, column
     L = np.stack(columns, axis=1)
     tuples, inverse, counts = np.unique(L, axis=0, return_inverse=True, return_counts=True)
     inverse = np.asarray(inverse).reshape(-1)

@@ -1,0 +1,81 @@
+"""The clustering's independent fits side by side (``senca_core.tl._threads``): same regions as one after the other."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from anndata import AnnData
+
+from senca_core import tl
+from senca_core.tl import _threads
+
+from _state_slides import CENTRES
+
+
+def test_thread_map_keeps_the_order_and_runs_nested_calls_inline(monkeypatch):
+    monkeypatch.setattr(_threads, "usable_cpus", lambda: 2)
+    seen = []
+
+    def inner(x):
+        seen.append(threading.current_thread().name)
+        return x * 10
+
+    def outer(x):
+        return [x, _threads.thread_map(inner, [x, x + 1])]
+
+    got = _threads.thread_map(outer, range(5))
+    assert got == [[x, [10 * x, 10 * (x + 1)]] for x in range(5)]
+    assert all(name.startswith("senca-fit") for name in seen)  # the outer threads ran the inner items themselves
+
+    def boom(x):
+        raise ValueError(f"item {x}")
+
+    with pytest.raises(ValueError, match="item"):
+        _threads.thread_map(boom, [1, 2])
+
+
+def test_one_usable_cpu_is_a_plain_loop_and_omp_num_threads_caps_the_cpus(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert _threads.usable_cpus() == 1
+    names = _threads.thread_map(lambda _: threading.current_thread().name, range(3))
+    assert names == [threading.current_thread().name] * 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert _threads.usable_cpus() >= 1
+
+
+def _bands(seed: int, side: int = 18) -> AnnData:
+    """Three noisy bands of tissue states in 40 dimensions (so the consensus's 10, 15 and 30 components all fit)."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    xx, yy = np.meshgrid(np.arange(side), np.arange(side))
+    xy = np.c_[xx.ravel(), yy.ravel()].astype(float)
+    truth = np.minimum((xy[:, 0] * 3 // side).astype(int), 2)
+    lift = np.random.default_rng(0).normal(size=(CENTRES.shape[1], 40))
+    a = AnnData(X=sp.csr_matrix((len(xy), 0), dtype=np.float32))
+    a.obsm["X_senca"] = (CENTRES[truth] + rng.normal(0, 1.5, size=(len(xy), CENTRES.shape[1]))) @ lift \
+        + rng.normal(0, 0.3, size=(len(xy), 40))
+    a.obsm["spatial_neighbors"] = cKDTree(xy).query(xy, k=9)[1].astype(np.int64)
+    a.obs["truth"] = pd.Categorical(truth.astype(str))
+    a.uns["senca"] = {"slide_id": f"bands{seed}"}
+    return a
+
+
+@pytest.mark.parametrize("k", [3, None])
+def test_the_consensus_fitted_side_by_side_is_the_consensus_fitted_in_turn(monkeypatch, k):
+    """Members after the first (which chooses k) run in threads on stand-ins of the slides: the same k, the same
+    member cuts and the same regions on every slide as with one CPU; the slides get only the consensus."""
+    results = {}
+    for cpus in (1, 2):
+        monkeypatch.setattr(_threads, "usable_cpus", lambda cpus=cpus: cpus)
+        slides = [_bands(1), _bands(2)]
+        model = tl.cluster(slides, k, return_model=True)
+        results[cpus] = (model.k_requested, [s.obs["region"].astype(int).tolist() for s in slides],
+                         [[m.predict(s).tolist() for s in slides] for m in model.members])
+        assert list(slides[0].obs.columns) == ["truth", "region"]
+    assert results[1] == results[2]
+    assert len(results[2][2]) == 6
