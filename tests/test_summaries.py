@@ -210,6 +210,8 @@ def test_region_map_writes_a_real_picture(tmp_path):
     assert Image.open(out2).size[0] > 300
     with pytest.raises(SlideError):
         region_map(a, key="nope", out=tmp_path / "m3.png")
+    pdf = region_map(a, key="label", out=tmp_path / "m4.pdf")  # PNG's compression setting is for PNG only
+    assert pdf.read_bytes().startswith(b"%PDF")
 
 
 # ---- HER2ST: the tumour rule on pathologist labels -------------------------------------------------

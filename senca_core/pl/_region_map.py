@@ -172,6 +172,9 @@ def region_map(
     ax.set_title(title or f"{slide} — {key} ({adata.n_obs} spots)", fontsize=12)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, bbox_inches="tight", facecolor="white")
+    # zlib level 1 for a PNG: a tenth larger file, a quarter of the encoding time (0.4-0.5 s a map at PIL's default 6,
+    # one map per slide); the pixels are the same
+    png = {"pil_kwargs": {"compress_level": 1}} if out.suffix.lower() == ".png" else {}
+    fig.savefig(out, bbox_inches="tight", facecolor="white", **png)
     plt.close(fig)
     return out
