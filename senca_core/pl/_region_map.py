@@ -70,6 +70,24 @@ def _legend_names(adata: AnnData, key: str) -> dict[str, str]:
             for r, n, t in zip(table["region"], table["region_name"], tissue)}
 
 
+def _tight_box(fig, image):
+    """The figure's tight bounding box (what ``bbox_inches="tight"`` saves), laid out with the H&E image hidden:
+    the image lies inside the axes, so the box is the same, and the lanczos resampling of the thumbnail is done once,
+    when the PNG is drawn, instead of also in the layout pass (0.17 s a map)."""
+    import matplotlib
+
+    if image is not None:
+        image.set_visible(False)
+    try:
+        fig.draw_without_rendering()
+        box = fig.get_tightbbox(fig.canvas.get_renderer())
+    finally:
+        if image is not None:
+            image.set_visible(True)
+    pad = matplotlib.rcParams["savefig.pad_inches"]
+    return box.padded(pad, pad)
+
+
 def region_map(
     adata: AnnData,
     key: str = "region",
@@ -147,7 +165,7 @@ def region_map(
     fig_w = 7.5
     fig, ax = plt.subplots(figsize=(fig_w + 2.6, max(fig_w * aspect, 3.0)), dpi=dpi)
     if thumb is not None:
-        ax.imshow(thumb[0], origin="upper", interpolation="lanczos")
+        image = ax.imshow(thumb[0], origin="upper", interpolation="lanczos")
     else:
         ax.set_facecolor("#f4f1ec")
     ec = EllipseCollection(np.full(len(pts), d), np.full(len(pts), d), np.zeros(len(pts)),
@@ -175,6 +193,6 @@ def region_map(
     # zlib level 1 for a PNG: a tenth larger file, a quarter of the encoding time (0.4-0.5 s a map at PIL's default 6,
     # one map per slide); the pixels are the same
     png = {"pil_kwargs": {"compress_level": 1}} if out.suffix.lower() == ".png" else {}
-    fig.savefig(out, bbox_inches="tight", facecolor="white", **png)
+    fig.savefig(out, bbox_inches=_tight_box(fig, image if thumb is not None else None), facecolor="white", **png)
     plt.close(fig)
     return out
