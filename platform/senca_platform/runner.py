@@ -115,7 +115,7 @@ def run_cohort(spec: CohortSpec | str | Path, *, output_dir: str | Path | None =
     echo = echo or say
     from jobs.pipeline import sweep_partial_files
 
-    from .tracking import RUN_HTTP_DEFAULTS, http_settings
+    from .tracking_conn import RUN_HTTP_DEFAULTS, http_settings  # not .tracking: MLflow loads beside Ray
 
     console = RunConsole(out / "logs" if verbosity else None, verbosity or "verbose")
     with output_lock(out), http_settings(RUN_HTTP_DEFAULTS, override=False), console:
@@ -171,7 +171,7 @@ def _process_age() -> float:
 def _probe(spec: CohortSpec, echo: Callable[[str], None]) -> str:
     """Says where the run is tracked and checks that the server answers (:class:`RunNotStarted` if not)."""
     from .registry import redact_uri
-    from .tracking import TrackingUnavailable, probe_tracking
+    from .tracking_conn import TrackingUnavailable, probe_tracking
 
     uri = spec.tracking_uri()
     echo(f"MLflow: {redact_uri(uri)} (experiment {spec.experiment_name!r})")
