@@ -38,6 +38,20 @@ def test_thread_map_keeps_the_order_and_runs_nested_calls_inline(monkeypatch):
         _threads.thread_map(boom, [1, 2])
 
 
+def test_the_process_blas_threads_are_as_they_were_after_fits_in_threads(monkeypatch):
+    """k-means (the mixtures' initialisation) limits BLAS to one thread and restores what it found; overlapping in
+    threads, that once left the whole process at one BLAS thread. The pool's own limit, set and restored in the
+    calling thread, keeps the process's setting."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_info
+
+    monkeypatch.setattr(_threads, "usable_cpus", lambda: 2)
+    X = np.random.default_rng(0).normal(size=(400, 5))
+    before = sorted((i["user_api"], i["num_threads"]) for i in threadpool_info())
+    _threads.thread_map(lambda k: KMeans(k, n_init=3, random_state=0).fit(X).inertia_, range(2, 10))
+    assert sorted((i["user_api"], i["num_threads"]) for i in threadpool_info()) == before
+
+
 def test_one_usable_cpu_is_a_plain_loop_and_omp_num_threads_caps_the_cpus(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert _threads.usable_cpus() == 1
