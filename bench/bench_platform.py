@@ -7,8 +7,8 @@ For every cohort, in one run, side by side:
   fixed start-up (Ray start overlapped with the MLflow set-up, then the workers' imports).
 - **in-process**: the same per-slide functions (``jobs.preprocess.read_and_prepare``, ``fit_shared_basis``,
   ``project_slide``), the same training loop (``jobs.train_loop.run_loop``, same epochs, same torch threads), the
-  same inference and summaries (``jobs.infer``: embeddings, pooled regions, per-slide h5ad, region maps, tables) in
-  one process, without Ray and MLflow.
+  same inference and summaries (``jobs.infer``: embeddings, pooled regions, the cohort's region names and tumour
+  sub-regions, per-slide h5ad, region maps, tables) in one process, without Ray and MLflow.
 
 Ratio = (CLI end to end - fixed start-up) / in-process sum; target <= 1.3 on every row, start-up <= 8 s.
 Peak worker RSS: the largest resident memory of any Ray worker (preprocess / train / infer tasks).
@@ -181,9 +181,14 @@ def in_process(spec_path: Path, threads: int) -> dict:
             for sid, p in final.items()]
     regions = infer.cluster_cohort(rows, plan["clustering"], out / "regions")
     patients = {s["slide_id"]: s["patient_id"] for s in plan["slides"]}
+    slims = infer.cohort_slims(rows, regions)  # the cohort's names and tumour sub-regions, as the CLI's infer stage
+    names = infer.name_cohort_regions(rows, regions, slims)
+    subregions = (infer.cohort_subregions(rows, regions, names, out / "subregions", slims)
+                  if any(names["is_tumour"]) else None)
     summaries = [infer.summarise_slide({
         "slide_id": r["slide_id"], "patient_id": patients[r["slide_id"]], "path": r["path"],
         "emb_path": r["emb_path"], "region_path": regions["region_paths"][r["slide_id"]],
+        "region_names": names, "subregion_path": (subregions or {}).get("paths", {}).get(r["slide_id"]),
         "categories": regions["categories"], "h5ad_path": str(out / "slides" / f"{r['slide_id']}.h5ad"),
         "map_path": str(out / "maps" / f"{r['slide_id']}.png"),
         "markers_path": str(out / "markers" / f"{r['slide_id']}.csv"),
