@@ -164,6 +164,7 @@ def region_map(
     aspect = (y1 - y0) / max(x1 - x0, 1e-9)
     fig_w = 7.5
     fig, ax = plt.subplots(figsize=(fig_w + 2.6, max(fig_w * aspect, 3.0)), dpi=dpi)
+    image = None
     if thumb is not None:
         image = ax.imshow(thumb[0], origin="upper", interpolation="lanczos")
     else:
@@ -193,6 +194,6 @@ def region_map(
     # zlib level 1 for a PNG: a tenth larger file, a quarter of the encoding time (0.4-0.5 s a map at PIL's default 6,
     # one map per slide); the pixels are the same
     png = {"pil_kwargs": {"compress_level": 1}} if out.suffix.lower() == ".png" else {}
-    fig.savefig(out, bbox_inches=_tight_box(fig, image if thumb is not None else None), facecolor="white", **png)
+    fig.savefig(out, bbox_inches=_tight_box(fig, image), facecolor="white", **png)
     plt.close(fig)
     return out
