@@ -64,6 +64,29 @@ def test_embedded_ray_workers_run_at_the_commands_priority():
     assert ray.get(niceness.remote()) == os.nice(0)
 
 
+def test_embedded_ray_keeps_its_warm_workers_while_a_task_holds_every_cpu():
+    """Ray stops idle workers beyond the CPUs still free after 1 s: while a one-worker training task held both
+    CPUs, the other warm worker (its imports paid once) was stopped, and the next stage started a cold one (on 8
+    small slides: 3 s more in the infer stage). An embedded run raises that limit, so it survives."""
+    import time
+
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def pid() -> int:
+        time.sleep(0.5)  # both CPUs busy: two worker processes
+        return os.getpid()
+
+    @ray.remote(num_cpus=2)
+    def hold() -> int:
+        time.sleep(3.0)  # every CPU held, the other worker idle for several of Ray's 1 s kill rounds
+        return os.getpid()
+
+    first = set(ray.get([pid.remote() for _ in range(2)]))
+    assert ray.get(hold.remote()) in first
+    assert set(ray.get([pid.remote() for _ in range(2)])) == first
+
+
 # --------------------------------------------------------------------------------------------- synthetic
 @pytest.fixture(scope="module")
 def synthetic_run(tmp_path_factory):

@@ -56,6 +56,17 @@ def _loopback_node() -> Iterator[None]:
 #: ``RAY_worker_niceness`` in the environment is kept; a cluster's workers follow the cluster's own setting).
 WORKER_NICENESS = "RAY_worker_niceness"
 
+#: Ray stops idle worker processes beyond the CPUs still free after 1 s idle. While a one-worker training task held
+#: both CPUs of a 2-core machine, the other warm worker (its imports paid once, ``jobs.warmup``) was stopped, and the
+#: next stage started a cold one: on 8 slides of 300 spots the infer stage's embedding map took 3.0-3.4 s instead of
+#: 0.65 s and its summaries 5.5 s instead of 4.5 s (8 x 2,000 spots: the infer stage 29.7 -> 19.9 s). An embedded Ray
+#: keeps up to its CPUs plus :data:`IDLE_WORKER_SLACK` worker processes (an explicit ``RAY_num_workers_soft_limit``
+#: in the environment is kept). A bound on the processes kept, not a number started: Ray still starts a worker only
+#: when a task needs one, and the embedded Ray ends with the run. The cost: an idle warm worker keeps its imported
+#: stack resident (a few hundred MB) while a training task runs beside it.
+WORKERS_SOFT_LIMIT = "RAY_num_workers_soft_limit"
+IDLE_WORKER_SLACK = 8
+
 
 def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, logging_level: str = "WARNING",
                     dashboard: bool = True) -> str:
@@ -89,7 +100,8 @@ def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, 
         outer_address = os.environ.pop("RAY_ADDRESS", None)  # the spec has no address: embedded, whatever the shell says
         try:  # the raylet reads these at start and its workers inherit them (WORKER_NICENESS: unless the user set it)
             with env_settings({"RAY_GCS_SERVER_PORT": str(port), **env}, override=True), \
-                    env_settings({WORKER_NICENESS: "0"}, override=False):
+                    env_settings({WORKER_NICENESS: "0", WORKERS_SOFT_LIMIT: str(_soft_limit(num_cpus))},
+                                 override=False):
                 context = ray.init(include_dashboard=bool(dashboard), dashboard_host="127.0.0.1", num_cpus=num_cpus,
                                    log_to_driver=log_to_driver, logging_level=logging_level)
         finally:
@@ -98,6 +110,17 @@ def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, 
     global _DASHBOARD
     _DASHBOARD = getattr(context, "dashboard_url", None) or None
     return ray.get_runtime_context().gcs_address
+
+
+def _soft_limit(num_cpus: int | None) -> int:
+    """The embedded Ray's soft limit on worker processes: its CPUs (those this process may use when unset) plus
+    :data:`IDLE_WORKER_SLACK`."""
+    if not num_cpus:
+        try:
+            num_cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            num_cpus = os.cpu_count() or 1
+    return int(num_cpus) + IDLE_WORKER_SLACK
 
 
 class ClusterError(RuntimeError):
