@@ -78,12 +78,11 @@ def test_embedded_ray_keeps_its_warm_workers_while_a_task_holds_every_cpu():
         return os.getpid()
 
     @ray.remote(num_cpus=2)
-    def hold() -> int:
-        time.sleep(3.0)  # every CPU held, the other worker idle for several of Ray's 1 s kill rounds
-        return os.getpid()
+    def hold() -> None:
+        time.sleep(3.0)  # every CPU held, an idle worker for several of Ray's 1 s kill rounds
 
     first = set(ray.get([pid.remote() for _ in range(2)]))
-    assert ray.get(hold.remote()) in first
+    ray.get(hold.remote())
     assert set(ray.get([pid.remote() for _ in range(2)])) == first
 
 
