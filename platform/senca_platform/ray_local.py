@@ -113,12 +113,14 @@ def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, 
 
 
 def _soft_limit(num_cpus: int | None) -> int:
-    """The embedded Ray's soft limit on worker processes: its CPUs (those this process may use when unset) plus
-    :data:`IDLE_WORKER_SLACK`."""
+    """The embedded Ray's soft limit on worker processes: its CPUs plus :data:`IDLE_WORKER_SLACK`. Unset, the CPUs
+    Ray itself will detect (its own count, cgroup quotas included), so the limit is never below Ray's default."""
     if not num_cpus:
         try:
-            num_cpus = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
+            from ray._private.utils import get_num_cpus
+
+            num_cpus = get_num_cpus()
+        except (ImportError, AttributeError):  # another Ray: the machine's count
             num_cpus = os.cpu_count() or 1
     return int(num_cpus) + IDLE_WORKER_SLACK
 
