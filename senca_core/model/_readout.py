@@ -11,6 +11,12 @@ fixed weight (``SencaConfig.readout_hist_weight``) where the slide has an image:
 interpretation of SENCA-st's "keep both modalities, neither drowned in noise nor smoothed away": regions alike in
 histology but not in expression separate on ``x``/``x_hat``, regions alike in expression but not in histology on
 ``h_hat``.
+
+The weight of ``h_hat`` is where the two labelled image sections disagree (docs/BENCHMARKS.md, "Tried on
+2026-12-06, eleventh stop"): without the block (``readout_hist_weight`` 0) DLPFC 151673's lowres image (4 px per
+spot) lifts its layers over the expression-only ablation (0.555 against 0.512) while HER2ST A1 (31 px per spot)
+loses what its image adds (0.438 -> 0.419). Leave one section out keeps 0.25. The weight enters only the readout,
+not the training: the same trained network gives both.
 """
 
 from __future__ import annotations
