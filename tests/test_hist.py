@@ -101,6 +101,19 @@ def test_outside_spots_are_flagged_padded_white_or_raise(pyramid):
     assert err.value.slide == "S1" and err.value.field == "spatial" and "pyramid.tif" in msg
 
 
+def test_a_coarse_image_is_said_in_the_slides_warnings(tmp_path):
+    png = tmp_path / "lowres.png"
+    Image.fromarray(np.full((200, 200, 3), 200, np.uint8)).save(png)
+    coarse = hand_adata([(50, 50), (100, 100)], image_path=png, diameter=4.3)  # a Visium lowres image's spot
+    patches = hist.extract_patches(coarse, context=2.0, size=64)
+    assert patches.shape == (2, 64, 64, 3)  # extracted as before: only said
+    (said,) = coarse.uns["senca"]["warnings"]
+    assert "lowres.png" in said and "4.3 px per spot diameter" in said and "upsampled to 64 px" in said
+    fine = hand_adata([(50, 50), (100, 100)], image_path=png, diameter=31.0)  # HER2ST A1's 2,000-px image
+    hist.extract_patches(fine, context=2.0, size=64)
+    assert not fine.uns["senca"].get("warnings")
+
+
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow probing the garbage TIFF
 def test_bad_slide_inputs_raise_slide_error(tmp_path, pyramid):
     # no image at all

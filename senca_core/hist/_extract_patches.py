@@ -170,6 +170,20 @@ def _say_downsampled(adata, path, dims, reader, forced: int, target: float) -> N
                        f"downsampled {forced}x ({reader.w}x{reader.h} px) to bound memory; {loss}")
 
 
+#: below this many image pixels per spot diameter a patch holds colour and little texture (DLPFC 151673's lowres
+#: Visium image: 4.3 px; HER2ST A1's 2,000-px image: 31 px); said in the slide's warnings, nothing else changes
+COARSE_SPOT_PX = 8.0
+
+
+def _say_coarse(adata, path, diam: float, side: float, size: int) -> None:
+    from ..io._validate import add_warning
+
+    add_warning(adata, f"image: {path or 'the slide image'} has {diam:.1f} px per spot diameter: each {side:.0f}-px "
+                       f"patch is upsampled to {size} px, so the histology features describe colour more than "
+                       "morphology; a finer image (Visium's tissue_hires_image.png, or the full-resolution H&E) "
+                       "gives the model more to use")
+
+
 def _spot_list(keys: Sequence[str]) -> str:
     keys = [str(k) for k in keys]
     shown = ", ".join(keys[:_MAX_KEYS_IN_MESSAGE])
@@ -214,6 +228,8 @@ def extract_patches(
     Writes
     ------
     ``adata.obs["patch_in_image"]`` (bool): False where the patch fell (partly) outside the image.
+    ``uns["senca"]["warnings"]``: an image coarser than :data:`COARSE_SPOT_PX` pixels per spot diameter is said
+    there (its patches are upsampled: colour more than morphology).
 
     Raises
     ------
@@ -256,6 +272,8 @@ def extract_patches(
                          f"({senca.get('spot_diameter_px')!r})",
                          slide=slide_id, file=path, field="spot_diameter_px")
 
+    if diam < COARSE_SPOT_PX:
+        _say_coarse(adata, path, diam, diam * context, size)
     own_slide = slide is None
     if own_slide:
         if path is None:
