@@ -60,11 +60,16 @@ def sweep_partial_files(out: str | Path) -> list[Path]:
     return unlink_all(partial_files(out))
 
 
+#: preprocessing settings that say how the work runs, never what it computes: not part of a slide's cache key
+_EXECUTION_ONLY = ("cpus_per_slide", "concurrency")
+
+
 def _slide_key(slide: dict[str, Any], pp_cfg: dict[str, Any]) -> str:
     files = {name: file_fingerprint(slide.get(name)) for name in _SLIDE_FILES if slide.get(name)}
     if pp_cfg.get("encoder_weights"):
         files["encoder_weights"] = file_fingerprint(pp_cfg["encoder_weights"])
-    return stable_hash({"v": PIPELINE_VERSION, "slide": slide, "files": files, "cfg": pp_cfg})
+    cfg = {k: v for k, v in pp_cfg.items() if k not in _EXECUTION_ONLY}
+    return stable_hash({"v": PIPELINE_VERSION, "slide": slide, "files": files, "cfg": cfg})
 
 
 def _sha256(path: str | Path) -> str:

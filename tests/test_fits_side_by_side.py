@@ -1,4 +1,4 @@
-"""The clustering's independent fits side by side (``senca_core.tl._threads``): same regions as one after the other."""
+"""The clustering's independent fits side by side (``senca_core._threads``): same regions as one after the other."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from senca_core import tl
-from senca_core.tl import _threads
+from senca_core import _threads
 
 from _state_slides import CENTRES
 

@@ -114,6 +114,26 @@ def test_a_coarse_image_is_said_in_the_slides_warnings(tmp_path):
     assert not fine.uns["senca"].get("warnings")
 
 
+def test_morphology_batches_side_by_side_give_the_same_features(tmp_path, monkeypatch):
+    from senca_core import _threads
+
+    rng = np.random.default_rng(0)
+    png = tmp_path / "noisy.png"
+    Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(png)
+    xy = rng.uniform(40, 260, (23, 2))
+
+    def features(cpus: int) -> tuple[np.ndarray, list[str]]:
+        monkeypatch.setattr(_threads, "usable_cpus", lambda: cpus)
+        a = hand_adata(xy, image_path=png, diameter=20.0)
+        hist.patch_features(a, batch_size=5)  # five batches: the last one short
+        return a.obsm["X_hist"], a.uns["senca"]["hist_features"]["names"]
+
+    one, names = features(1)
+    side_by_side, names2 = features(2)
+    assert one.shape[0] == 23 and names2 == names
+    assert np.array_equal(one, side_by_side)
+
+
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow probing the garbage TIFF
 def test_bad_slide_inputs_raise_slide_error(tmp_path, pyramid):
     # no image at all

@@ -314,3 +314,27 @@ def test_cut_by_defaults_to_the_pooled_cut_and_is_checked(tmp_path):
     assert cluster_args(spec.clustering.model_dump())["cut_by"] == "slide"
     issues = _problems(tmp_path, GOOD + "clustering:\n  cut_by: patient\n")
     assert any("cut_by" in i.field for i in issues), issues
+
+
+def test_slide_cpus_share_an_embedded_ray_and_never_change_what_is_computed(tmp_path):
+    """Unset, `preprocess.cpus_per_slide` shares an embedded Ray's CPUs among the slides (a lone slide's patches
+    are described on every CPU); on a cluster 1; set, as set. It is not part of a slide's cache key, nor is
+    `concurrency`: how the work runs never invalidates what was computed."""
+    from jobs.pipeline import _slide_key
+    from senca_platform.spec.plan import AUTO_SLIDE_CPUS_MAX, build_plan
+
+    spec = load_spec(_write(tmp_path, GOOD))  # three slides
+
+    def cpus(num_cpus: int, embedded: bool = True) -> float:
+        return build_plan(spec, num_cpus, embedded=embedded)["preprocess"]["cpus_per_slide"]
+
+    assert spec.preprocess.cpus_per_slide is None
+    assert (cpus(2), cpus(6), cpus(9), cpus(64)) == (1.0, 2.0, 3.0, float(AUTO_SLIDE_CPUS_MAX))
+    assert cpus(64, embedded=False) == 1.0
+    assert build_plan(spec, 64)["preprocess"]["cpus_per_slide"] == 1.0  # not said to be embedded: a cluster
+    spec.preprocess.cpus_per_slide = 0.5
+    assert cpus(64) == 0.5
+    slide = build_plan(spec, 2)["slides"][0]
+    pp = build_plan(spec, 2)["preprocess"]
+    assert _slide_key(slide, pp) == _slide_key(slide, {**pp, "cpus_per_slide": 4.0, "concurrency": 3})
+    assert _slide_key(slide, pp) != _slide_key(slide, {**pp, "n_pca": pp["n_pca"] + 1})

@@ -280,7 +280,7 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
                  f"{', dashboard ' + session['dashboard'] if session.get('dashboard') else ''}); "
                  f"{n_slides} slide(s) of {len(spec.patients)} patient(s); "
                  f"start-up {timing['startup_s']:.1f}s")
-            plan = build_plan(spec, session["num_cpus"])
+            plan = build_plan(spec, session["num_cpus"], embedded=session["embedded"])
             t_stages = time.perf_counter()
             result = run_pipeline(plan, tracker=_Both(), fresh=fresh, resume=resume, progress=progress)
             timing["pipeline_s"] = time.perf_counter() - t_stages

@@ -9,6 +9,7 @@ import numpy as np
 import openslide
 from anndata import AnnData
 
+from .._threads import thread_map
 from ..errors import ConfigError
 from ._extract_patches import extract_patches
 from ._morphology_features import morphology_features
@@ -97,7 +98,9 @@ def patch_features(
     weights
         Local state_dict file for ``encoder="cnn"`` / ``"vit"`` (required there; never downloaded).
     batch_size
-        Patches per feature batch (bounds memory).
+        Patches per feature batch (bounds memory). Morphology batches are described side by side on the CPUs
+        this process may use (``OMP_NUM_THREADS`` caps them: a one-CPU Ray task stays on one); the features are
+        the same as one batch after the other.
     device
         Torch device for ``encoder="cnn"`` / ``"vit"`` (a ViT-L on CPU is slow: use a GPU).
 
@@ -143,12 +146,10 @@ def patch_features(
 
     if cnn is not None:
         feats, names = cnn(patches), cnn.names
-    else:
-        chunks, names = [], None
-        for s in range(0, max(len(patches), 1), batch_size):
-            f, names = morphology_features(patches[s:s + batch_size])
-            chunks.append(f)
-        feats = np.concatenate(chunks, axis=0)
+    else:  # batches side by side on the CPUs this process may use (each batch's features its own: the same values)
+        done = thread_map(lambda s: morphology_features(patches[s:s + batch_size]),
+                          range(0, max(len(patches), 1), batch_size))
+        feats, names = np.concatenate([f for f, _ in done], axis=0), done[0][1]
 
     adata.obsm["X_hist"] = np.ascontiguousarray(feats, dtype=np.float32)
     info = {"encoder": enc_name, "names": [str(k) for k in names], "context": float(context), "size": int(size)}

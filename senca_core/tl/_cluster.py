@@ -16,7 +16,7 @@ from ._align import SlideAligner
 from ._consensus import ConsensusRegionModel, block_settings, consensus_cut, member_settings, readout_blocks
 from ._per_slide import PerSlideRegionModel, big_enough, per_slide_cut
 from ._labels import refine_labels, spatial_prior_labels, write_regions
-from ._threads import thread_map
+from .._threads import thread_map
 
 METHODS = ("gmm", "leiden", "kmeans")
 CUT_BY = ("cohort", "slide")

@@ -36,7 +36,7 @@ from anndata import AnnData
 
 from ..errors import ConfigError
 from ._labels import refine_labels, write_regions
-from ._threads import thread_map
+from .._threads import thread_map
 
 #: HMRF-EM rounds of the members that re-estimate the mixture under the prior
 EM_ROUNDS = 10

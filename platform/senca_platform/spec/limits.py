@@ -120,7 +120,7 @@ def resource_warnings(spec) -> list[str]:
     elif workers > 1 and workers * per > have:
         out.append(f"training.num_workers: {workers} worker(s) x {per:g} CPU = {workers * per:g} CPU, {where}: "
                    "an embedded local Ray cannot place them (a cluster may have more)")
-    per_slide = float(spec.preprocess.cpus_per_slide)
+    per_slide = float(spec.preprocess.cpus_per_slide or 1.0)  # unset: never more than the CPUs there are
     if per_slide > have:
         out.append(f"preprocess.cpus_per_slide: each slide's task asks {per_slide:g} CPU, {where}: an embedded "
                    "local Ray cannot place it (the preprocess stage would fail)")

@@ -89,7 +89,8 @@ class PreprocessSpec(_Base):
     encoder: Literal["morphology", "cnn", "vit"] = "morphology"
     encoder_weights: SpecPath | None = None
     concurrency: int | None = Field(None, ge=1, description="slides preprocessed at once (default: CPUs)")
-    cpus_per_slide: float = Field(1.0, gt=0)
+    cpus_per_slide: float | None = Field(None, gt=0, description="CPUs each slide's task holds (default: an "
+                                         "embedded Ray's CPUs shared among the slides, 1 to 4 each; 1 on a cluster)")
 
 
 class TrainingSpec(_Base):

@@ -1,5 +1,6 @@
-"""Independent fits side by side on the CPUs this process may use (the clustering's mixtures: scikit-learn and
-NumPy release the GIL in their linear algebra, so threads overlap where a loop would leave a core idle)."""
+"""Independent pieces of work side by side on the CPUs this process may use: the clustering's mixtures
+(``tl``) and the histology's batches of patches (``hist``). scikit-learn and NumPy release the GIL in their
+linear algebra and array loops, so threads overlap where a loop would leave a core idle."""
 
 from __future__ import annotations
 
