@@ -206,7 +206,7 @@ def validate(
         _err(f"{'error' if issue in errors else 'warning'}: {spec}: {issue.field}: {issue.message}")
     for line in resource_warnings(s):  # only warnings: where the job runs may have more
         _err(f"warning: {spec}: {line}")
-    n_slides = sum(len(p.slides) for p in s.patients)
+    n_slides = len(s.slides())
     if errors:
         raise typer.Exit(2)
     typer.echo(f"{spec}: valid ({len(s.patients)} patient(s), {n_slides} slide(s); output {s.output_dir}; "

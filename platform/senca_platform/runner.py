@@ -262,7 +262,7 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
     model_info: dict[str, Any] = {"name": spec.model_name, "version": None, "alias": None}
     session: dict[str, Any] | None = None
     try:
-        n_slides = sum(len(p.slides) for p in spec.patients)
+        n_slides = len(spec.slides())
         from jobs.train import may_use_worker_groups  # no Ray Train worker group: no dashboard, Ray starts sooner
 
         dashboard = may_use_worker_groups(n_slides=n_slides, num_workers=spec.training.num_workers,

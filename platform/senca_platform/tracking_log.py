@@ -125,7 +125,7 @@ def source_tags(spec, spec_path: str | Path | None) -> dict[str, str]:
     import subprocess
     from importlib.metadata import PackageNotFoundError, version
 
-    n_slides = sum(len(p.slides) for p in spec.patients)
+    n_slides = len(spec.slides())
     try:
         tool = version("senca-platform")
     except PackageNotFoundError:

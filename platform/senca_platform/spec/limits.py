@@ -111,7 +111,7 @@ def resource_warnings(spec) -> list[str]:
     t = spec.training
     have = int(spec.ray.num_cpus or os.cpu_count() or 1)
     where = f"ray.num_cpus {have}" if spec.ray.num_cpus else f"this machine has {have} CPU(s)"
-    n_slides = sum(len(p.slides) for p in spec.patients)
+    n_slides = len(spec.slides())
     workers = max(1, min(int(t.num_workers), n_slides))
     per = float(t.resources_per_worker.get("CPU", 1.0))
     out = []

@@ -28,7 +28,7 @@ def slide_cpus(spec: CohortSpec, num_cpus: int, embedded: bool) -> float:
     others idle. On a cluster 1: its nodes' sizes are not known here, and a task larger than every node would wait."""
     if spec.preprocess.cpus_per_slide is not None:
         return float(spec.preprocess.cpus_per_slide)
-    n_slides = sum(len(p.slides) for p in spec.patients)
+    n_slides = len(spec.slides())
     if not embedded or n_slides < 1:
         return 1.0
     return float(max(1, min(AUTO_SLIDE_CPUS_MAX, int(num_cpus) // n_slides)))
