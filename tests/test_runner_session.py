@@ -76,3 +76,36 @@ def test_ray_starts_without_its_dashboard_when_no_worker_group_can_train(tmp_pat
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     runner.run_cohort(load_spec(spec_path), spec_path=spec_path, progress=False, echo=lambda m: None, track=False)
     assert asked["dashboard"] is dashboard
+
+
+def test_ray_handles_in_garbage_cycles_are_freed_before_the_deferred_shutdown():
+    """A reference cycle holding an ObjectRef (Tune and Ray Data leave such garbage behind) is collected while Ray
+    is up: freed by the collector beside the deferred shutdown, its destructor reaches a core worker being shut
+    down and Ray ends the process (exit 1, no summary)."""
+    import gc
+    import weakref
+
+    import ray
+
+    from senca_platform.ray_local import ray_session
+
+    class Holder:
+        def __init__(self):
+            self.ref = ray.put(1)
+            self.me = self  # only the collector frees it
+
+    was_enabled = gc.isenabled()
+    gc.disable()  # no automatic collection: only the session's own can free the cycle
+    try:
+        with ray_session(num_cpus=1, quiet=True, defer_shutdown=True, dashboard=False) as session:
+            holder = Holder()
+            alive = weakref.ref(holder)
+            del holder
+            assert alive() is not None
+        assert alive() is None  # collected before the shutdown thread started
+    finally:
+        if session.get("shutdown") is not None:
+            session["shutdown"].join()
+        if was_enabled:
+            gc.enable()
+    assert not ray.is_initialized()

@@ -237,7 +237,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, *, quie
     Only a session started here is shut down here. Yields ``{"address", "embedded", "num_cpus", "dashboard"}``.
     ``defer_shutdown``: when the block ends without an error, Ray's shutdown (1.4 s here: SIGTERM to each of its
     processes, then a wait) runs in a thread, ``session["shutdown"]``, which the caller joins when it has done its
-    own closing work (model registration, report); after an error it shuts down at once.
+    own closing work (model registration, report); after an error it shuts down at once. Before a deferred
+    shutdown, garbage still holding Ray handles is collected while Ray is up (see there).
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
@@ -272,8 +273,14 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, *, quie
             ray.shutdown()
         raise
     if started and defer_shutdown:
+        import gc
         import threading
 
+        # Ray handles that only reference cycles still hold (Tune's and Ray Data's objects of the finished stages)
+        # are freed now, while Ray is up. Left to the collector, one ran in this thread during the shutdown: an
+        # ObjectRef's destructor reached the core worker being shut down, and Ray ends the process at once (exit 1,
+        # nothing said, no summary: a CI demo run with tuning, 2026-12-06).
+        gc.collect()
         session["shutdown"] = threading.Thread(target=ray.shutdown, name="senca-ray-shutdown")
         session["shutdown"].start()
     elif started:

@@ -275,6 +275,7 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
             journal.start(spec, spec_path=spec_path, tracker=tracker)
             if warm is not None:
                 timing["warmup_s"] = warm.wait()
+                warm = None  # its task refs freed while Ray is up, never beside its deferred shutdown
             timing["startup_s"] = time.perf_counter() - t0 + timing["before_run_s"]
             echo(f"Ray: {'embedded local' if session['embedded'] else 'connected'} ({session['num_cpus']} CPUs"
                  f"{', dashboard ' + session['dashboard'] if session.get('dashboard') else ''}); "
