@@ -79,10 +79,11 @@ def shard(paths: list[str], rank: int, world: int) -> list[str]:
 def run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
     """Train on this worker's shard. ``cfg``: model (SencaConfig dict), overrides, slide_paths, n_expr, n_hist,
     eval, threads, checkpoint (:class:`Policy`), live_path (optional). Returns the last metrics. Torch's
-    deterministic algorithms are on, as in ``senca_core.model.fit``: one seed, the same model on every rerun."""
-    from senca_core.model import deterministic
+    deterministic algorithms are on, as in ``senca_core.model.fit``: one seed, the same model on every rerun; freed
+    memory stays in the heap between epochs (``senca_core._heap``)."""
+    from senca_core.model import deterministic, retained_heap
 
-    with deterministic():
+    with deterministic(), retained_heap():  # the heap kept between epochs: senca_core._heap
         return _run_loop(cfg, session)
 
 

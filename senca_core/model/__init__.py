@@ -15,7 +15,8 @@ _EXPORTS = {
     "NeighbourhoodCrossAttention": "_network", "SencaModel": "_network",
     "readout": "_readout", "readout_blocks": "_readout",
     "build_model": "_train", "deterministic": "_train", "embed": "_train", "fit": "_train",
-    "init_prototypes": "_train", "make_optimizer": "_train", "prototype_warmup": "_train", "run_epoch": "_train",
+    "init_prototypes": "_train", "make_optimizer": "_train", "prototype_warmup": "_train", "retained_heap": "_train",
+    "run_epoch": "_train",
     "seed_everything": "_train", "train_step": "_train",
 }
 
