@@ -54,9 +54,21 @@ from torch.nn import functional as F
 
 from ._batch import SlideBatch
 from ._config import SencaConfig
+from ._neighbour_attention import neighbour_attention
 
 #: the second hop's gate starts at sigmoid(-2) = 0.12: the model begins near one hop and learns how much to add
 HOP_GATE_INIT = -2.0
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with its mask drawn from uniform numbers: the same distribution, the same generator, half
+    the time of ``bernoulli_`` on CPU (3.4 against 1.8 ms for a (3639, 128) mask; the masks were 15 % of a DLPFC
+    epoch). Kept spots scaled by 1 / (1 - p), as ``nn.Dropout`` does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * ((torch.rand_like(x) >= self.p).to(x.dtype) / (1.0 - self.p))
 
 
 class Branch(nn.Module):
@@ -64,7 +76,7 @@ class Branch(nn.Module):
 
     def __init__(self, n_in: int, hidden: int, dropout: float) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout))
+        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.LayerNorm(hidden), nn.GELU(), Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -75,7 +87,7 @@ class Encoder(nn.Module):
 
     def __init__(self, hidden: int, dropout: float) -> None:
         super().__init__()
-        self.ff = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Dropout(dropout),
+        self.ff = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.GELU(), Dropout(dropout),
                                 nn.Linear(2 * hidden, hidden))
         self.norm = nn.LayerNorm(hidden)
 
@@ -98,21 +110,20 @@ class NeighbourhoodCrossAttention(nn.Module):
         self.k = nn.Linear(hidden, hidden)
         self.v = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, hidden)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, residual: torch.Tensor,
                 neighbors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, k = neighbors.shape
         h, d = self.n_heads, self.head_dim
-        q = self.q(query).view(n, h, d)
-        keys = self.k(key)[neighbors].view(n, k, h, d)
-        values = self.v(value)[neighbors].view(n, k, h, d)
-        # broadcast-and-sum instead of einsum: n*h tiny batched matmuls are slow on CPU
-        scores = (q.unsqueeze(1) * keys).sum(-1).transpose(1, 2) / math.sqrt(d)  # (n, h, K)
-        weights = torch.softmax(scores, dim=-1)
-        pooled = (self.drop(weights).transpose(1, 2).unsqueeze(-1) * values).sum(1).reshape(n, h * d)
-        return self.norm(residual + self.drop(self.out(pooled))), weights
+        q = self.q(query).view(n, h, d) / math.sqrt(d)
+        keys = self.k(key).view(-1, h, d)
+        values = self.v(value).view(-1, h, d)
+        # the attention dropout's mask (n, h, K): the scaled keep mask Dropout puts on the weights
+        keep = self.drop(q.new_ones(n, h, k)) if self.training and self.drop.p > 0 else None
+        pooled, weights = neighbour_attention(q, keys, values, neighbors, keep)  # gathers and products, written out
+        return self.norm(residual + self.drop(self.out(pooled.reshape(n, h * d)))), weights
 
 
 def _decoder(embed_dim: int, hidden: int, n_out: int) -> nn.Module:
