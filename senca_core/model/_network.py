@@ -65,10 +65,16 @@ class Dropout(nn.Dropout):
     the time of ``bernoulli_`` on CPU (3.4 against 1.8 ms for a (3639, 128) mask; the masks were 15 % of a DLPFC
     epoch). Kept spots scaled by 1 / (1 - p), as ``nn.Dropout`` does."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def keep_mask(self, shape, like: torch.Tensor) -> torch.Tensor | None:
+        """The scaled keep mask (0 or 1 / (1 - p)) of that shape, in ``like``'s dtype and device; None when off
+        (evaluation, or p = 0)."""
         if not self.training or self.p == 0:
-            return x
-        return x * ((torch.rand_like(x) >= self.p).to(x.dtype) / (1.0 - self.p))
+            return None
+        return (torch.rand(shape, dtype=like.dtype, device=like.device) >= self.p).to(like.dtype) / (1.0 - self.p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keep = self.keep_mask(x.shape, x)
+        return x if keep is None else x * keep
 
 
 class Branch(nn.Module):
@@ -120,8 +126,7 @@ class NeighbourhoodCrossAttention(nn.Module):
         q = self.q(query).view(n, h, d) / math.sqrt(d)
         keys = self.k(key).view(-1, h, d)
         values = self.v(value).view(-1, h, d)
-        # the attention dropout's mask (n, h, K): the scaled keep mask Dropout puts on the weights
-        keep = self.drop(q.new_ones(n, h, k)) if self.training and self.drop.p > 0 else None
+        keep = self.drop.keep_mask((n, h, k), q)  # the attention dropout's mask on the (n, h, K) weights
         pooled, weights = neighbour_attention(q, keys, values, neighbors, keep)  # gathers and products, written out
         return self.norm(residual + self.drop(self.out(pooled.reshape(n, h * d)))), weights
 
