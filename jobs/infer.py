@@ -372,7 +372,9 @@ def summarise_slide(row: dict[str, Any]) -> dict[str, Any]:
         if row.get("stamp"):  # predict: the registered model version that produced the regions
             adata.uns["senca"]["model"] = {str(k): str(v) for k, v in row["stamp"].items()}
         _strip_none(adata.uns)
-        atomic_write_with(Path(row["h5ad_path"]), lambda tmp: adata.write_h5ad(tmp, compression="gzip"))
+        # gzip at level 1 (h5py's default is 4): 0.89 -> 0.60 s for A1's slide, 1.4 % larger; any HDF5 reader opens it
+        atomic_write_with(Path(row["h5ad_path"]),
+                          lambda tmp: adata.write_h5ad(tmp, compression="gzip", compression_opts=1))
         out["h5ad_path"] = row["h5ad_path"]
         atomic_write_json(row["summary_file"], {k: v for k, v in out.items() if k != "traceback"})
         out["summary_file"] = row["summary_file"]

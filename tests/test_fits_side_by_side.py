@@ -93,3 +93,58 @@ def test_the_consensus_fitted_side_by_side_is_the_consensus_fitted_in_turn(monke
         assert list(slides[0].obs.columns) == ["truth", "region"]
     assert results[1] == results[2]
     assert len(results[2][2]) == 6
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+
+def test_one_blas_thread_is_held_by_the_thread_that_set_it_and_restored_when_it_leaves():
+    """Calls nested in the holder, and calls from other threads while it holds, run under its limit and change
+    nothing; the holder's outermost call restores the process's setting."""
+    before = _blas_threads()
+    if not before:
+        pytest.skip("no BLAS library seen by threadpoolctl")
+    seen = []
+
+    def other():
+        with _threads.one_blas_thread():
+            seen.append(_blas_threads())
+
+    with _threads.one_blas_thread():
+        assert _blas_threads() == [1] * len(before)
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(10)
+        with _threads.one_blas_thread():  # nested in this thread
+            pass
+        assert _blas_threads() == [1] * len(before)
+    assert seen == [[1] * len(before)]
+    assert _blas_threads() == before
+
+
+def test_the_clustering_fits_its_mixtures_on_one_blas_thread(monkeypatch):
+    """``tl.cluster``'s mixtures are fitted on (spots, 15) matrices, where OpenBLAS's threads cost more than they
+    give (DLPFC's first cut: 3.5 s on two threads, 0.5 s on one): every fit sees one BLAS thread, and the process
+    gets its setting back after."""
+    from sklearn.mixture import GaussianMixture
+
+    from senca_core.tl import _cluster
+
+    before = _blas_threads()
+    if not before:
+        pytest.skip("no BLAS library seen by threadpoolctl")
+    seen = []
+
+    class Spy(GaussianMixture):
+        def fit(self, X, y=None):
+            seen.append(_blas_threads())
+            return super().fit(X, y)
+
+    monkeypatch.setattr(_cluster, "GaussianMixture", Spy)
+    slide = _bands(3)
+    tl.cluster(slide, None)
+    assert seen and all(threads == [1] * len(before) for threads in seen)
+    assert _blas_threads() == before

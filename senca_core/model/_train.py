@@ -77,7 +77,10 @@ def build_model(config: SencaConfig, batches: Sequence[SlideBatch]) -> SencaMode
 
 
 def make_optimizer(model: torch.nn.Module, config: SencaConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    """AdamW over every parameter, its update done for all ~70 tensors at once (``foreach``: torch's default on
+    CUDA only): on CPU the per-tensor loop was 15 % of a HER2ST step (4.9 of 33 ms on A1); the same arithmetic,
+    the same numbers to the last bit (checked over 40 steps on A1)."""
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
 
 def prototype_warmup(config: SencaConfig) -> int:

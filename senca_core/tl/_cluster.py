@@ -16,7 +16,7 @@ from ._align import SlideAligner
 from ._consensus import ConsensusRegionModel, block_settings, consensus_cut, member_settings, readout_blocks
 from ._per_slide import PerSlideRegionModel, big_enough, per_slide_cut
 from ._labels import refine_labels, spatial_prior_labels, write_regions
-from .._threads import thread_map
+from .._threads import small_matrices, thread_map
 
 METHODS = ("gmm", "leiden", "kmeans")
 CUT_BY = ("cohort", "slide")
@@ -248,6 +248,7 @@ def assign_regions(adatas: AnnData | Sequence[AnnData], region_model: RegionMode
         a.obs[key_added] = pd.Categorical(region_model.predict(a).astype(str), categories=categories)
 
 
+@small_matrices  # one BLAS thread: the mixtures' (spots, 15) matrices (DLPFC's first cut 3.5 -> 0.5 s, 2 cores)
 def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method: str = "gmm",
             use_rep: str = "X_senca", refine: bool = True, n_pcs: int | None = 15, seed: int = 0,
             key_added: str = "region", k_max: int = 12, align: str | None = "matched",
