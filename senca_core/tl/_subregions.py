@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._threads import small_matrices
 from ..errors import ConfigError
 
 #: columns of the table :func:`tumour_subregions` returns (``tables/tumour_subregions.csv`` of a run)
@@ -56,6 +57,7 @@ def _markers(expr: np.ndarray | None, genes: Sequence[str] | None, labels: np.nd
     return ", ".join(str(genes[i]) for i in np.argsort(-diff)[:n] if diff[i] > 0)
 
 
+@small_matrices  # one BLAS thread: mixtures on (spots, 15) matrices (64 slides x 300 spots: 1.8 -> 0.6 s)
 def tumour_subregions(adatas: AnnData | Sequence[AnnData], tumour_regions: Sequence[str], *, key: str = "region",
                       use_rep: str = "X_senca", min_silhouette: float = 0.25, min_fraction: float = 0.15,
                       min_spots: int = 20, seed: int = 0, key_added: str = "tumour_subregion") -> pd.DataFrame:
