@@ -38,14 +38,15 @@ def usable_cpus() -> int:
 
 @contextlib.contextmanager
 def one_blas_thread() -> Iterator[None]:
-    """BLAS at one thread inside; the process's setting restored by the thread that set it, when it leaves.
+    """BLAS at one thread inside (held by the main thread); the process's setting restored when it leaves.
 
-    The first caller sets the limit and is its holder: its nested calls and calls from other threads while it
-    holds (the fits of :func:`thread_map`) run under it and change nothing. Only the holder restores, and only
-    when its outermost call ends. Measured with the OpenBLAS of our NumPy: a thread other than the main one can
-    lower the process's BLAS thread count but not raise it back, so a restore made from a worker thread would
-    leave the process at one BLAS thread for good. scikit-learn's k-means limits and restores inside its fit; in
-    threads, that once left this process at one BLAS thread (every later PCA changed in the 14th digit).
+    The main thread sets the limit and holds it: its nested calls and calls from other threads while it holds
+    (the fits of :func:`thread_map`) run under it and change nothing, and its outermost call restores the setting.
+    A call from another thread while the main thread does not hold changes nothing either: measured with the
+    OpenBLAS of our NumPy, a thread other than the main one can lower the process's BLAS thread count but not
+    raise it back, so its restore would leave the process at one BLAS thread for good. (scikit-learn's k-means
+    limits and restores inside its fit; in threads, that once left this process at one BLAS thread, and every
+    later PCA changed in the 14th digit.)
 
     Measured on a 2-core machine: a full-covariance mixture of 6 components on DLPFC 151673's readout (3,639 x 15,
     ``n_init`` 3) takes 3.3-3.7 s with OpenBLAS's two threads and 0.5 s with one."""
@@ -54,9 +55,9 @@ def one_blas_thread() -> Iterator[None]:
 
     me = threading.get_ident()
     with _blas_lock:
-        if _blas_holder is None:
+        if _blas_holder is None and threading.current_thread() is threading.main_thread():
             _blas_holder = {"thread": me, "limiter": threadpool_limits(limits=1, user_api="blas"), "depth": 0}
-        own = _blas_holder["thread"] == me
+        own = _blas_holder is not None and _blas_holder["thread"] == me
         if own:
             _blas_holder["depth"] += 1
     try:

@@ -125,6 +125,25 @@ def test_one_blas_thread_is_held_by_the_thread_that_set_it_and_restored_when_it_
     assert _blas_threads() == before
 
 
+def test_one_blas_thread_from_another_thread_alone_changes_nothing():
+    """OpenBLAS lets a thread other than the main one lower its thread count but not raise it back: such a caller
+    leaves the setting alone rather than leave the process at one BLAS thread."""
+    before = _blas_threads()
+    if not before:
+        pytest.skip("no BLAS library seen by threadpoolctl")
+    seen = []
+
+    def other():
+        with _threads.one_blas_thread():
+            seen.append(_blas_threads())
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(10)
+    assert seen == [before]
+    assert _blas_threads() == before
+
+
 def test_the_clustering_fits_its_mixtures_on_one_blas_thread(monkeypatch):
     """``tl.cluster``'s mixtures are fitted on (spots, 15) matrices, where OpenBLAS's threads cost more than they
     give (DLPFC's first cut: 3.5 s on two threads, 0.5 s on one): every fit sees one BLAS thread, and the process
