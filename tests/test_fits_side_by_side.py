@@ -101,36 +101,8 @@ def _blas_threads() -> list[int]:
     return sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
 
 
-def test_one_blas_thread_is_held_by_the_thread_that_set_it_and_restored_when_it_leaves():
-    """Calls nested in the holder, and calls from other threads while it holds, run under its limit and change
-    nothing; the holder's outermost call restores the process's setting."""
-    before = _blas_threads()
-    if not before:
-        pytest.skip("no BLAS library seen by threadpoolctl")
-    seen = []
-
-    def other():
-        with _threads.one_blas_thread():
-            seen.append(_blas_threads())
-
-    with _threads.one_blas_thread():
-        assert _blas_threads() == [1] * len(before)
-        t = threading.Thread(target=other)
-        t.start()
-        t.join(10)
-        with _threads.one_blas_thread():  # nested in this thread
-            pass
-        assert _blas_threads() == [1] * len(before)
-    assert seen == [[1] * len(before)]
-    assert _blas_threads() == before
-
-
-def test_one_blas_thread_from_another_thread_alone_changes_nothing():
-    """OpenBLAS lets a thread other than the main one lower its thread count but not raise it back: such a caller
-    leaves the setting alone rather than leave the process at one BLAS thread."""
-    before = _blas_threads()
-    if not before:
-        pytest.skip("no BLAS library seen by threadpoolctl")
+def _blas_threads_in_another_thread() -> list[int]:
+    """The BLAS thread counts a call of ``one_blas_thread`` sees from a thread other than this one."""
     seen = []
 
     def other():
@@ -140,7 +112,31 @@ def test_one_blas_thread_from_another_thread_alone_changes_nothing():
     t = threading.Thread(target=other)
     t.start()
     t.join(10)
-    assert seen == [before]
+    return seen[0]
+
+
+def test_one_blas_thread_is_held_by_the_main_thread_and_restored_when_it_leaves():
+    """Calls nested in the main thread's, and calls from other threads while it holds, run under its limit and
+    change nothing; its outermost call restores the process's setting."""
+    before = _blas_threads()
+    if not before:
+        pytest.skip("no BLAS library seen by threadpoolctl")
+    with _threads.one_blas_thread():
+        assert _blas_threads() == [1] * len(before)
+        assert _blas_threads_in_another_thread() == [1] * len(before)
+        with _threads.one_blas_thread():  # nested in this thread
+            pass
+        assert _blas_threads() == [1] * len(before)
+    assert _blas_threads() == before
+
+
+def test_one_blas_thread_from_another_thread_alone_changes_nothing():
+    """OpenBLAS lets a thread other than the main one lower its thread count but not raise it back: such a caller
+    leaves the setting alone rather than leave the process at one BLAS thread."""
+    before = _blas_threads()
+    if not before:
+        pytest.skip("no BLAS library seen by threadpoolctl")
+    assert _blas_threads_in_another_thread() == before
     assert _blas_threads() == before
 
 
