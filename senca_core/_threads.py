@@ -97,6 +97,7 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         finally:
             _inside.active = False
 
-    # One BLAS thread per call while the threads run: the threads share the CPUs already
+    # One BLAS thread per call while the threads run (the threads share the CPUs already), when called from the
+    # main thread; from another thread the fits run at the process's BLAS setting (see one_blas_thread)
     with one_blas_thread(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="senca-fit") as pool:
         return list(pool.map(run, items))
