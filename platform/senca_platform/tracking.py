@@ -35,6 +35,7 @@ from .tracking_conn import (PROBE_HTTP, RUN_HTTP_DEFAULTS, TrackingUnavailable, 
 from .tracking_log import (LiveLog, _flatten, history_items, log_items, log_metrics, log_params, ms, now_ms,
                            selection_tags, set_tags, slide_tags, source_tags)
 from .tracking_model import _pyfunc_class, log_pyfunc, model_example  # noqa: F401 - importable here too
+from .tracking_store import new_local_store
 
 PARENT_TAG = "senca.role"
 
@@ -68,6 +69,7 @@ class MlflowTracker:
             spec_text = Path(spec_path).read_text()
         self.spec_text = None if spec_text is None else redact_text(spec_text)
         self.spec_name = spec_name or (Path(spec_path).name if spec_path is not None else "cohort.yaml")
+        new_local_store(self.uri)  # a new sqlite store: a copy of the migrated empty one, not 2 s of migrations
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
