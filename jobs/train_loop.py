@@ -93,7 +93,7 @@ def _run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
     from senca_core.model import SencaConfig, init_prototypes, make_batch, make_optimizer, members, network, \
-        prototype_warmup, seed_everything, train_step
+        prototype_warmup, seed_everything, snapshot_epochs, snapshot_of, train_step, with_snapshots
 
     from ._faults import fault_point
     from ._memory import peak_rss_mb
@@ -118,9 +118,10 @@ def _run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
     optimizer = make_optimizer(model, config)
     generator = seed_everything(config.seed + 1000 * rank)
     start, history, last_eval, restored_from, exact = 0, [], {}, None, True
+    keep, snapshots = snapshot_epochs(config), []  # the snapshot ensemble's earlier networks (SencaConfig.snapshots)
     with session.latest_checkpoint() as d:
         if d is not None:
-            start, history, last_eval, exact = _restore(d, model, optimizer, generator, rank, world)
+            start, history, last_eval, exact, snapshots = _restore(d, model, optimizer, generator, rank, world)
             restored_from = start - 1
             if not exact:  # another group size: a fresh stream per rank for the epochs to come
                 generator = seed_everything(config.seed + 1000 * rank + start)
@@ -149,6 +150,8 @@ def _run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
             parts = train_step(ddp, batches[i], optimizer, generator=generator, use_prototypes=epoch >= warmup)
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
+        if epoch in keep:
+            snapshots.append(snapshot_of(core))
         fault_point(f"train.rank{rank}.epoch{epoch}")  # tests only: a no-op unless SENCA_FAULT_PIDDIR is set
         means = {k: v / len(batches) for k, v in sums.items()}
         if world > 1 and dist.is_initialized():  # parts differ by slide ("align" needs an image): gather dicts
@@ -179,7 +182,8 @@ def _run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
             ckpt_dir = None
             rngs = _rank_rngs(generator, world) if checkpoint else None  # every rank takes part
             if checkpoint and rank == 0:
-                ckpt_dir = _save(Path(tmp), core, optimizer, rngs, epoch, history, last_eval)
+                ckpt_dir = _save(Path(tmp), with_snapshots(core, snapshots), optimizer, rngs, epoch, history,
+                                 last_eval)
             session.report({k: v for k, v in metrics.items() if k != "time"}, ckpt_dir)
         last_report = time.monotonic()
         if checkpoint:
@@ -211,27 +215,34 @@ def _rank_rngs(generator, world: int) -> list[dict[str, Any]]:
     return gathered
 
 
-def _save(d: Path, core, optimizer, rngs: list[dict[str, Any]], epoch: int, history: list,
+def _save(d: Path, stored, optimizer, rngs: list[dict[str, Any]], epoch: int, history: list,
           last_eval: dict) -> Path:
+    """``stored``: the model as a file holds it (the snapshots taken so far, then the network being trained)."""
     import torch
     from senca_core.model import save_model
 
-    save_model(core, d / MODEL_FILE)
+    save_model(stored, d / MODEL_FILE)
     torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "last_eval": last_eval,
                 "rngs": rngs}, d / STATE_FILE)
     (d / HISTORY_FILE).write_text(json.dumps(history))
     return d
 
 
-def _restore(d: Path, model, optimizer, generator, rank: int, world: int) -> tuple[int, list, dict, bool]:
-    """Weights, optimiser, history and this rank's random generators from checkpoint ``d`` (which holds every
-    rank's). Returns (next epoch, history, last evaluation, whether the generators were restored: only when the
-    checkpoint was written by a worker group of the same size)."""
+def _restore(d: Path, model, optimizer, generator, rank: int,
+             world: int) -> tuple[int, list, dict, bool, list[dict]]:
+    """Weights, optimiser, history, snapshots and this rank's random generators from checkpoint ``d`` (which
+    holds every rank's). Returns (next epoch, history, last evaluation, whether the generators were restored: only
+    when the checkpoint was written by a worker group of the same size, the snapshots taken)."""
     import numpy as np
     import torch
+    from senca_core.model import members, split_snapshots
 
     payload = torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(payload["state_dict"])
+    per = len(members(model))
+    snapshots, current = split_snapshots(payload["state_dict"], int(payload.get("members", per)), per)
+    model.load_state_dict(current)
+    device = next(model.parameters()).device
+    snapshots = [{k: v.to(device) for k, v in s.items()} for s in snapshots]
     state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     rngs = state.get("rngs") or []
@@ -242,7 +253,7 @@ def _restore(d: Path, model, optimizer, generator, rank: int, world: int) -> tup
         torch.set_rng_state(mine["torch_rng"])
         np.random.set_state(mine["np_random"])
         random.setstate(mine["py_random"])
-    return int(state["epoch"]) + 1, list(state["history"]), dict(state["last_eval"]), restored
+    return int(state["epoch"]) + 1, list(state["history"]), dict(state["last_eval"]), restored, snapshots
 
 
 def read_checkpoint(checkpoint_dir: str | Path) -> tuple[Path, list[dict[str, Any]]]:

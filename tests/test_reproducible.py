@@ -8,27 +8,16 @@ that the caller's setting is left as it was.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from anndata import AnnData
-from scipy.spatial import cKDTree
 
 from senca_core.model import SencaConfig, fit
 
-TINY = dict(epochs=3, hidden=16, embed_dim=8, n_heads=2, n_prototypes=4)
+from _toy_slide import TINY, toy_slide
 
 
 def _slide(n_side: int = 8) -> AnnData:
-    rng = np.random.default_rng(0)
-    xx, yy = np.meshgrid(np.arange(n_side), np.arange(n_side))
-    xy = np.c_[xx.ravel(), yy.ravel()].astype(float)
-    a = AnnData(np.zeros((len(xy), 1), dtype=np.float32))
-    a.obsm["spatial"] = xy
-    a.obsm["X_pca"] = rng.normal(size=(len(xy), 6)).astype(np.float32)
-    a.obsm["X_hist"] = rng.normal(size=(len(xy), 4)).astype(np.float32)
-    a.obsm["spatial_neighbors"] = cKDTree(xy).query(xy, k=9)[1].astype(np.int64)
-    a.uns["senca"] = {"slide_id": "toy", "grid": "square"}
-    return a
+    return toy_slide(n_side)
 
 
 def test_fit_trains_under_deterministic_algorithms_and_restores_the_setting():

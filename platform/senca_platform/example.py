@@ -56,6 +56,7 @@ model:                            # senca_core.model.SencaConfig settings (defau
   embed_dim: 32
   lr: 0.002
   # n_models: 3                   # an ensemble: steadier regions from seed to seed, 3x the training time
+  # snapshots: 3                  # the network at its last 3 checkpoints 25 epochs apart: steadier, no extra training
 
 training:                         # Ray Train: TorchTrainer, DDP over slides (each worker a shard of slides)
   epochs: {epochs}                   # full passes over the slides (200: chosen by leave-one-section-out)

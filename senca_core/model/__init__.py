@@ -9,7 +9,8 @@ import importlib
 _EXPORTS = {
     "SlideBatch": "_batch", "make_batch": "_batch",
     "ABLATIONS": "_config", "SencaConfig": "_config",
-    "SencaEnsemble": "_ensemble", "members": "_ensemble", "network": "_ensemble",
+    "SencaEnsemble": "_ensemble", "members": "_ensemble", "network": "_ensemble", "snapshot_epochs": "_ensemble",
+    "snapshot_of": "_ensemble", "split_snapshots": "_ensemble", "with_snapshots": "_ensemble",
     "heldout_r2": "_heldout",
     "load_model": "_io", "save_model": "_io",
     "NeighbourhoodCrossAttention": "_network", "SencaModel": "_network",

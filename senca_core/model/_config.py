@@ -39,6 +39,11 @@ class SencaConfig:
     attention_hops: int = 2
     #: networks trained side by side, regions from the consensus over all of them (``_ensemble``; 1 = one network)
     n_models: int = 1
+    #: a snapshot ensemble (``_ensemble``): the network as it was at this many late epochs, ``snapshot_every``
+    #: apart and the last included, read out side by side (1 = the last epoch's network only); no extra training.
+    #: Snapshots that would fall before the first epoch (a short training: a tuning trial) are not taken.
+    snapshots: int = 1
+    snapshot_every: int = 25
     # switches (ablations)
     use_expr: bool = True
     use_hist: bool = True
@@ -64,7 +69,8 @@ class SencaConfig:
     device: str = "cpu"
 
     def validate(self) -> "SencaConfig":
-        positive_ints = ("hidden", "embed_dim", "n_heads", "n_prototypes", "epochs", "n_negatives", "n_models")
+        positive_ints = ("hidden", "embed_dim", "n_heads", "n_prototypes", "epochs", "n_negatives", "n_models",
+                         "snapshots", "snapshot_every")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

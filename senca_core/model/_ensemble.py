@@ -14,6 +14,14 @@ that many times the consensus's cuts.
 
 ``n_models=1`` builds the plain :class:`~senca_core.model._network.SencaModel` (no wrapper): results, files and
 random streams are those of one network.
+
+**A snapshot ensemble** (``SencaConfig.snapshots``, an option): no extra training. The network (or each network of
+an ``n_models`` ensemble) as it was after epoch ``E - j * snapshot_every`` for ``j = snapshots - 1, ..., 0`` (``E``
+the last) are the members of the model that is stored and read out, side by side as above, oldest first. Training is
+untouched (the last member is the network trained without snapshots, bit for bit); the read-out, the consensus
+and the model file grow ``snapshots`` times. Measured (docs/BENCHMARKS.md, "A snapshot ensemble"): with 3 snapshots
+25 epochs apart the sd of the ARI over training seeds falls from 0.045 to 0.026 on HER2ST A1, 0.077 to 0.032 on C1
+and 0.028 to 0.009 on DLPFC 151673, the means level to 0.02 lower.
 """
 
 from __future__ import annotations
@@ -30,12 +38,12 @@ class SencaEnsemble(nn.Module):
     """``n_models`` independent :class:`SencaModel` members; the same interface as one (``config``, ``n_expr``,
     ``n_hist``, ``forward``, ``loss``)."""
 
-    def __init__(self, config: SencaConfig, n_expr: int, n_hist: int) -> None:
+    def __init__(self, config: SencaConfig, n_expr: int, n_hist: int, n_members: int | None = None) -> None:
         super().__init__()
         config.validate()
         self.config = config
         self.members = nn.ModuleList([SencaModel(config, n_expr=n_expr, n_hist=n_hist)
-                                      for _ in range(config.n_models)])
+                                      for _ in range(config.n_models if n_members is None else n_members)])
 
     @property
     def n_expr(self) -> int:
@@ -65,11 +73,45 @@ class SencaEnsemble(nn.Module):
         return total, logs
 
 
-def network(config: SencaConfig, n_expr: int, n_hist: int) -> SencaModel | SencaEnsemble:
-    """The network a configuration asks for: one :class:`SencaModel`, or an ensemble of ``n_models``."""
-    if config.n_models > 1:
-        return SencaEnsemble(config, n_expr=n_expr, n_hist=n_hist)
+def network(config: SencaConfig, n_expr: int, n_hist: int, *,
+            n_members: int | None = None) -> SencaModel | SencaEnsemble:
+    """The network a configuration asks for: one :class:`SencaModel`, or an ensemble of ``n_models``.
+    ``n_members``: that many members instead (a stored model's count: a snapshot ensemble has more)."""
+    n = config.n_models if n_members is None else int(n_members)
+    if n > 1:
+        return SencaEnsemble(config, n_expr=n_expr, n_hist=n_hist, n_members=n)
     return SencaModel(config, n_expr=n_expr, n_hist=n_hist)
+
+
+def snapshot_epochs(config: SencaConfig) -> set[int]:
+    """The epochs (0-based) after which the training keeps a copy of the network for the snapshot ensemble (the
+    last epoch's network is the model itself, so not among them); none before the first epoch."""
+    last = config.epochs - 1
+    return {e for e in (last - j * config.snapshot_every for j in range(1, config.snapshots)) if e >= 0}
+
+
+def snapshot_of(model: nn.Module) -> dict:
+    """A copy of the network's weights now (``state_dict`` tensors cloned, on their device)."""
+    core = getattr(model, "module", model)
+    return {k: v.detach().clone() for k, v in core.state_dict().items()}
+
+
+def with_snapshots(model: nn.Module, snapshots: list[dict]) -> nn.Module:
+    """The model to store and read out: ``model`` itself without snapshots; else one ensemble whose members are the
+    snapshots' networks (``state_dict`` copies of ``model``, oldest first), then ``model``'s own."""
+    core = getattr(model, "module", model)
+    if not snapshots:
+        return core
+    per = len(members(core))
+    with torch.random.fork_rng(devices=[]):  # new modules draw initial weights: the training's stream stays as it is
+        stored = SencaEnsemble(core.config, n_expr=core.n_expr, n_hist=core.n_hist,
+                               n_members=per * (len(snapshots) + 1))
+        twin = network(core.config, n_expr=core.n_expr, n_hist=core.n_hist)
+    for i, state in enumerate([*snapshots, core.state_dict()]):
+        twin.load_state_dict(state)
+        for j, member in enumerate(members(twin)):
+            stored.members[i * per + j].load_state_dict(member.state_dict())
+    return stored.to(next(core.parameters()).device).eval()
 
 
 def members(model: nn.Module) -> list[SencaModel]:
@@ -82,3 +124,17 @@ def clip_members(model: nn.Module, max_norm: float) -> None:
     """Clip each member's gradient norm to ``max_norm`` on its own, as it would be clipped trained alone."""
     for member in members(model):
         torch.nn.utils.clip_grad_norm_(member.parameters(), max_norm)
+
+
+def split_snapshots(state: dict, n_members: int, per: int) -> tuple[list[dict], dict]:
+    """The inverse of :func:`with_snapshots` on weights: a stored model's ``state_dict`` (``n_members`` members,
+    ``per`` of them per network as trained) -> (the snapshots' ``state_dict`` s, oldest first; the last network's),
+    each in the trained network's own layout. A model without snapshots comes back as it is."""
+    if n_members <= per:
+        return [], state
+    groups: list[dict] = [{} for _ in range(n_members // per)]
+    for key, value in state.items():
+        index, rest = key.split(".", 2)[1:]
+        i = int(index)
+        groups[i // per][rest if per == 1 else f"members.{i % per}.{rest}"] = value
+    return groups[:-1], groups[-1]

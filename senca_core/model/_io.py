@@ -10,7 +10,7 @@ import torch
 
 from ..errors import ConfigError
 from ._config import SencaConfig
-from ._ensemble import network
+from ._ensemble import members, network
 from ._network import SencaModel
 
 FORMAT = "senca-st/1"
@@ -23,7 +23,8 @@ def save_model(model: SencaModel, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "config": model.config.to_dict(), "n_expr": model.n_expr,
-               "n_hist": model.n_hist, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+               "n_hist": model.n_hist, "members": len(members(model)),  # a snapshot ensemble: more than n_models
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     fd, tmp = _new_temp(path)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -64,7 +65,7 @@ def load_model(path: str | Path, *, device: str | None = None) -> SencaModel:
                                     **payload["config"]})
     if device is not None:
         config = config.replace(device=device)
-    model = network(config, n_expr=payload["n_expr"], n_hist=payload["n_hist"])
+    model = network(config, n_expr=payload["n_expr"], n_hist=payload["n_hist"], n_members=payload.get("members"))
     model.load_state_dict(payload["state_dict"])
     model.to(config.device)
     model.eval()

@@ -14,7 +14,7 @@ from .._heap import retained_heap
 from ..errors import ConfigError, SlideError
 from ._batch import SlideBatch, make_batch
 from ._config import SencaConfig
-from ._ensemble import clip_members, members, network
+from ._ensemble import clip_members, members, network, snapshot_epochs, snapshot_of, with_snapshots
 from ._network import SencaModel
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -134,7 +134,8 @@ def run_epoch(model, batches, optimizer, epoch: int, config: SencaConfig, genera
 
 def fit(adatas: AnnData | Sequence[AnnData], config: SencaConfig | None = None, *,
         callback: EpochCallback | None = None) -> tuple[SencaModel, list[dict[str, float]]]:
-    """Train SENCA-st on one or more preprocessed slides in this process. Returns ``(model, history)``."""
+    """Train SENCA-st on one or more preprocessed slides in this process. Returns ``(model, history)``; with
+    ``config.snapshots`` > 1 the model is the snapshot ensemble (``_ensemble.with_snapshots``)."""
     config = (config or SencaConfig()).validate()
     adatas = [adatas] if isinstance(adatas, AnnData) else list(adatas)
     if not adatas:
@@ -151,12 +152,16 @@ def _fit(adatas, config, callback):
     optimizer = make_optimizer(model, config)
     order_rng = random.Random(config.seed)
     history = []
+    keep, snapshots = snapshot_epochs(config), []
     for epoch in range(config.epochs):
         parts = run_epoch(model, batches, optimizer, epoch, config, generator, order_rng)
         parts["epoch"] = epoch
         history.append(parts)
+        if epoch in keep:
+            snapshots.append(snapshot_of(model))
         if callback is not None:
             callback(epoch, parts)
+    model = with_snapshots(model, snapshots)
     model.eval()
     return model, history
 
