@@ -35,8 +35,9 @@ from ._network import SencaModel
 
 
 class SencaEnsemble(nn.Module):
-    """``n_models`` independent :class:`SencaModel` members; the same interface as one (``config``, ``n_expr``,
-    ``n_hist``, ``forward``, ``loss``)."""
+    """``n_models`` independent :class:`SencaModel` members (``n_members`` of them instead: a stored snapshot
+    ensemble's, see :func:`with_snapshots`); the same interface as one (``config``, ``n_expr``, ``n_hist``,
+    ``forward``, ``loss``)."""
 
     def __init__(self, config: SencaConfig, n_expr: int, n_hist: int, n_members: int | None = None) -> None:
         super().__init__()
