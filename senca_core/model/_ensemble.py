@@ -104,15 +104,22 @@ def with_snapshots(model: nn.Module, snapshots: list[dict]) -> nn.Module:
     if not snapshots:
         return core
     per = len(members(core))
-    with torch.random.fork_rng(devices=[]):  # new modules draw initial weights: the training's stream stays as it is
+    with torch.random.fork_rng(devices=[]):  # a new module draws initial weights: the training's stream stays as it is
         stored = SencaEnsemble(core.config, n_expr=core.n_expr, n_hist=core.n_hist,
                                n_members=per * (len(snapshots) + 1))
-        twin = network(core.config, n_expr=core.n_expr, n_hist=core.n_hist)
-    for i, state in enumerate([*snapshots, core.state_dict()]):
-        twin.load_state_dict(state)
-        for j, member in enumerate(members(twin)):
-            stored.members[i * per + j].load_state_dict(member.state_dict())
+    stored.load_state_dict(_join_snapshots([*snapshots, core.state_dict()], per))
     return stored.to(next(core.parameters()).device).eval()
+
+
+def _join_snapshots(states: list[dict], per: int) -> dict:
+    """The stored model's ``state_dict`` from its networks' (oldest first, each with ``per`` members as trained):
+    network ``g``'s member ``j`` becomes member ``g * per + j``. :func:`split_snapshots` is the inverse."""
+    joined = {}
+    for g, state in enumerate(states):
+        for key, value in state.items():
+            j, rest = (0, key) if per == 1 else key.split(".", 2)[1:]
+            joined[f"members.{g * per + int(j)}.{rest}"] = value
+    return joined
 
 
 def members(model: nn.Module) -> list[SencaModel]:
@@ -128,7 +135,7 @@ def clip_members(model: nn.Module, max_norm: float) -> None:
 
 
 def split_snapshots(state: dict, n_members: int, per: int) -> tuple[list[dict], dict]:
-    """The inverse of :func:`with_snapshots` on weights: a stored model's ``state_dict`` (``n_members`` members,
+    """The inverse of :func:`_join_snapshots`: a stored model's ``state_dict`` (``n_members`` members,
     ``per`` of them per network as trained) -> (the snapshots' ``state_dict`` s, oldest first; the last network's),
     each in the trained network's own layout. A model without snapshots comes back as it is."""
     if n_members <= per:
