@@ -89,8 +89,10 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def _socket_inodes(pids: list[int]) -> dict[str, int]:
-    inodes = {}
+def _socket_inodes(pids: list[int]) -> dict[str, list[int]]:
+    """Each socket inode to every pid holding it (a child forked without closing its parent's descriptors, as
+    Ray's workers are from the raylet, holds the parent's listening socket too)."""
+    inodes: dict[str, list[int]] = {}
     for pid in pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
@@ -102,7 +104,7 @@ def _socket_inodes(pids: list[int]) -> dict[str, int]:
             except OSError:
                 continue
             if link.startswith("socket:["):
-                inodes[link[8:-1]] = pid
+                inodes.setdefault(link[8:-1], []).append(pid)
     return inodes
 
 
@@ -118,8 +120,8 @@ def _ip(hex_ip: str) -> str:
 
 
 def listening(pids: list[int]) -> list[tuple[str, int, int, str]]:
-    """TCP sockets in LISTEN state owned by ``pids``: ``(ip, port, pid, command line)``; IPv4-mapped IPv6
-    addresses are given as IPv4."""
+    """TCP sockets in LISTEN state held by ``pids``: ``(ip, port, pid, command line)``, one row per holder;
+    IPv4-mapped IPv6 addresses are given as IPv4."""
     inodes = _socket_inodes(pids)
     out = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -132,8 +134,7 @@ def listening(pids: list[int]) -> list[tuple[str, int, int, str]]:
             if len(parts) < 10 or parts[3] != "0A" or parts[9] not in inodes:
                 continue
             ip, port = parts[1].split(":")
-            pid = inodes[parts[9]]
-            out.append((_ip(ip), int(port, 16), pid, cmdline(pid)[:300]))
+            out.extend((_ip(ip), int(port, 16), pid, cmdline(pid)[:300]) for pid in inodes[parts[9]])
     return out
 
 
@@ -145,13 +146,14 @@ def is_loopback(ip: str) -> bool:
 
 class SocketWatch:
     """Samples the listening sockets of a session's processes every ``interval`` s while it runs (a thread):
-    ``seen`` maps each (ip, port) to its first owner (pid, command line); ``processes`` every pid of the session
-    seen to its command line (so that a check can tell "never ran" from "ran but was not caught listening")."""
+    ``seen`` maps each (ip, port, pid) holding a listening socket to its command line; ``processes`` every pid of
+    the session seen to its command line (so that a check can tell "never ran" from "ran but was not caught
+    listening")."""
 
     def __init__(self, sid: int, interval: float = 0.5):
         self.sid = sid
         self.interval = interval
-        self.seen: dict[tuple[str, int], tuple[int, str]] = {}
+        self.seen: dict[tuple[str, int, int], str] = {}
         self.processes: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -172,7 +174,7 @@ class SocketWatch:
                 if cmd:
                     self.processes[pid] = cmd
             for ip, port, pid, cmd in listening(pids):
-                self.seen.setdefault((ip, port), (pid, cmd))
+                self.seen.setdefault((ip, port, pid), cmd)
             self._stop.wait(self.interval)
 
 
