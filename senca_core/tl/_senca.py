@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from anndata import AnnData
 
-from ..model import SencaConfig, SencaModel, fit, readout, readout_blocks
+if TYPE_CHECKING:
+    from ..model import SencaConfig, SencaModel
+
+# ``..model`` (torch) loads inside the two verbs: ``import senca_core.tl`` for clustering and summaries (the
+# platform's driver, a notebook reading results) then does not pay torch's import (~2 s of CPU)
 
 
 def senca(adatas: AnnData | Sequence[AnnData], config: SencaConfig | None = None, *,
@@ -21,6 +25,8 @@ def senca(adatas: AnnData | Sequence[AnnData], config: SencaConfig | None = None
     Every slide must already be preprocessed (``pp.preprocess``; ``hist.patch_features`` where there is an image).
     Returns the model.
     """
+    from ..model import fit
+
     slides = [adatas] if isinstance(adatas, AnnData) else list(adatas)
     model, history = fit(slides, config, callback=callback)
     apply(model, slides, key_added=key_added)
@@ -31,6 +37,8 @@ def senca(adatas: AnnData | Sequence[AnnData], config: SencaConfig | None = None
 
 def apply(model: SencaModel, adatas: AnnData | Sequence[AnnData], *, key_added: str = "X_senca") -> None:
     """Write a trained model's embedding and region readout on slides (no training): ``predict`` uses this."""
+    from ..model import readout, readout_blocks
+
     slides = [adatas] if isinstance(adatas, AnnData) else list(adatas)
     blocks = readout_blocks(model)
     for a in slides:
