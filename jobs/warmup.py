@@ -84,5 +84,16 @@ class Warmup:
         return time.perf_counter() - self.started
 
 
-def start(n_workers: int) -> Warmup:
-    return Warmup(n_workers)
+def workers_to_warm(num_cpus: int, n_slides: int, concurrency: int | None) -> int:
+    """How many workers the first stage's map will run at once, so as many to warm: one per slide, at most the
+    CPUs and the spec's ``preprocess.concurrency`` (a user who caps it for memory gets no idle warm worker holding
+    its imports, ~600 MB each)."""
+    n = min(int(num_cpus), int(n_slides))
+    if concurrency is not None:
+        n = min(n, int(concurrency))
+    return max(1, n)
+
+
+def start(num_cpus: int, n_slides: int, concurrency: int | None) -> Warmup:
+    """Warm :func:`workers_to_warm` workers and Ray Data (in the background; :meth:`Warmup.wait` joins)."""
+    return Warmup(workers_to_warm(num_cpus, n_slides, concurrency))

@@ -22,6 +22,19 @@ def test_the_map_cap_is_the_users_limit_or_every_row(concurrency, rows, size):
     assert preprocess._pool_size(concurrency, rows) == size
 
 
+@pytest.mark.parametrize(("cpus", "slides", "concurrency", "warm"), [
+    (2, 4, None, 2),  # the CPUs bound the first map: as many workers warmed
+    (8, 3, None, 3),  # one per slide
+    (4, 6, 1, 1),     # the user's preprocess.concurrency (memory): no idle warm worker beside the one that runs
+    (4, 6, 3, 3),
+    (2, 0, None, 1),
+])
+def test_the_warm_workers_are_those_the_first_map_runs_at_once(cpus, slides, concurrency, warm):
+    assert warmup.workers_to_warm(cpus, slides, concurrency) == warm
+    if slides:
+        assert warm == min(cpus, preprocess._pool_size(concurrency, slides))
+
+
 def test_run_map_keeps_input_order_and_leaves_the_data_context_as_found():
     import ray
     import ray.data

@@ -264,13 +264,13 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
     try:
         n_slides = len(spec.slides())
         from jobs.train import may_use_worker_groups  # no Ray Train worker group: no dashboard, Ray starts sooner
-
         dashboard = may_use_worker_groups(n_slides=n_slides, num_workers=spec.training.num_workers,
                                           launcher=spec.training.launcher)
         with ray_session(spec.ray.address, spec.ray.num_cpus, quiet=not progress, defer_shutdown=True,
                          dashboard=dashboard) as session:
             timing["ray_start_s"] = time.perf_counter() - t0
-            warm = warmup.start(min(session["num_cpus"], n_slides)) if session["embedded"] else None
+            warm = (warmup.start(session["num_cpus"], n_slides, spec.preprocess.concurrency)
+                    if session["embedded"] else None)
             tracker = opening.result()
             journal.start(spec, spec_path=spec_path, tracker=tracker)
             if warm is not None:
