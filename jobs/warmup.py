@@ -87,11 +87,10 @@ class Warmup:
 def workers_to_warm(num_cpus: int, n_slides: int, concurrency: int | None) -> int:
     """How many workers the first stage's map will run at once, so as many to warm: one per slide, at most the
     CPUs and the spec's ``preprocess.concurrency`` (a user who caps it for memory gets no idle warm worker holding
-    its imports, ~600 MB each)."""
-    n = min(int(num_cpus), int(n_slides))
-    if concurrency is not None:
-        n = min(n, int(concurrency))
-    return max(1, n)
+    its imports, ~600 MB each): the map's own task cap (``preprocess._pool_size``), at most the CPUs."""
+    from .preprocess import _pool_size
+
+    return max(1, min(int(num_cpus), _pool_size(concurrency, int(n_slides))))
 
 
 def start(num_cpus: int, n_slides: int, concurrency: int | None) -> Warmup:
