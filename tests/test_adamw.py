@@ -59,11 +59,16 @@ def test_a_checkpoint_of_either_resumes_in_the_other_with_the_same_numbers():
 
 
 def test_training_does_not_import_torch_compiler():
+    """A whole ``fit`` (optimizer, deterministic mode, steps) in a fresh process: torch's compiler never loads, and
+    the deterministic switch is on while training and restored after."""
     probe = ("import sys, torch\n"
-             "from senca_core.model import SencaConfig, make_optimizer\n"
-             "m = torch.nn.Linear(3, 2)\n"
-             "o = make_optimizer(m, SencaConfig())\n"
-             "o.zero_grad(); m(torch.ones(1, 3)).sum().backward(); o.step(); o.zero_grad()\n"
-             "print(sorted(k for k in sys.modules if k.startswith('torch._dynamo'))[:3])\n")
+             "sys.path.insert(0, 'tests')\n"
+             "from test_model import FAST, _grid_slide\n"
+             "from senca_core.model import SencaConfig, deterministic, fit\n"
+             "seen = []\n"
+             "fit(_grid_slide(), SencaConfig(**dict(FAST, epochs=3)),\n"
+             "    callback=lambda e, p: seen.append(torch.are_deterministic_algorithms_enabled()))\n"
+             "print(seen, torch.are_deterministic_algorithms_enabled(),\n"
+             "      sorted(k for k in sys.modules if k.startswith(('torch._dynamo', 'torch._inductor')))[:3])\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "[True, True, True] False []", out.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
@@ -41,13 +42,27 @@ def deterministic() -> Iterator[None]:
     mode): every buffer the loop allocates is written before it is read, and the fill cost 8 % of an epoch."""
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
                 torch.utils.deterministic.fill_uninitialized_memory)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    _use_deterministic(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        _use_deterministic(previous[0], warn_only=previous[1])
         torch.utils.deterministic.fill_uninitialized_memory = previous[2]
+
+
+def _use_deterministic(mode: bool, *, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms`` without its import of torch's compiler when nothing compiled is around.
+
+    The public call also sets the compiler's own flag (``torch._inductor.config.deterministic``), importing the
+    compiler stack to do so (torch._inductor, torch._dynamo: about 1 s of CPU in every training process). The eager
+    kernels read only the switch set by ``torch._C._set_deterministic_algorithms``, which is all the public call
+    does besides. So when the compiler is not loaded (nothing in this process can have compiled code) only that
+    switch is set; when it is loaded, the public call keeps its flag in step."""
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
 
 
 def resolve_device(config: SencaConfig) -> torch.device:
