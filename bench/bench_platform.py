@@ -138,7 +138,7 @@ def in_process(spec_path: Path, threads: int) -> dict:
     from senca_platform.runner import build_plan
     from senca_platform.spec import load_spec
 
-    import anndata, scanpy, torch  # noqa: F401,E401 - imports are start-up here as in the CLI, not stage time
+    import anndata, torch  # noqa: F401,E401 - imports are start-up here as in the CLI (its workers: jobs.warmup), not stage time
     from senca_core import pp, tl  # noqa: F401
 
     spec = load_spec(spec_path)

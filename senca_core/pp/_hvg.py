@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import scanpy as sc
 from anndata import AnnData
 
 from ..errors import ConfigError, SlideError
@@ -97,6 +96,8 @@ def hvg(adata: AnnData, n_top_genes: int = 3000, *, flavor: str = "seurat_v3") -
     "n_top_genes"}`` (the number actually selected), plus ``"fallback"`` (str) when one was used.
     X is not modified.
     """
+    import scanpy as sc  # here, not at import: a worker preprocessing with spatial genes never loads it (1.6 s)
+
     if n_top_genes is None or int(n_top_genes) < 1:
         raise ConfigError("n_top_genes", f"must be a positive integer, got {n_top_genes!r}")
     if flavor not in ("seurat_v3", "seurat", "cell_ranger"):

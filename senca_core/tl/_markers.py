@@ -7,12 +7,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
 
 from ..errors import ConfigError, SlideError
 from ..pp._normalize import normalize_log
+from ._rank_tests import rank_groups
 
 #: Default tumour gene list: epithelial (EPCAM, keratins 8/18/19, CDH1), HER2 amplicon (ERBB2,
 #: GRB7) and proliferation (MKI67, TOP2A, …) markers. A carcinoma region scores high on all three;
@@ -54,6 +54,17 @@ def _log1p(adata: AnnData) -> sp.csr_matrix:
     return sp.csr_matrix(adata.layers["log1p"])
 
 
+def _scanpy_logreg(X, labels: pd.Categorical, var_names: pd.Index, n_rank: int) -> dict:
+    import scanpy as sc
+
+    tmp = AnnData(X=X, obs=pd.DataFrame({"g": labels}, index=[str(i) for i in range(X.shape[0])]),
+                  var=pd.DataFrame(index=var_names))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.tl.rank_genes_groups(tmp, "g", method="logreg", n_genes=n_rank, use_raw=False, key_added="rgg")
+    return {k: v for k, v in tmp.uns["rgg"].items() if k != "params"}
+
+
 def marker_genes(
     adata: AnnData,
     key: str = "region",
@@ -62,7 +73,8 @@ def marker_genes(
     method: str = "wilcoxon",
     min_spots: int = 3,
 ) -> pd.DataFrame:
-    """Top marker genes of each group of ``obs[key]`` vs the rest (scanpy ``rank_genes_groups``).
+    """Top marker genes of each group of ``obs[key]`` vs the rest: scanpy's ``rank_genes_groups`` statistics,
+    computed by ``_rank_tests.rank_groups`` (the same numbers without importing scanpy; ``logreg`` is scanpy's own).
 
     Tested on ``layers["log1p"]`` (computed with :func:`senca_core.pp.normalize_log` when absent),
     ``method`` ``"wilcoxon"`` (default) or ``"t-test"``. Groups with fewer than ``min_spots``
@@ -90,21 +102,16 @@ def marker_genes(
                          field=f"obs['{key}']")
     log = _log1p(adata)
     mask = groups.isin(keep).fillna(False).to_numpy(dtype=bool)
-    tmp = AnnData(X=log[mask], obs=pd.DataFrame({"g": pd.Categorical(groups[mask].astype(str),
-                                                                       categories=keep)},
-                                                 index=adata.obs_names[mask]),
-                  var=pd.DataFrame(index=adata.var_names))
-    tmp.uns["log1p"] = {"base": np.e}  # natural log1p, as normalize_log writes it
+    labels = pd.Categorical(groups[mask].astype(str), categories=keep)
     n_rank = int(min(n_genes, adata.n_vars))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sc.tl.rank_genes_groups(tmp, "g", method=method, n_genes=n_rank, use_raw=False,
-                                key_added="rgg")
-    res = tmp.uns["rgg"]
+    X = log[mask]
+    if method == "logreg":  # the one test not computed here: scanpy's, imported only for it
+        res = _scanpy_logreg(X, labels, adata.var_names, n_rank)
+    else:
+        res = rank_groups(X, labels, adata.var_names, method=method, n_genes=n_rank)
     rows = []
-    X = tmp.X
     gidx = {g: i for i, g in enumerate(adata.var_names)}
-    lab = tmp.obs["g"].to_numpy()
+    lab = np.asarray(labels).astype(str)
     for grp in keep:
         inside = lab == grp
         names = res["names"][grp]
@@ -121,7 +128,7 @@ def marker_genes(
                 "pval_adj": float(res["pvals_adj"][grp][r]) if "pvals_adj" in res else np.nan,
                 "mean_in": float(m_in[r]), "mean_out": float(m_out[r]),
             })
-    res_clean = {k: v for k, v in res.items() if k != "params"}
+    res_clean = dict(res)
     res_clean["params"] = {"groupby": key, "method": method, "reference": "rest",
                            "layer": "log1p", "n_genes": n_rank}
     adata.uns[f"rank_genes_{key}"] = res_clean
