@@ -19,6 +19,7 @@ def import_stack() -> None:
     import anndata  # noqa: F401
     import torch  # noqa: F401
 
+    from senca_core import hist, io, metrics, model, pl, pp, tl  # noqa: F401 - the verbs the stages call
     from . import infer, preprocess, train_loop  # noqa: F401
 
     freeze_imports()
