@@ -210,6 +210,10 @@ def test_synthetic_cohort_is_tracked_in_mlflow(synthetic_run):
                         "X_hist": a.obsm["X_hist"].astype(np.float32),
                         "spatial_neighbors": a.obsm["spatial_neighbors"].astype(np.int64)})
     zcols = [c for c in Z.columns if c.startswith("z_")]
+    # the logged output schema (built from the embeddings' width, the driver without torch) is what MLflow infers
+    from mlflow.models import get_model_info, infer_signature
+    inferred = infer_signature({"X_pca": a.obsm["X_pca"][:4].astype(np.float32)}, Z).outputs
+    assert get_model_info("models:/senca-demo@champion").signature.outputs == inferred
     assert np.allclose(Z[zcols].to_numpy(), a.obsm["X_senca_latent"], atol=1e-5)  # the fused embedding z
     # ... and the spots' regions, from the run's region model (as the run assigned them)
     assert (Z["region"].astype(str).to_numpy() == a.obs["region"].astype(str).to_numpy()).mean() > 0.95

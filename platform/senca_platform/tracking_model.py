@@ -88,12 +88,43 @@ def input_schema(n_pca: int):
                    TensorSpec(np.dtype(np.int64), (-1, -1), "spatial_neighbors")])
 
 
+def output_schema(width: int):
+    """The pyfunc's output: ``region`` (int64) and ``z_0 .. z_{width-1}`` (float32), as MLflow infers it from
+    ``SencaEmbedder.predict``'s DataFrame."""
+    from mlflow.types.schema import ColSpec, Schema
+
+    return Schema([ColSpec("long", "region")] + [ColSpec("float", f"z_{i}") for i in range(int(width))])
+
+
+def _output_schema(out: Path, model_path: str | Path, artifacts: dict[str, str], example: dict[str, np.ndarray]):
+    """The output schema from the width of the embeddings the infer stage wrote (``OUT/infer/latent/*.npy``): the
+    driver needs no torch for it (its import, ~2 s of CPU, was most of the model's logging). Without them (a run
+    whose outputs were moved), the model itself is run on the example."""
+    latent = sorted((out / "infer" / "latent").glob("*.npy"))
+    if latent:
+        return output_schema(np.load(latent[0], mmap_mode="r").shape[1])
+    import torch
+    from mlflow.models import infer_signature
+    from senca_core.model import load_model
+
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    with warnings.catch_warnings():  # "add type hints to predict": the input is a dict of arrays, on purpose
+        warnings.simplefilter("ignore")
+        embedder = _pyfunc_class()()
+    embedder.model = load_model(model_path, device="cpu")
+    if "region_model" in artifacts:
+        import pickle
+
+        embedder.region_model = pickle.loads(Path(artifacts["region_model"]).read_bytes())
+    return infer_signature(example, embedder.predict(None, example)).outputs
+
+
 def log_pyfunc(self, model_path: str | Path, example_slide: str | Path,
               selection: dict[str, Any] | None = None) -> dict[str, Any]:
     """``MlflowTracker.log_model`` (``self``: the tracker): log the model as a pyfunc with a signature, register it under the spec's name, set the alias; the
     version carries how it was chosen (``selection``, a tuned run: ``jobs.stage_model.selection_rule``)."""
     import mlflow
-    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.models import ModelSignature
 
     name = self.spec.model_name
     sha = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
@@ -105,25 +136,13 @@ def log_pyfunc(self, model_path: str | Path, example_slide: str | Path,
                 "alias": self.spec.tracking.alias, "registered_uri": f"models:/{name}@{self.spec.tracking.alias}",
                 "reused": True}
     example = model_example(example_slide)
-    import torch
-    from senca_core.model import load_model
-
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    with warnings.catch_warnings():  # "add type hints to predict": the input is a dict of arrays, on purpose
-        warnings.simplefilter("ignore")
-        embedder = _pyfunc_class()()
-    embedder.model = load_model(model_path, device="cpu")
     artifacts = {"model": str(model_path)}
     region_model = self.out / "infer" / "region_model.pkl"  # jobs.infer.cluster_cohort's, this run's
     if region_model.is_file():
-        import pickle
-
         artifacts["region_model"] = str(region_model)
-        embedder.region_model = pickle.loads(region_model.read_bytes())
-    output = embedder.predict(None, example)
     # slides without an image send X_hist of width 0: its feature axis is free (input_schema)
     signature = ModelSignature(inputs=input_schema(example["X_pca"].shape[1]),
-                               outputs=infer_signature(example, output).outputs)
+                               outputs=_output_schema(self.out, model_path, artifacts, example))
     # the model is logged at the training curve's last step, so the metrics MLflow links to it are the final ones
     # (at step 0 it took the first epoch's train_loss); the cohort's scalars (step 0) are linked as well
     curve = self.client.get_metric_history(self.run_id, "train_loss")
