@@ -1,10 +1,11 @@
 """Start-up paid once per run, while the driver does other start-up work (opening the MLflow run).
 
-A fresh Ray worker spends ~4 s importing anndata, torch and the stages' modules before its first slide (never scanpy:
-no stage of the default spec uses it), and Ray Data's first dataset ~2.5 s setting itself up in the driver; paid inside a stage, that start-up is billed to the stage, once per
-worker process. :func:`start` submits one import task per worker the first stage will use (each holds a CPU while it
-imports, so each lands in its own worker process, which Ray then reuses for the stages' tasks) and runs a one-row Ray Data map in a
-background thread; :meth:`Warmup.wait` joins both. Nothing here changes a result.
+A fresh Ray worker spends ~4 s importing anndata, torch and the stages' modules before its first slide (never
+scanpy: no stage of the default spec uses it), and Ray Data's first dataset ~2.5 s setting itself up in the driver;
+paid inside a stage, that start-up is billed to the stage, once per worker process. :func:`start` submits one import
+task per worker the first stage will use (each holds a CPU while it imports, so each lands in its own worker process,
+which Ray then reuses for the stages' tasks) and runs a one-row Ray Data map in a background thread;
+:meth:`Warmup.wait` joins both. Nothing here changes a result.
 """
 
 from __future__ import annotations

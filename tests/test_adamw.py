@@ -53,7 +53,8 @@ def test_the_same_parameters_and_moments_as_torch_adamw_to_the_last_bit():
 def test_a_checkpoint_of_either_resumes_in_the_other_with_the_same_numbers():
     config = SencaConfig(**FAST)
     straight, _ = _train(config, make_optimizer, 10)
-    for first, second in ((make_optimizer, _torch_adamw), (_torch_adamw, make_optimizer), (make_optimizer, make_optimizer)):
+    pairs = ((make_optimizer, _torch_adamw), (_torch_adamw, make_optimizer), (make_optimizer, make_optimizer))
+    for first, second in pairs:
         resumed, _ = _train(config, first, 10, resume_with=second)
         assert all(torch.equal(a, b) for a, b in zip(straight, resumed))
 

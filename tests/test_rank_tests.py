@@ -65,8 +65,8 @@ def test_marker_genes_uses_them_and_logreg_is_scanpys():
     import senca_core as sc
 
     X, labels, names = _slide()
-    a = ad.AnnData(X=X.copy(), obs=pd.DataFrame({"region": labels.astype(str)}, index=[f"s{i}" for i in range(X.shape[0])]),
-                   var=pd.DataFrame(index=names))
+    obs = pd.DataFrame({"region": labels.astype(str)}, index=[f"s{i}" for i in range(X.shape[0])])
+    a = ad.AnnData(X=X.copy(), obs=obs, var=pd.DataFrame(index=names))
     a.layers["log1p"] = X.copy()
     table = sc.tl.marker_genes(a, "region", n_genes=5)
     ref = _scanpy(X, pd.Categorical(labels.astype(str), categories=list(a.obs["region"].value_counts().index)),

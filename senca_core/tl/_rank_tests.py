@@ -44,10 +44,11 @@ def _rank_sums(X: sp.csr_matrix, codes: np.ndarray, n_groups: int) -> np.ndarray
     zeros = n - nnz  # zeros per gene
     rank = zeros[gene] + (pos[starts][tie] + pos[ends][tie]) / 2.0 + 1.0
     group_of_entry = codes[csc.indices[order]]
-    sums = np.bincount(group_of_entry * n_genes + gene, weights=rank, minlength=n_groups * n_genes)
+    cell = group_of_entry * n_genes + gene  # (group, gene) of each non-zero entry
+    sums = np.bincount(cell, weights=rank, minlength=n_groups * n_genes)
     sums = sums.reshape(n_groups, n_genes)
     in_group = np.bincount(codes, minlength=n_groups)[:, None]
-    nonzero_in_group = np.bincount(group_of_entry * n_genes + gene, minlength=n_groups * n_genes).reshape(n_groups, n_genes)
+    nonzero_in_group = np.bincount(cell, minlength=n_groups * n_genes).reshape(n_groups, n_genes)
     return sums + (in_group - nonzero_in_group) * ((zeros + 1) / 2.0)[None, :]
 
 
