@@ -32,8 +32,8 @@ def test_from_the_latent_files_or_else_from_the_model(tmp_path):
     width = a.obsm["X_senca_latent"].shape[1]
     example = _example(a)
     # no embeddings written: the model is run on the example
-    assert _output_schema(tmp_path, path, {"model": str(path)}, example) == output_schema(width)
+    assert _output_schema(tmp_path, {"model": str(path)}, example) == output_schema(width)
     latent = tmp_path / "infer" / "latent"
     latent.mkdir(parents=True)
     np.save(latent / "S.npy", np.zeros((7, width), dtype=np.float32))
-    assert _output_schema(tmp_path, tmp_path / "absent.pt", {}, example) == output_schema(width)  # model not read
+    assert _output_schema(tmp_path, {"model": str(tmp_path / "absent.pt")}, example) == output_schema(width)  # not read

@@ -96,26 +96,24 @@ def output_schema(width: int):
     return Schema([ColSpec("long", "region")] + [ColSpec("float", f"z_{i}") for i in range(int(width))])
 
 
-def _output_schema(out: Path, model_path: str | Path, artifacts: dict[str, str], example: dict[str, np.ndarray]):
+def _output_schema(out: Path, artifacts: dict[str, str], example: dict[str, np.ndarray]):
     """The output schema from the width of the embeddings the infer stage wrote (``OUT/infer/latent/*.npy``): the
     driver needs no torch for it (its import, ~2 s of CPU, was most of the model's logging). Without them (a run
-    whose outputs were moved), the model itself is run on the example."""
+    whose outputs were moved), the model is loaded from ``artifacts`` as MLflow will load it, and run on the
+    example."""
     latent = sorted((out / "infer" / "latent").glob("*.npy"))
     if latent:
         return output_schema(np.load(latent[0], mmap_mode="r").shape[1])
+    from types import SimpleNamespace
+
     import torch
     from mlflow.models import infer_signature
-    from senca_core.model import load_model
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     with warnings.catch_warnings():  # "add type hints to predict": the input is a dict of arrays, on purpose
         warnings.simplefilter("ignore")
         embedder = _pyfunc_class()()
-    embedder.model = load_model(model_path, device="cpu")
-    if "region_model" in artifacts:
-        import pickle
-
-        embedder.region_model = pickle.loads(Path(artifacts["region_model"]).read_bytes())
+    embedder.load_context(SimpleNamespace(artifacts=artifacts))
     return infer_signature(example, embedder.predict(None, example)).outputs
 
 
@@ -142,7 +140,7 @@ def log_pyfunc(self, model_path: str | Path, example_slide: str | Path,
         artifacts["region_model"] = str(region_model)
     # slides without an image send X_hist of width 0: its feature axis is free (input_schema)
     signature = ModelSignature(inputs=input_schema(example["X_pca"].shape[1]),
-                               outputs=_output_schema(self.out, model_path, artifacts, example))
+                               outputs=_output_schema(self.out, artifacts, example))
     # the model is logged at the training curve's last step, so the metrics MLflow links to it are the final ones
     # (at step 0 it took the first epoch's train_loss); the cohort's scalars (step 0) are linked as well
     curve = self.client.get_metric_history(self.run_id, "train_loss")

@@ -27,8 +27,7 @@ def _rank_sums(X: sp.csr_matrix, codes: np.ndarray, n_groups: int) -> np.ndarray
     n, n_genes = X.shape
     if X.nnz and X.data.min() < 0:
         return _dense_rank_sums(X, codes, n_groups)
-    csc = X.tocsc()
-    csc.eliminate_zeros()
+    csc = X.tocsc()  # X has no explicit zeros (rank_groups)
     csc.sort_indices()
     nnz = np.diff(csc.indptr)
     col = np.repeat(np.arange(n_genes), nnz)
@@ -52,33 +51,26 @@ def _rank_sums(X: sp.csr_matrix, codes: np.ndarray, n_groups: int) -> np.ndarray
     return sums + (in_group - nonzero_in_group) * ((zeros + 1) / 2.0)[None, :]
 
 
-def _dense_rank_sums(X, codes: np.ndarray, n_groups: int) -> np.ndarray:
+def _dense_rank_sums(X: sp.csr_matrix, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    from scipy.stats import rankdata  # scipy.stats: 0.6 s of import, only for this rare case and the t-tests
+
     n, n_genes = X.shape
     out = np.zeros((n_groups, n_genes))
     step = max(_DENSE_BLOCK // max(n, 1), 1)
     for left in range(0, n_genes, step):
-        block = X[:, left:left + step]
-        block = block.toarray() if sp.issparse(block) else np.asarray(block)
-        from scipy.stats import rankdata  # scipy.stats: 0.6 s of import, only for this rare case and the t-tests
-
-        ranks = rankdata(block, axis=0)
+        ranks = rankdata(X[:, left:left + step].toarray(), axis=0)
         for g in range(n_groups):
             out[g, left:left + step] = ranks[codes == g].sum(axis=0)
     return out
 
 
-def _mean_var(X, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _mean_var(X: sp.csr_matrix, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased variance of each column over the rows in ``mask``, as scanpy computes them: sums in
     float64, each square in the matrix's own precision."""
     sub = X[mask]
     n = sub.shape[0]
-    if sp.issparse(sub):
-        sub = sp.csr_matrix(sub)
-        total = np.bincount(sub.indices, weights=sub.data.astype(np.float64), minlength=sub.shape[1])
-        squares = np.bincount(sub.indices, weights=(sub.data * sub.data).astype(np.float64), minlength=sub.shape[1])
-    else:
-        sub = np.asarray(sub)
-        total, squares = sub.sum(axis=0, dtype=np.float64), (sub * sub).sum(axis=0, dtype=np.float64)
+    total = np.bincount(sub.indices, weights=sub.data.astype(np.float64), minlength=sub.shape[1])
+    squares = np.bincount(sub.indices, weights=(sub.data * sub.data).astype(np.float64), minlength=sub.shape[1])
     mean = total / n
     var = squares / n - mean ** 2
     if n != 1:
@@ -110,14 +102,17 @@ def rank_groups(X, labels: pd.Categorical, var_names: pd.Index, *, method: str =
     ``uns["rank_genes_groups"]`` fields (``names``, ``scores``, ``pvals``, ``pvals_adj``, ``logfoldchanges``; one
     recarray field per group, ``n_genes`` rows, best first). ``method``: ``"wilcoxon"``, ``"t-test"`` or
     ``"t-test_overestim_var"``."""
-    if sp.issparse(X):
-        X = sp.csr_matrix(X)
-        X.eliminate_zeros()
+    X = sp.csr_matrix(X, copy=True)  # the caller's matrix untouched; a dense one is ranked as its sparse form
+    X.eliminate_zeros()
     groups = [str(g) for g in labels.categories]
     codes = np.asarray(labels.codes, dtype=np.int64)
     n, total_genes = X.shape
     n_top = min(int(n_genes), total_genes)
-    sums = _rank_sums(X, codes, len(groups)) if method == "wilcoxon" else None
+    if method == "wilcoxon":
+        sums = _rank_sums(X, codes, len(groups))
+    else:
+        from scipy.stats import ttest_ind_from_stats
+
     fields: dict[str, list] = {k: [] for k in ("names", "scores", "pvals", "pvals_adj", "logfoldchanges")}
     for g in range(len(groups)):
         inside = codes == g
@@ -130,8 +125,6 @@ def rank_groups(X, labels: pd.Categorical, var_names: pd.Index, *, method: str =
             scores[np.isnan(scores)] = 0
             pvals = 2 * special.ndtr(-np.abs(scores))  # the normal's upper tail, as scipy.stats.norm.sf computes it
         else:
-            from scipy.stats import ttest_ind_from_stats
-
             n_rest = n - n_in if method == "t-test" else n_in
             with np.errstate(invalid="ignore"):
                 scores, pvals = ttest_ind_from_stats(mean1=mean_in, std1=np.sqrt(var_in), nobs1=n_in,
