@@ -109,3 +109,42 @@ def test_ray_handles_in_garbage_cycles_are_freed_before_the_deferred_shutdown():
         if was_enabled:
             gc.enable()
     assert not ray.is_initialized()
+
+
+def test_an_embedded_rays_shutdown_stops_every_process_it_started_monitor_first(monkeypatch):
+    """``ray_local.shutdown`` SIGKILLs the embedded node's autoscaler monitor before Ray's own shutdown reaches it
+    (Ray would wait a second for it: its SIGTERM handler reports to the GCS Ray stopped before it), and every
+    process of the node, its worker included, is gone afterwards."""
+    import os
+    import time
+
+    import ray
+    from ray._private import node as ray_node
+    from ray._private import ray_constants
+    from ray._private import worker as ray_worker
+
+    from senca_platform.ray_local import ray_session
+
+    from _services import _alive
+
+    reached = []  # the monitor's state when Ray's shutdown came to it
+    own_kill = ray_node.Node._kill_process_type
+
+    def spy(self, process_type, *args, **kwargs):
+        if process_type == ray_constants.PROCESS_TYPE_MONITOR:
+            reached.extend(info.process.poll() for info in self.all_processes.get(process_type, []))
+        return own_kill(self, process_type, *args, **kwargs)
+
+    monkeypatch.setattr(ray_node.Node, "_kill_process_type", spy)
+    with ray_session(num_cpus=1, quiet=True, dashboard=False):
+        worker = ray.get(ray.remote(lambda: os.getpid()).options(num_cpus=1).remote())
+        processes = ray_worker._global_node.all_processes
+        monitors = [info.process for info in processes[ray_constants.PROCESS_TYPE_MONITOR]]
+        pids = [worker] + [info.process.pid for infos in processes.values() for info in infos]
+        assert monitors and all(m.poll() is None for m in monitors) and _alive(pids) == pids
+    assert not ray.is_initialized()
+    assert reached == [-9] * len(monitors)  # already killed when Ray's one-second grace would have begun
+    deadline = time.monotonic() + 10
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive(pids) == []
