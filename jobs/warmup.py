@@ -1,11 +1,11 @@
 """Start-up paid once per run, while the driver does other start-up work (opening the MLflow run).
 
-A fresh Ray worker spends ~4 s importing anndata, torch and the stages' modules before its first slide (never
-scanpy: no stage of the default spec uses it), and Ray Data's first dataset ~2.5 s setting itself up in the driver;
-paid inside a stage, that start-up is billed to the stage, once per worker process. :func:`start` submits one import
-task per worker the first stage will use (each holds a CPU while it imports, so each lands in its own worker process,
-which Ray then reuses for the stages' tasks) and runs a one-row Ray Data map in a background thread;
-:meth:`Warmup.wait` joins both. Nothing here changes a result.
+A fresh Ray worker spends ~3 s importing anndata, torch and the stages' modules before its first slide (never
+scanpy, scikit-learn or scipy.stats: no worker stage of the default spec uses them), and Ray Data's first dataset
+~2.5 s setting itself up in the driver; paid inside a stage, that start-up is billed to the stage, once per worker
+process. :func:`start` submits one import task per worker the first stage will use (each holds a CPU while it
+imports, so each lands in its own worker process, which Ray then reuses for the stages' tasks) and runs a one-row
+Ray Data map in a background thread; :meth:`Warmup.wait` joins both. Nothing here changes a result.
 """
 
 from __future__ import annotations
@@ -40,7 +40,12 @@ def freeze_imports() -> None:
 
 
 def import_driver() -> None:
-    """In the driver: the imports of its own stage work (shared basis, pooled regions), off the critical path."""
+    """In the driver: the imports of its own stage work (shared basis, pooled regions: scikit-learn's mixtures,
+    which ``senca_core.tl`` imports only where it fits them), off the critical path."""
+    import sklearn.cluster  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
+    import sklearn.mixture  # noqa: F401
+
     from . import infer, preprocess  # noqa: F401
     from senca_core import pp, tl  # noqa: F401
 

@@ -1,10 +1,8 @@
 """``tl.marker_genes``'s statistics (``senca_core.tl._rank_tests``): scanpy's ``rank_genes_groups`` numbers, computed
-without scanpy, so that a worker running the default stages never imports it."""
+without scanpy, so that a worker running the default stages never imports it (``tests/test_ray_data_maps.py``)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import warnings
 
 import anndata as ad
@@ -76,21 +74,3 @@ def test_marker_genes_uses_them_and_logreg_is_scanpys():
     assert set(a.uns["rank_genes_region"]) >= {"names", "scores", "pvals", "pvals_adj", "logfoldchanges", "params"}
     logreg = sc.tl.marker_genes(a, "region", n_genes=3, method="logreg")
     assert len(logreg) == 15 and logreg["pval"].isna().all()
-
-
-def test_a_worker_running_the_default_stages_never_imports_scanpy():
-    probe = (
-        "import sys, warnings\n"
-        "warnings.simplefilter('ignore')\n"
-        "from jobs.warmup import import_stack\n"
-        "import_stack()\n"
-        "import senca_core as sc\n"
-        "a = sc.datasets.synthetic_slide(n_spots=300, seed=0)\n"
-        "sc.pp.preprocess(a)\n"
-        "a.obs['region'] = a.obs['true_region'].astype(str)\n"
-        "sc.tl.marker_genes(a, 'region')\n"
-        "sc.tl.tumour_like_regions(a, 'region')\n"
-        "print('scanpy' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "False"

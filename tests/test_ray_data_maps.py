@@ -1,10 +1,12 @@
 """How the stages' per-slide Ray Data maps are run (``jobs.preprocess.run_map``) and what a warmed worker does
 once (``jobs.warmup``): the task cap, the DataContext left as found, results in input order, the collector after
-the imports."""
+the imports, and what the stages then import (never scanpy, scikit-learn or scipy.stats)."""
 
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import weakref
 
 import pytest
@@ -70,3 +72,32 @@ def test_frozen_imports_still_let_the_collector_free_new_cycles():
         assert gone() is None
     finally:
         gc.unfreeze()  # this is the test process, not a worker
+
+
+def test_a_worker_running_the_default_stages_never_imports_scanpy_or_scikit_learn():
+    """The warm-up's imports, then what a worker's stages do to a slide: its histology features and expression
+    chain (``jobs.preprocess.prepare_slide``) and its summary's scores and tables; scanpy, scikit-learn and
+    scipy.stats stay out (the driver's pooled clustering imports scikit-learn, ``jobs.warmup.import_driver``)."""
+    probe = (
+        "import sys, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "import numpy as np\n"
+        "from jobs.warmup import import_stack\n"
+        "import_stack()\n"
+        "import senca_core as sc\n"
+        "from jobs.preprocess import prepare_slide\n"
+        "a = sc.datasets.synthetic_slide(n_spots=300, seed=0)\n"
+        "prepare_slide(a, {})\n"
+        "a.obs['region'] = a.obs['true_region'].astype(str)\n"
+        "a.obs['label'] = a.obs['true_region'].astype(str)\n"
+        "a.obsm['X_senca'] = np.random.default_rng(0).normal(size=(a.n_obs, 8))\n"
+        "scores = sc.metrics.ari(a), sc.metrics.nmi(a), sc.metrics.silhouette(a)\n"
+        "sc.tl.marker_genes(a, 'region')\n"
+        "tumour = sc.tl.tumour_like_regions(a, 'region')\n"
+        "sc.tl.heterogeneity(a, 'region', tumour_regions=tumour)\n"
+        "sc.tl.microenvironment(a, 'region', tumour_regions=tumour)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('scanpy', 'sklearn')}"
+        " | {m for m in sys.modules if m == 'scipy.stats'}))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

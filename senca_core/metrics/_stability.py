@@ -7,9 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from anndata import AnnData
-from sklearn.decomposition import PCA
-from sklearn.metrics import adjusted_rand_score
-from sklearn.mixture import GaussianMixture
+
+from ._partition_scores import adjusted_rand_index
 
 
 def stability(adata: AnnData | Sequence[AnnData], k: int, use_rep: str = "X_senca", *, n_pcs: int = 15,
@@ -21,6 +20,9 @@ def stability(adata: AnnData | Sequence[AnnData], k: int, use_rep: str = "X_senc
     the mixture gets (close to 1); an embedding of noise, or one with fewer real regions than ``k``, gives partitions
     that disagree. ``max_spots`` bounds the cost on large sections (a fixed random subset is scored).
     """
+    from sklearn.decomposition import PCA  # here: importing ``metrics`` (a Ray worker does) loads no sklearn
+    from sklearn.mixture import GaussianMixture
+
     slides = [adata] if isinstance(adata, AnnData) else list(adata)
     X = np.vstack([np.asarray(a.obsm[use_rep], dtype=np.float64) for a in slides])
     rng = np.random.default_rng(seed)
@@ -36,4 +38,4 @@ def stability(adata: AnnData | Sequence[AnnData], k: int, use_rep: str = "X_senc
         idx = rng.choice(n, max(k, int(round(fraction * n))), replace=False)
         gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed + b).fit(X[idx])
         partitions.append(gmm.predict(X))
-    return float(np.mean([adjusted_rand_score(p, q) for p, q in itertools.combinations(partitions, 2)]))
+    return float(np.mean([adjusted_rand_index(p, q) for p, q in itertools.combinations(partitions, 2)]))

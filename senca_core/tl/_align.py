@@ -26,8 +26,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.mixture import GaussianMixture
 
 
 class SlideAligner:
@@ -48,6 +46,9 @@ class SlideAligner:
 
     # ------------------------------------------------------------------ reference
     def _fit_reference(self, P: np.ndarray) -> None:
+        from sklearn.decomposition import PCA  # here: importing ``tl`` (a Ray worker does) loads no sklearn
+        from sklearn.mixture import GaussianMixture
+
         n_pcs = None if self.n_pcs is None else min(self.n_pcs, P.shape[1], P.shape[0] - 1)
         self.reducer_ = PCA(n_components=n_pcs, random_state=self.seed).fit(P) if n_pcs else None
         Pr = self._reduce(P)

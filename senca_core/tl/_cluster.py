@@ -7,9 +7,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
-from sklearn.mixture import GaussianMixture
 
 from ..errors import ConfigError, SlideError
 from ._align import SlideAligner
@@ -43,6 +40,8 @@ def _reducer(X: np.ndarray, n_pcs: int | None, seed: int):
     """Centre and project onto the leading components (GMM covariances stay estimable on small sections)."""
     if n_pcs is None or n_pcs >= X.shape[1]:
         return _Centre().fit(X)
+    from sklearn.decomposition import PCA  # here: a Ray worker scoring its slide imports this module, never sklearn
+
     return PCA(n_components=n_pcs, random_state=seed).fit(X)
 
 
@@ -63,6 +62,8 @@ def _choose_k(X: np.ndarray, seed: int, k_max: int, max_spots: int = 3000) -> in
     rng = np.random.default_rng(seed)
     if X.shape[0] > max_spots:
         X = X[rng.choice(X.shape[0], max_spots, replace=False)]
+    from sklearn.mixture import GaussianMixture
+
     ks = np.arange(2, k_max + 1)
     if len(ks) < 3:
         return int(ks[0])
@@ -162,9 +163,13 @@ def _fit(adatas, X: np.ndarray, k: int | None, method: str, n_pcs: int | None, s
         k = _choose_k(Xr, seed, min(k_max, max(2, n // 10)))
     estimator = None
     if method == "gmm":
+        from sklearn.mixture import GaussianMixture
+
         estimator = GaussianMixture(n_components=k, covariance_type=covariance, reg_covar=1e-4, n_init=3,
                                     random_state=seed).fit(Xr)
     elif method == "kmeans":
+        from sklearn.cluster import KMeans
+
         estimator = KMeans(k, n_init=10, random_state=seed).fit(Xr)
     return k, aligner, reducer, Xr, estimator
 

@@ -27,6 +27,7 @@ from anndata import AnnData
 
 from .._threads import small_matrices
 from ..errors import ConfigError
+from ..metrics._silhouette import silhouette_of
 
 #: columns of the table :func:`tumour_subregions` returns (``tables/tumour_subregions.csv`` of a run)
 SUBREGION_COLUMNS = ("subregion", "region", "split", "n_spots", "fraction_of_region", "silhouette", "delta_bic",
@@ -36,7 +37,6 @@ SUBREGION_COLUMNS = ("subregion", "region", "split", "n_spots", "fraction_of_reg
 def _split(X: np.ndarray, seed: int) -> tuple[np.ndarray, float, float]:
     """(labels with 0 = the larger part, silhouette, BIC gain per spot) of a two-component GMM on ``X``."""
     from sklearn.decomposition import PCA
-    from sklearn.metrics import silhouette_score
     from sklearn.mixture import GaussianMixture
 
     P = PCA(min(15, X.shape[1], X.shape[0] - 1), random_state=seed).fit_transform(X - X.mean(0))
@@ -45,7 +45,7 @@ def _split(X: np.ndarray, seed: int) -> tuple[np.ndarray, float, float]:
     labels = two.predict(P)
     if np.bincount(labels, minlength=2)[0] < np.bincount(labels, minlength=2)[1]:
         labels = 1 - labels
-    sil = float(silhouette_score(P, labels)) if len(set(labels)) == 2 else 0.0
+    sil = silhouette_of(P, labels) if len(set(labels)) == 2 else 0.0
     return labels, sil, float((one.bic(P) - two.bic(P)) / len(P))
 
 
