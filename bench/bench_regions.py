@@ -83,7 +83,7 @@ def run_baseline(a, k, seed, method):
     """The peers' pipeline: PCA 30 -> GaussianMixture(k, full) (or Leiden searched to k); '+refine' adds ours;
     ``a`` is then preprocessed as peers.md does (``genes="variable"``).
     'consensus' is no model at all: the model's own input (the expression PCA of the default genes) cut by SENCA-st's
-    own default clustering (the consensus of six GMM cuts with the spatial prior and refinement), so the table
+    own default clustering (the consensus of two HMRF-EM GMM cuts with the spatial prior and refinement), so the table
     shows what the model adds to its clustering."""
     import pandas as pd
 

@@ -228,14 +228,17 @@ def synthetic():
 
 def test_recovers_known_regions_on_a_synthetic_slide(synthetic):
     a = synthetic
-    sc.tl.senca(a, SencaConfig(seed=0, epochs=100))  # half the default: 0.90 here (0.88 at 200), half the time
+    # half the default epochs, half the time. 0.76 here with the default cut (the consensus of two HMRF-EM cuts,
+    # which rounds this slide's sharp-edged regions: 0.90 with the six-cut family it replaced, chosen on real
+    # sections; docs/BENCHMARKS.md "The consensus of two HMRF-EM cuts")
+    sc.tl.senca(a, SencaConfig(seed=0, epochs=100))
     sc.tl.cluster(a, 6)
     full = sc.metrics.ari(a)
     sc.tl.senca(a, SencaConfig(seed=0, epochs=100).ablation("image_only"))
     sc.tl.cluster(a, 6)
     image_only = sc.metrics.ari(a)
     print(f"synthetic ARI: senca {full:.3f}, image-only {image_only:.3f}")
-    assert full >= 0.8
+    assert full >= 0.72
     # the two tumour sub-clones look alike: histology alone cannot split them
     assert image_only < full - 0.15
 

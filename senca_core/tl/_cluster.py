@@ -280,12 +280,12 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     already gets right (a synthetic slide with ground truth: 0.90 -> 0.76).
     ``consensus`` (GMM only; the default ``None`` = on unless ``covariance`` or ``prior_em_rounds`` choose one cut):
     the regions are the partition a family of cuts agrees on (:mod:`senca_core.tl._consensus`: the full-covariance
-    mixture on ⅔×, 1× and 2× ``n_pcs`` components, each plain and with HMRF-EM, every one with the spatial prior;
-    chosen over one cut by leave-one-section-out, ``bench/bench_clustering.py``). ``consensus=True`` with another
-    ``covariance`` or ``prior_em_rounds`` is refused; ``consensus=False`` is one cut. The model returned is then a
-    :class:`~senca_core.tl.ConsensusRegionModel`. ``cut_by`` (several slides): ``"cohort"`` cuts the pooled
-    spots once; ``"slide"`` cuts each slide alone with the same settings (k per slide when not given) and matches
-    the slides' regions into cohort ids (:mod:`senca_core.tl._per_slide`; the model returned is a
+    mixture on 1x and ⅔x ``n_pcs`` components, each re-estimated under the spatial prior (HMRF-EM, 10 rounds);
+    chosen over one cut and other families by leave-one-section-out, docs/BENCHMARKS.md). ``consensus=True``
+    with another ``covariance`` or ``prior_em_rounds`` is refused; ``consensus=False`` is one cut. The model
+    returned is then a :class:`~senca_core.tl.ConsensusRegionModel`. ``cut_by`` (several slides): ``"cohort"``
+    cuts the pooled spots once; ``"slide"`` cuts each slide alone with the same settings (k per slide when not
+    given) and matches the slides' regions into cohort ids (:mod:`senca_core.tl._per_slide`; the model returned is a
     :class:`~senca_core.tl.PerSlideRegionModel`, the value returned without it the cohort's number of regions; a
     slide too small to be cut alone takes the nearest cohort region spot by spot, and a cohort of only such slides
     is cut pooled).
@@ -320,8 +320,8 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         return model if return_model else int(model.k)
     if consensus and method == "gmm":
         if covariance != "full" or prior_em_rounds:
-            raise ConfigError("consensus", "the consensus is a family of full-covariance cuts with and without "
-                                           "HMRF-EM; covariance and prior_em_rounds choose one cut: consensus=False")
+            raise ConfigError("consensus", "the consensus is a family of full-covariance HMRF-EM cuts; "
+                                           "covariance and prior_em_rounds choose one cut: consensus=False")
 
         fits: dict = {}  # members sharing n_pcs and covariance (with and without HMRF-EM) share one mixture fit
         shared = {"method": "gmm", "use_rep": use_rep, "refine": refine, "seed": seed, "key_added": key_added,

@@ -1,29 +1,34 @@
 """Consensus regions: the one partition a family of GMM cuts of the same embedding agrees on (the default cut).
 
-Which single cut of an embedding finds the annotated regions differs from section to section: re-estimating the
-mixture under the spatial prior (HMRF-EM) lifts the real sections and lowers a synthetic one, the number of
-components kept moves each section differently, and leave-one-section-out over the single cuts transfers worse
-than the default (``bench/bench_clustering.py``). So the consensus does not pick one: it fits a family
-(``member_settings``: the full-covariance GMM on ⅔×, 1× and 2× ``n_pcs`` components, each plain and with 10
-HMRF-EM rounds; all with the same spatial prior and refinement) and keeps the partition they agree on. Tied
+Which single cut of an embedding finds the annotated regions differs from section to section and from one
+clustering seed to the next, so the regions are the partition a small family of cuts agrees on
+(``member_settings``): the full-covariance GMM on 1x and ⅔x ``n_pcs`` components (15 and 10 by default), each
+re-estimated for 10 rounds under the spatial prior (HMRF-EM), both with the same spatial prior and refinement.
+Chosen by leave one section out over fourteen single cuts and families (docs/BENCHMARKS.md, "The consensus of two
+HMRF-EM cuts"): on the default's readouts, two clustering seeds each, HER2ST A1 0.460 -> 0.467, B1 0.419 ->
+0.420, C1 0.279 -> 0.466, DLPFC 151673 0.499 -> 0.545 against the family it replaced (the same GMM plain and
+with HMRF-EM on ⅔x, 1x and 2x, six cuts). The plain cuts lost to their HMRF-EM twins on 11 of 12 section and
+size pairs, and the 2x member was the worst cut on three sections. HMRF-EM costs a synthetic slide with ground
+truth 0.816 -> 0.772 (it rounds regions a plain mixture already gets right); real sections decide. Tied
 covariance (mclust's EEE) was a member once and was dropped by measurement: on the pooled HER2ST cohort it put
 every spot of the smallest slide into one region (C1 0.28 ± 0.26 with it, 0.40 ± 0.12 without).
 
 Each spot gets a tuple of member region ids. Tuples held by enough spots are merged by average linkage on the
 Hamming distance between tuples, weighted by how many spots hold each (exactly UPGMA over the spots themselves,
 since identical tuples are at distance 0), down to k groups; a rare tuple joins the group whose members' ids it
-matches best. The consensus is refined spatially like any cut. Cost: three GMM fits (the HMRF-EM members start
-from their plain twin's fit) plus the HMRF-EM rounds, and a linkage over at most ``max_items`` distinct tuples;
-after the first member (which chooses k) the fits run side by side on the CPUs the process may use.
+matches best. The consensus is refined spatially like any cut. Cost: two GMM fits plus their HMRF-EM rounds, and
+a linkage over at most ``max_items`` distinct tuples; after the first member (which chooses k) the others run
+side by side on the CPUs the process may use.
 
 :class:`ConsensusRegionModel` keeps the members and the tuple table, so a new slide gets the same region ids and
 the training slides get exactly their regions back.
 
 An ensemble's readout (``SencaConfig.n_models`` networks side by side, ``readout_blocks``): each network's block gets
-its own consensus of the six cuts, and the regions are the consensus of those (the same linkage over the tuples of
+its own consensus of the family, and the regions are the consensus of those (the same linkage over the tuples of
 the networks' region ids). Against one consensus over all the networks' cuts at once (docs/BENCHMARKS.md, "An
-ensemble of three networks"): on three separately trained networks that one outvoted C1's rarer regions (0.245
-against 0.299); trained side by side the two are close (C1 0.232 / 0.246, A1 sd 0.025 / 0.013).
+ensemble of three networks", measured with the six-cut family): on three separately trained networks that one
+outvoted C1's rarer regions (0.245 against 0.299); trained side by side the two are close (C1 0.232 / 0.246, A1 sd
+0.025 / 0.013).
 """
 
 from __future__ import annotations
@@ -43,10 +48,10 @@ EM_ROUNDS = 10
 
 
 def member_settings(n_pcs: int | None) -> list[dict]:
-    """The family of cuts (``tl.cluster`` keywords). The first is the plain cut at ``n_pcs`` (it chooses k when
-    k is not given)."""
-    dims = [n_pcs] if n_pcs is None else [n_pcs] + sorted({max(2, round(n_pcs * 2 / 3)), 2 * n_pcs} - {n_pcs})
-    return [{"covariance": "full", "n_pcs": d, "prior_em_rounds": rounds} for rounds in (0, EM_ROUNDS) for d in dims]
+    """The family of cuts (``tl.cluster`` keywords): HMRF-EM cuts on ``n_pcs`` and ⅔ ``n_pcs`` components (one
+    cut without a PCA, ``n_pcs`` None). The first is the cut at ``n_pcs`` (it chooses k when k is not given)."""
+    dims = [n_pcs] if n_pcs is None else [n_pcs] + sorted({max(2, round(n_pcs * 2 / 3))} - {n_pcs})
+    return [{"covariance": "full", "n_pcs": d, "prior_em_rounds": EM_ROUNDS} for d in dims]
 
 
 def readout_blocks(adatas: Sequence[AnnData], use_rep: str, blocks: int | None) -> int:

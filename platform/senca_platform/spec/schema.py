@@ -180,8 +180,8 @@ class ClusteringSpec(_Base):
                                  description="gmm: Potts prior weight per spatial neighbour (0: off)")
     prior_em_rounds: int = Field(0, ge=0, le=100, description="gmm + prior, one cut (consensus off): HMRF-EM rounds "
                                                                "re-estimating the mixture from the prior's labels")
-    consensus: bool | None = Field(None, description="gmm: the regions six GMM cuts agree on (full covariance on "
-                                                     "2/3x, 1x, 2x the components, with and without HMRF-EM); "
+    consensus: bool | None = Field(None, description="gmm: the regions two GMM cuts agree on (full covariance on "
+                                                     "1x and 2/3x the components, each with HMRF-EM); "
                                                      "default (unset): on unless prior_em_rounds chooses one cut; "
                                                      "false: one cut")
     cut_by: Literal["cohort", "slide"] = Field(
