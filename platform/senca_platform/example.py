@@ -88,7 +88,7 @@ clustering:                       # regions on the POOLED embeddings: region ids
   refine: true                    # spatial smoothing of the labels
   align: matched                  # matched | centre | none: remove each slide's (patient's) offset first
   spatial_prior: 16               # gmm: a spot leans towards its neighbours' region (Potts prior; 0: off)
-  consensus: true                 # gmm: the regions two HMRF-EM cuts agree on (~3x one cut's seconds); false: one cut
+  consensus: true                 # gmm: the regions two HMRF-EM cuts agree on (~2x one cut's seconds); false: one cut
   prior_em_rounds: 0              # with consensus: false only: HMRF-EM rounds of the one cut
 
 tracking:                         # MLflow; default: a local store sqlite:///<output_dir>/mlflow.db
