@@ -7,9 +7,10 @@ re-estimated for 10 rounds under the spatial prior (HMRF-EM), both with the same
 Chosen by leave one section out over fourteen single cuts and families (docs/BENCHMARKS.md, "The consensus of two
 HMRF-EM cuts"): on the default's readouts, two clustering seeds each, HER2ST A1 0.460 -> 0.467, B1 0.419 ->
 0.420, C1 0.279 -> 0.466, DLPFC 151673 0.499 -> 0.545 against the family it replaced (the same GMM plain and
-with HMRF-EM on ⅔x, 1x and 2x, six cuts). The plain cuts lost to their HMRF-EM twins on 11 of 12 section and
-size pairs, and the 2x member was the worst cut on three sections. HMRF-EM costs a synthetic slide with ground
-truth 0.816 -> 0.772 (it rounds regions a plain mixture already gets right); real sections decide. Tied
+with HMRF-EM on ⅔x, 1x and 2x, six cuts). The plain cuts lost to their HMRF-EM twins on all 12 section and
+size pairs (A1 on 30 components by 0.003), and the 2x member was the worst cut on three sections. HMRF-EM
+costs a synthetic slide with ground truth 0.816 -> 0.772 (it rounds regions a plain mixture already gets right);
+real sections decide. Tied
 covariance (mclust's EEE) was a member once and was dropped by measurement: on the pooled HER2ST cohort it put
 every spot of the smallest slide into one region (C1 0.28 ± 0.26 with it, 0.40 ± 0.12 without).
 
