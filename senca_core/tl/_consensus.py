@@ -51,7 +51,8 @@ EM_ROUNDS = 10
 def member_settings(n_pcs: int | None) -> list[dict]:
     """The family of cuts (``tl.cluster`` keywords): HMRF-EM cuts on ``n_pcs`` and ⅔ ``n_pcs`` components (one
     cut without a PCA, ``n_pcs`` None). The first is the cut at ``n_pcs`` (it chooses k when k is not given)."""
-    dims = [n_pcs] if n_pcs is None else [n_pcs] + sorted({max(2, round(n_pcs * 2 / 3))} - {n_pcs})
+    smaller = None if n_pcs is None else max(2, round(n_pcs * 2 / 3))
+    dims = [n_pcs] if smaller in (None, n_pcs) else [n_pcs, smaller]
     return [{"covariance": "full", "n_pcs": d, "prior_em_rounds": EM_ROUNDS} for d in dims]
 
 
