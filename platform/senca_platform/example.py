@@ -52,11 +52,11 @@ preprocess:                       # per slide on Ray Data; a shared gene panel a
   # concurrency: 2                # slides at once (default: CPUs); memory per worker ~ one slide
 
 model:                            # senca_core.model.SencaConfig settings (defaults when absent)
-  hidden: 128
+  hidden: 128                     # 64: half the training time (DLPFC 151673: 26 s, not 49), weaker regions
   embed_dim: 32
   lr: 0.002
-  # n_models: 3                   # an ensemble: steadier regions from seed to seed, 3x the training time
-  # snapshots: 3                  # the network at its last 3 checkpoints 25 epochs apart: steadier, no extra training
+  # n_models: 3                   # an ensemble, 3x the training time: steadier on HER2ST A1, level elsewhere
+  # snapshots: 3                  # the network's last 3 states 25 epochs apart: no extra training, steadier on DLPFC
 
 training:                         # Ray Train: TorchTrainer, DDP over slides (each worker a shard of slides)
   epochs: {epochs}                   # full passes over the slides (200: chosen by leave-one-section-out)

@@ -1,9 +1,12 @@
 """An ensemble of SENCA-st networks trained side by side (``SencaConfig.n_models``), for steadier regions.
 
 One network's regions move with its seed: on the small legacy ST sections the ARI over ten training seeds has an
-sd of 0.03-0.09. Three networks bring it to 0.013 on HER2ST A1 and 0.028 on C1, with C1's mean 0.06 lower and
-DLPFC level (docs/BENCHMARKS.md, "An ensemble of three networks"; measured with the six-cut consensus, the default
-cut until 2026-12-06, not again since): an option, not the default.
+sd of 0.03-0.09. With the six-cut consensus (the default cut until 2026-12-06) three networks brought it to 0.013
+on HER2ST A1 and 0.028 on C1, with C1's mean 0.06 lower and DLPFC level (docs/BENCHMARKS.md, "An ensemble of three
+networks"). With the two-cut consensus (the default since) they steady A1 only (0.024 against 0.051), leave B1
+(0.025), C1 (0.089) and DLPFC 151673 (0.030) where one network is, and the means level (A1 0.456, B1 0.413, C1
+0.484, DLPFC 0.538 against 0.464 / 0.432 / 0.459 / 0.527; "Tried on 2026-12-07, twentieth stop"): an option, not
+the default.
 
 ``n_models`` networks, each initialised by the same seed's generator one after the other, train on the same slides
 at the same steps; each member's loss is its own (the members never see each other), and the step optimises their

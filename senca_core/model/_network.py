@@ -38,7 +38,8 @@ Our documented interpretation of SENCA-st (arXiv 2511.08573; the paper's body wa
   the cross-modal alignment (an InfoNCE between ``f_e`` and ``f_h`` with sampled negatives, weighted ``w_align``).
 * **An ensemble** (``n_models``, ``_ensemble.py``): that many networks trained side by side on the same slides,
   their readouts side by side, regions the consensus of each network's own consensus (``tl.cluster``). Not part of
-  the paper; it buys steadier regions over seeds at ``n_models`` times the training.
+  the paper; at ``n_models`` times the training, it bought steadier regions over seeds with the six-cut consensus
+  and steadies HER2ST A1 only with the two-cut one, the default since 2026-12-06 (docs/BENCHMARKS.md).
 * **Hierarchical learning** (switchable): losses at three spatial scales - spot (reconstruct ``x(i)``),
   neighbourhood (the mean embedding over ``N(i)`` decodes the mean input over ``N(i)``) and region (soft
   assignment of ``z`` to learnable prototypes sharpened towards a confident, balanced target, DEC-style).
