@@ -45,12 +45,6 @@ def _reducer(X: np.ndarray, n_pcs: int | None, seed: int):
     return PCA(n_components=n_pcs, random_state=seed).fit(X)
 
 
-#: the largest k that ``k=None`` may choose (the BIC curve's knee is sought over 2..K_MAX, at most one region per 10
-#: spots): 8, not 12, by leave one section out (docs/BENCHMARKS.md, "The largest k of k auto"): HER2ST A1 0.397 ->
-#: 0.501, B1 0.401 -> 0.413, C1 0.372 -> 0.406, DLPFC 151673 level (0.556 -> 0.555). More regions: give k.
-K_MAX = 8
-
-
 def _choose_k(X: np.ndarray, seed: int, k_max: int, max_spots: int = 3000) -> int:
     """k at the knee of the BIC curve over 2..k_max, fitted on at most ``max_spots`` spots.
 
@@ -262,7 +256,7 @@ def assign_regions(adatas: AnnData | Sequence[AnnData], region_model: RegionMode
 @small_matrices  # one BLAS thread: the mixtures' (spots, 15) matrices (DLPFC's first cut 3.5 -> 0.5 s, 2 cores)
 def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method: str = "gmm",
             use_rep: str = "X_senca", refine: bool = True, n_pcs: int | None = 15, seed: int = 0,
-            key_added: str = "region", k_max: int = K_MAX, align: str | None = "matched",
+            key_added: str = "region", k_max: int = 12, align: str | None = "matched",
             covariance: str = "full", spatial_prior: float = 16.0, prior_em_rounds: int = 0,
             consensus: bool | None = None, cut_by: str = "cohort", return_model: bool = False,
             blocks: int | None = None, _fits: dict | None = None, _columns: tuple[int, int] | None = None,
@@ -270,8 +264,7 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     """Cluster ``obsm[use_rep]`` into ``k`` regions; writes ``obs[key_added]`` (categorical) on every slide.
 
     A list of slides is clustered on the pooled embeddings, so region ``"3"`` means the same in every slide.
-    ``k=None`` chooses k by BIC, from 2 to ``k_max`` (:data:`K_MAX`, 8). ``refine`` smooths labels over
-    ``obsm['spatial_neighbors']``. ``align`` (several
+    ``k=None`` chooses k by BIC. ``refine`` smooths labels over ``obsm['spatial_neighbors']``. ``align`` (several
     slides only): remove each slide's offset before pooling (:class:`~senca_core.tl._align.SlideAligner`,
     ``"matched"`` (default) or ``"centre"``; None = pool as is), so regions are tissue states, not patients. Returns
     k, or with ``return_model`` the fitted :class:`RegionModel` (``.k``) that assigns the same ids to new slides.
