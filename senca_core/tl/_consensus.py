@@ -10,9 +10,9 @@ HMRF-EM cuts"): on the default's readouts, two clustering seeds each, HER2ST A1 
 with HMRF-EM on ⅔x, 1x and 2x, six cuts). The plain cuts lost to their HMRF-EM twins on all 12 section and
 size pairs (A1 on 30 components by 0.003), and the 2x member was the worst cut on three sections. HMRF-EM
 costs a synthetic slide with ground truth 0.816 -> 0.772 (it rounds regions a plain mixture already gets right);
-real sections decide. Tied
-covariance (mclust's EEE) was a member once and was dropped by measurement: on the pooled HER2ST cohort it put
-every spot of the smallest slide into one region (C1 0.28 ± 0.26 with it, 0.40 ± 0.12 without).
+real sections decide. Tied covariance (mclust's EEE) was a member once and was dropped by measurement: on the
+pooled HER2ST cohort it put every spot of the smallest slide into one region (C1 0.28 ± 0.26 with it, 0.40 ± 0.12
+without).
 
 Each spot gets a tuple of member region ids. Tuples held by enough spots are merged by average linkage on the
 Hamming distance between tuples, weighted by how many spots hold each (exactly UPGMA over the spots themselves,
