@@ -228,16 +228,16 @@ def test_k_auto_finds_correlated_regions_on_a_large_section(k):
     """Thousands of spots support full covariances, so k auto reads the full family's BIC curve: on stretched,
     crossing regions a diagonal mixture needs several components per region (its knee said 4 to 8 for 3 regions on
     these seeds) and the full one finds k."""
-    from senca_core.tl._cluster import _choose_k
+    from senca_core.tl._k_auto import choose_k
 
-    assert [_choose_k(_elongated_regions(k, seed), 0, 10) for seed in range(3)] == [k, k, k]
+    assert [choose_k(_elongated_regions(k, seed), 0, 10) for seed in range(3)] == [k, k, k]
 
 
 def test_k_auto_keeps_the_diagonal_family_on_a_small_section():
     """A few dozen spots per region in 15 dimensions do not support a full covariance (120 parameters a region):
     the diagonal curve decides, and finds the three regions."""
-    from senca_core.tl._cluster import _choose_k
+    from senca_core.tl._k_auto import choose_k
 
     rng = np.random.default_rng(0)
     X = np.vstack([rng.normal(size=(60, 15)) + rng.normal(scale=3.0, size=15) for _ in range(3)])
-    assert _choose_k(X, 0, 10) == 3
+    assert choose_k(X, 0, 10) == 3

@@ -11,9 +11,10 @@ from anndata import AnnData
 from ..errors import ConfigError, SlideError
 from ._align import SlideAligner
 from ._consensus import ConsensusRegionModel, block_settings, consensus_cut, member_settings, readout_blocks
+from ._k_auto import choose_k
 from ._per_slide import PerSlideRegionModel, big_enough, per_slide_cut
 from ._labels import refine_labels, spatial_prior_labels, write_regions
-from .._threads import small_matrices, thread_map
+from .._threads import small_matrices
 
 METHODS = ("gmm", "leiden", "kmeans")
 CUT_BY = ("cohort", "slide")
@@ -43,42 +44,6 @@ def _reducer(X: np.ndarray, n_pcs: int | None, seed: int):
     from sklearn.decomposition import PCA  # here: a Ray worker scoring its slide imports this module, never sklearn
 
     return PCA(n_components=n_pcs, random_state=seed).fit(X)
-
-
-def _choose_k(X: np.ndarray, seed: int, k_max: int, max_spots: int = 3000) -> int:
-    """k at the knee of the BIC curve over 2..k_max, fitted on at most ``max_spots`` spots.
-
-    On thousands of spots BIC keeps falling with k (real tissue has sub-structure at every scale), so its minimum
-    is nearly always ``k_max``; the knee - the k farthest below the chord from the first to the last BIC - is where
-    extra regions stop paying for themselves.
-
-    The curve is that of the mixture family the spots support: diagonal and full covariances are both fitted, and
-    the family whose best BIC is lower gives the curve (no labels). A small legacy ST section (a few hundred spots:
-    a full covariance has 120 parameters per region at 15 dimensions) gets the diagonal curve, as it always did;
-    a Visium section of thousands of spots the full one. Measured on the default's readouts (docs/BENCHMARKS.md,
-    "k auto on the supported mixture family"): HER2ST A1, B1, C1 unchanged (diagonal on every seed), DLPFC 151673
-    0.465 -> 0.528 over 6 seeds (k 5-7 -> 4-5).
-    """
-    rng = np.random.default_rng(seed)
-    if X.shape[0] > max_spots:
-        X = X[rng.choice(X.shape[0], max_spots, replace=False)]
-    from sklearn.mixture import GaussianMixture
-
-    ks = np.arange(2, k_max + 1)
-    if len(ks) < 3:
-        return int(ks[0])
-    # the full family regularised as the cuts' own mixtures are (``reg_covar`` 1e-4): unregularised, a full
-    # covariance fitted to a few dozen spots in 15 dimensions is near-singular and its BIC flatters it
-    families = (("diag", 1e-6), ("full", 1e-4))
-    fits = [(cov, reg, int(k)) for cov, reg in families for k in ks]  # independent: fitted side by side
-    bics = thread_map(lambda f: GaussianMixture(f[2], covariance_type=f[0], reg_covar=f[1], random_state=seed)
-                      .fit(X).bic(X), fits)
-    curves = {cov: np.array(bics[i * len(ks):(i + 1) * len(ks)]) for i, (cov, _) in enumerate(families)}
-    bic = min(curves.values(), key=lambda curve: curve.min())
-    x = (ks - ks[0]) / (ks[-1] - ks[0])
-    y = (bic - bic.min()) / (np.ptp(bic) or 1.0)
-    chord = y[0] + (y[-1] - y[0]) * x
-    return int(ks[np.argmax(chord - y)])
 
 
 def _leiden(X: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -144,7 +109,7 @@ def _refit_full_gmm(estimator, Xr: np.ndarray, labels: np.ndarray, reg_covar: fl
 
 def _fit(adatas, X: np.ndarray, k: int | None, method: str, n_pcs: int | None, seed: int, k_max: int,
          align: str | None, covariance: str) -> tuple:
-    """k (chosen by BIC when None), the slide aligner (several slides), the reducer, the reduced spots and the
+    """k (chosen by k auto when None), the slide aligner (several slides), the reducer, the reduced spots and the
     fitted estimator (GMM / k-means; Leiden: None)."""
     n = X.shape[0]
     aligner = None
@@ -153,14 +118,14 @@ def _fit(adatas, X: np.ndarray, k: int | None, method: str, n_pcs: int | None, s
             raise ConfigError("align", f"unknown slide alignment {align!r}; use one of {SlideAligner.METHODS} or None")
         sizes = np.cumsum([a.n_obs for a in adatas])[:-1]
         if k is None:  # choose k on the centred spots, then align at that k
-            k = _choose_k(_reducer(X, n_pcs, seed).transform(np.vstack([b - b.mean(0) for b in np.split(X, sizes)])),
+            k = choose_k(_reducer(X, n_pcs, seed).transform(np.vstack([b - b.mean(0) for b in np.split(X, sizes)])),
                           seed, min(k_max, max(2, n // 10)))
         aligner = SlideAligner(k, method=align, n_pcs=n_pcs, seed=seed)
         X = np.vstack(aligner.fit_transform(np.split(X, sizes)))
     reducer = _reducer(X, n_pcs, seed)
     Xr = reducer.transform(X)
     if k is None:
-        k = _choose_k(Xr, seed, min(k_max, max(2, n // 10)))
+        k = choose_k(Xr, seed, min(k_max, max(2, n // 10)))
     estimator = None
     if method == "gmm":
         from sklearn.mixture import GaussianMixture
@@ -264,7 +229,7 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     """Cluster ``obsm[use_rep]`` into ``k`` regions; writes ``obs[key_added]`` (categorical) on every slide.
 
     A list of slides is clustered on the pooled embeddings, so region ``"3"`` means the same in every slide.
-    ``k=None`` chooses k by BIC. ``refine`` smooths labels over ``obsm['spatial_neighbors']``. ``align`` (several
+    ``k=None`` chooses k from the embedding (:mod:`senca_core.tl._k_auto`). ``refine`` smooths labels over ``obsm['spatial_neighbors']``. ``align`` (several
     slides only): remove each slide's offset before pooling (:class:`~senca_core.tl._align.SlideAligner`,
     ``"matched"`` (default) or ``"centre"``; None = pool as is), so regions are tissue states, not patients. Returns
     k, or with ``return_model`` the fitted :class:`RegionModel` (``.k``) that assigns the same ids to new slides.
