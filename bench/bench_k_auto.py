@@ -9,11 +9,13 @@ SENCA-st is trained once per section and seed with the shipped defaults. On the 
 cut (the consensus of two HMRF-EM cuts) is made at every k = 2 .. 12 with two clustering seeds (the training
 seed and seed + 100). A rule's ARI is that of the cut at the k it reads, mean of the two clustering seeds. Rules:
 the knee of the curve over 2 .. ``k_max`` (the default before 2026-12-07 with ``k_max`` 12), the minimum of BIC
-with c times its penalty alone, and the default: the smaller of the knee (``k_max`` 12) and the penalised minimum
-(``senca_core.tl._k_auto``). Then c is held out section by section: picked on the other sections' mean and scored
-on the held-out one. The synthetic slides (``datasets.synthetic_slide``, 2,000 spots) hold 4 to 6 regions (layouts
-without glands or sub-clone B) and report the k each rule reads. Labels only score here; nothing
-in the product reads them. Prints markdown tables; numbers are benchmarks, never assertions.
+with c times its penalty alone, the smaller of the two for constant c, and the default (``senca_core.tl._k_auto``):
+the smaller of the knee (``k_max`` 12) and the penalised minimum with c measured on the slide (the design effect of
+the residuals' spatial autocorrelation). The constant c is then held out section by section (picked on the other
+sections' mean, scored on the held-out one); the default has no constant to pick. The synthetic slides
+(``datasets.synthetic_slide``, 2,000 spots) hold 4 to 6 regions (layouts without glands or sub-clone B) and
+report the k each rule reads. Labels only score here; nothing in the product reads them. Prints markdown tables;
+numbers are benchmarks, never assertions.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from bench_regions import load_section, n_classes, section_parser, shared_ready 
 import senca_core as sc  # noqa: E402
 from senca_core.model import SencaConfig  # noqa: E402
 from senca_core.tl._cluster import _reducer  # noqa: E402
-from senca_core.tl._k_auto import K_PENALTY, bic_curve, knee, penalised_minimum  # noqa: E402
+from senca_core.tl._k_auto import bic_curve, design_effect, knee, neighbour_edges, penalised_minimum  # noqa: E402,E501
 
 CURVE_KS = np.arange(2, 21)
 CUT_KS = list(range(2, 13))
@@ -44,10 +46,13 @@ def readout_record(a, seed: int, cuts: bool) -> dict:
     sc.tl.senca(a, SencaConfig(seed=seed))
     X = np.asarray(a.obsm["X_senca"], dtype=np.float64)
     Xr = _reducer(X, 15, seed).transform(X)
-    if Xr.shape[0] > 3000:  # as k auto: at most 3,000 spots
-        Xr = Xr[np.random.default_rng(seed).choice(Xr.shape[0], 3000, replace=False)]
-    family, bic = bic_curve(Xr, seed, CURVE_KS)
-    rec = {"family": family, "bic": bic, "n": Xr.shape[0], "dim": Xr.shape[1]}
+    sample = Xr[np.random.default_rng(seed).choice(Xr.shape[0], 3000, replace=False)] if len(Xr) > 3000 else Xr
+    family, bic, models = bic_curve(sample, seed, CURVE_KS)
+    rec = {"family": family, "bic": bic, "n": sample.shape[0], "dim": Xr.shape[1]}
+    keep = CURVE_KS <= 12  # the default's range: its knee's regions give the residuals (as tl._k_auto.choose_k)
+    mixture = models[list(CURVE_KS).index(knee(CURVE_KS[keep], bic[keep]))]
+    edges = neighbour_edges([a.obsm["spatial_neighbors"]], [a.n_obs])
+    rec["c"] = design_effect(Xr, mixture.means_[mixture.predict(Xr)], edges)
     if cuts:
         rec["ari"] = {k: np.mean([(sc.tl.cluster(a, k, seed=s), sc.metrics.ari(a))[1] for s in (seed, seed + 100)])
                       for k in CUT_KS}
@@ -67,8 +72,10 @@ def rules(k_max: int = 12) -> dict:
     out = {f"knee, k_max {m}" + (" (before)" if m == k_max else ""): (lambda r, m=m: knee(*upto(r, m)))
            for m in KNEE_RANGES}
     out.update({f"penalised BIC alone, c {c}": (lambda r, c=c: penalised(r, c)) for c in PENALTIES})
-    out.update({f"smaller of knee and penalised, c {c}" + (" (default)" if c == K_PENALTY else ""):
+    out.update({f"smaller of knee and penalised, c {c}":
                 (lambda r, c=c: min(knee(*upto(r, k_max)), penalised(r, c, k_max))) for c in PENALTIES})
+    out["the default: smaller of knee and penalised, c measured (design effect)"] = (
+        lambda r: min(knee(*upto(r, k_max)), penalised(r, r["c"], k_max)))
     return out
 
 
@@ -119,11 +126,16 @@ def main() -> None:
                                    for r in recs[s]]))
             print(f"| {s} | {c} | {held[-1]:.3f} | {before[-1]:.3f} |")
         print(f"| mean | | {np.mean(held):.3f} | {np.mean(before):.3f} |")
+        print("\n### The design effect c the default measures (min – max over seeds)")
+        print("| " + " | ".join(sections) + " |")
+        print("|" + "---|" * len(sections))
+        print("| " + " | ".join(f"{min(r['c'] for r in recs[s]):.2f} – {max(r['c'] for r in recs[s]):.2f}"
+                                for s in sections) + " |")
     print(f"\n### Synthetic slides with a known number of regions (2,000 spots; {args.synthetic_seeds} slides each): "
           "the k each rule reads")
     picks = [n for n in table if "c 1.5" in n or "c 2.0" in n or "default" in n or "(before)" in n or "k_max 8" in n]
-    print("| layout | regions | " + " | ".join(picks) + " |")
-    print("|---|---|" + "---|" * len(picks))
+    print("| layout | regions | " + " | ".join(picks) + " | c measured |")
+    print("|---|---|" + "---|" * (len(picks) + 1))
     for layout_name, layout in SYNTHETIC.items():
         found, true_k = {n: [] for n in picks}, set()
         for seed in range(1, args.synthetic_seeds + 1):
@@ -134,7 +146,8 @@ def main() -> None:
             rec = readout_record(a, seed, cuts=False)
             for n in picks:
                 found[n].append(table[n](rec))
-        cells = [", ".join(map(str, found[n])) for n in picks]
+            found.setdefault("c", []).append(round(rec["c"], 2))
+        cells = [", ".join(map(str, found[n])) for n in picks + ["c"]]
         print(f"| {layout_name} | {', '.join(map(str, sorted(true_k)))} | " + " | ".join(cells) + " |")
 
 

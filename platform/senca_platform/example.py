@@ -83,7 +83,7 @@ tuning:                           # Ray Tune around the trainer (enabled: false 
 
 clustering:                       # regions on the POOLED embeddings: region ids mean the same in every slide
   cut_by: cohort                  # cohort: one cut of the pooled spots | slide: each slide cut alone, ids matched
-  k: auto                         # an integer, or auto (no labels: BIC's knee or penalised minimum)
+  k: auto                         # an integer, or auto (no labels: from the embedding and the spots' neighbours)
   method: gmm                     # gmm | kmeans | leiden
   refine: true                    # spatial smoothing of the labels
   align: matched                  # matched | centre | none: remove each slide's (patient's) offset first

@@ -11,7 +11,7 @@ from anndata import AnnData
 from ..errors import ConfigError, SlideError
 from ._align import SlideAligner
 from ._consensus import ConsensusRegionModel, block_settings, consensus_cut, member_settings, readout_blocks
-from ._k_auto import choose_k
+from ._k_auto import choose_k, neighbour_edges
 from ._per_slide import PerSlideRegionModel, big_enough, per_slide_cut
 from ._labels import refine_labels, spatial_prior_labels, write_regions
 from .._threads import small_matrices
@@ -35,6 +35,11 @@ def _pooled(adatas: Sequence[AnnData], use_rep: str) -> np.ndarray:
             raise SlideError("embedding has NaN/inf values", slide=_slide(a), field=f"obsm['{use_rep}']")
         blocks.append(X)
     return np.vstack(blocks)
+
+
+def _edges(adatas: Sequence[AnnData]) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled spots' neighbour pairs (k auto's reading of their spatial autocorrelation)."""
+    return neighbour_edges([a.obsm.get("spatial_neighbors") for a in adatas], [a.n_obs for a in adatas])
 
 
 def _reducer(X: np.ndarray, n_pcs: int | None, seed: int):
@@ -119,13 +124,13 @@ def _fit(adatas, X: np.ndarray, k: int | None, method: str, n_pcs: int | None, s
         sizes = np.cumsum([a.n_obs for a in adatas])[:-1]
         if k is None:  # choose k on the centred spots, then align at that k
             k = choose_k(_reducer(X, n_pcs, seed).transform(np.vstack([b - b.mean(0) for b in np.split(X, sizes)])),
-                          seed, min(k_max, max(2, n // 10)))
+                         seed, min(k_max, max(2, n // 10)), edges=_edges(adatas))
         aligner = SlideAligner(k, method=align, n_pcs=n_pcs, seed=seed)
         X = np.vstack(aligner.fit_transform(np.split(X, sizes)))
     reducer = _reducer(X, n_pcs, seed)
     Xr = reducer.transform(X)
     if k is None:
-        k = choose_k(Xr, seed, min(k_max, max(2, n // 10)))
+        k = choose_k(Xr, seed, min(k_max, max(2, n // 10)), edges=_edges(adatas))
     estimator = None
     if method == "gmm":
         from sklearn.mixture import GaussianMixture
@@ -229,10 +234,11 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     """Cluster ``obsm[use_rep]`` into ``k`` regions; writes ``obs[key_added]`` (categorical) on every slide.
 
     A list of slides is clustered on the pooled embeddings, so region ``"3"`` means the same in every slide.
-    ``k=None`` chooses k from the embedding (:mod:`senca_core.tl._k_auto`). ``refine`` smooths labels over ``obsm['spatial_neighbors']``. ``align`` (several
-    slides only): remove each slide's offset before pooling (:class:`~senca_core.tl._align.SlideAligner`,
-    ``"matched"`` (default) or ``"centre"``; None = pool as is), so regions are tissue states, not patients. Returns
-    k, or with ``return_model`` the fitted :class:`RegionModel` (``.k``) that assigns the same ids to new slides.
+    ``k=None`` chooses k from the embedding and the spots' neighbours (:mod:`senca_core.tl._k_auto`). ``refine``
+    smooths labels over ``obsm['spatial_neighbors']``. ``align`` (several slides only): remove each slide's offset
+    before pooling (:class:`~senca_core.tl._align.SlideAligner`, ``"matched"`` (default) or ``"centre"``; None =
+    pool as is), so regions are tissue states, not patients. Returns k, or with ``return_model`` the fitted
+    :class:`RegionModel` (``.k``) that assigns the same ids to new slides.
     ``covariance``: the GMM's covariance type (``"full"``, ``"tied"`` (mclust's EEE), ``"diag"``, ``"spherical"``;
     compared in ``bench/bench_clustering.py``). ``spatial_prior`` (GMM only; ``0`` = off): the weight β of a Potts
     prior over ``obsm['spatial_neighbors']`` (:func:`spatial_prior_labels`): a spot's region is the GMM component

@@ -7,12 +7,16 @@ Two stopping rules on one BIC curve (k = 2 .. ``k_max``), and k is where the fir
   knee is where extra regions stop paying for themselves. It depends on where the range ends (a range that ends
   near the true k leaves no flat tail), and on the labelled sections it reads more regions than the annotations
   hold (HER2ST A1, B1, C1: 4-10 against 5, 4, 3);
-- **the minimum of a penalised BIC**: BIC with ``K_PENALTY`` times its penalty per parameter. BIC counts every spot
-  as an independent observation; neighbouring spots share signal (spots overlap cells, and tissue states are
-  patches, not points), so the evidence for one more region is over-counted. ``K_PENALTY`` is chosen by leave one
-  section out over the labelled sections (docs/BENCHMARKS.md, "k auto: the knee or a penalised BIC"). Alone it
-  over-reads slides whose regions are not Gaussian in the readout (a synthetic slide with six regions: 10-15),
-  where the knee finds them (6-7): hence the first of the two.
+- **the minimum of a penalised BIC**: BIC with c times its penalty per parameter. BIC counts every spot as an
+  independent observation; neighbouring spots share signal (spots overlap cells, tissue states are patches, not
+  points), so it over-counts the evidence for one more region. c is that over-count, measured on the slide
+  (:func:`design_effect`): the spatial autocorrelation left within the knee's regions, read as the variance
+  inflation of a mean of correlated observations. No constant is tuned: on the labelled sections c comes out at
+  1.3-1.9 on HER2ST and 2.2-2.3 on DLPFC 151673, where a constant c chosen by leave one section out says 1.5-1.9
+  (docs/BENCHMARKS.md, "k auto: the knee or a penalised BIC"). Synthetic slides draw their spots independently
+  within a region: c is about 1 and the knee decides (plain BIC over-reads them: 10-15 for six regions).
+
+Spots without neighbours (no ``obsm["spatial_neighbors"]``) give c = 1.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import numpy as np
 
 from .._threads import thread_map
 
-#: the penalised BIC's weight on each mixture parameter, in units of BIC's own (ln n per parameter)
-K_PENALTY = 1.9
+#: the largest Moran's I :func:`design_effect` reads (c at most 3; real sections measure 1.3-2.3): a within-region
+#: field smooth enough to give c = 13 would otherwise refuse three well-separated regions (tests/test_k_auto.py)
+MAX_MORAN = 0.5
 #: the mixture families the curve may come from: (covariance type, ``reg_covar``). The full family regularised as
 #: the cuts' own mixtures are (1e-4): unregularised, a full covariance fitted to a few dozen spots in 15 dimensions
 #: is near-singular and its BIC flatters it
@@ -36,8 +41,8 @@ def n_parameters(covariance: str, k: int, dim: int) -> int:
     return k * (dim + per_component) + shared + k - 1
 
 
-def bic_curve(X: np.ndarray, seed: int, ks: np.ndarray) -> tuple[str, np.ndarray]:
-    """The BIC over ``ks`` of the mixture family the spots support, and that family.
+def bic_curve(X: np.ndarray, seed: int, ks: np.ndarray) -> tuple[str, np.ndarray, list]:
+    """The BIC over ``ks`` of the mixture family the spots support, that family, and its fitted mixtures.
 
     Diagonal and full covariances are both fitted, and the family whose best BIC is lower gives the curve (no
     labels): a small legacy ST section (a few hundred spots: a full covariance has 120 parameters per region at 15
@@ -47,11 +52,13 @@ def bic_curve(X: np.ndarray, seed: int, ks: np.ndarray) -> tuple[str, np.ndarray
     from sklearn.mixture import GaussianMixture
 
     fits = [(cov, reg, int(k)) for cov, reg in FAMILIES for k in ks]  # independent: fitted side by side
-    bics = thread_map(lambda f: GaussianMixture(f[2], covariance_type=f[0], reg_covar=f[1], random_state=seed)
-                      .fit(X).bic(X), fits)
+    models = thread_map(lambda f: GaussianMixture(f[2], covariance_type=f[0], reg_covar=f[1], random_state=seed)
+                        .fit(X), fits)
+    bics = [m.bic(X) for m in models]
     curves = {cov: np.array(bics[i * len(ks):(i + 1) * len(ks)]) for i, (cov, _) in enumerate(FAMILIES)}
     family = min(curves, key=lambda cov: curves[cov].min())
-    return family, curves[family]
+    start = [cov for cov, _ in FAMILIES].index(family) * len(ks)
+    return family, curves[family], models[start:start + len(ks)]
 
 
 def knee(ks: np.ndarray, bic: np.ndarray) -> int:
@@ -62,21 +69,64 @@ def knee(ks: np.ndarray, bic: np.ndarray) -> int:
     return int(ks[np.argmax(chord - y)])
 
 
-def penalised_minimum(ks: np.ndarray, bic: np.ndarray, family: str, n: int, dim: int,
-                      penalty: float = K_PENALTY) -> int:
+def penalised_minimum(ks: np.ndarray, bic: np.ndarray, family: str, n: int, dim: int, penalty: float) -> int:
     """The k minimising BIC + (``penalty`` - 1) x parameters x ln n: BIC with ``penalty`` times its penalty."""
     extra = np.array([n_parameters(family, int(k), dim) for k in ks]) * np.log(n) * (penalty - 1.0)
     return int(ks[np.argmin(bic + extra)])
 
 
-def choose_k(X: np.ndarray, seed: int, k_max: int, max_spots: int = 3000, penalty: float = K_PENALTY) -> int:
-    """k over 2..``k_max`` from spots ``X`` (at most ``max_spots`` of them, drawn with ``seed``): the smaller of the
-    BIC curve's knee and its penalised minimum (module docstring)."""
+def neighbour_edges(neighbors: list[np.ndarray | None], sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled (spot, neighbour) index pairs from each slide's ``obsm["spatial_neighbors"]`` (column 0 the spot
+    itself; None: a slide without neighbours), offset by the ``sizes`` (spots) of the slides before it."""
+    rows, cols, start = [np.zeros(0, int)], [np.zeros(0, int)], 0
+    for nb, size in zip(neighbors, sizes):
+        if nb is not None:
+            nb = np.asarray(nb)
+            r = np.repeat(np.arange(nb.shape[0]), nb.shape[1] - 1)
+            c = nb[:, 1:].ravel()
+            keep = (c >= 0) & (c != r)
+            rows.append(r[keep] + start)
+            cols.append(c[keep] + start)
+        start += size
+    return np.concatenate(rows), np.concatenate(cols)
+
+
+def design_effect(X: np.ndarray, centres: np.ndarray, edges: tuple[np.ndarray, np.ndarray]) -> float:
+    """How many times BIC over-counts the spots: (1 + I) / (1 - I), I the mean over dimensions of Moran's I of the
+    residuals ``X - centres`` (each spot minus its region's mean) across neighbouring spots (``edges``).
+
+    (1 + I) / (1 - I) is the variance inflation of a mean of observations whose neighbours correlate at I (a first-
+    order autoregressive series): a first-order reading of the slide's spatial autocorrelation, at least 1.
+    """
+    rows, cols = edges
+    if len(rows) == 0:
+        return 1.0
+    R = X - centres
+    R = R - R.mean(0)
+    var = (R ** 2).mean(0)
+    keep = var > 1e-12 * max(var.max(), 1e-300)
+    if not keep.any():
+        return 1.0
+    R = R[:, keep] / np.sqrt(var[keep])
+    moran = float(np.mean((R[rows] * R[cols]).mean(0)))
+    moran = min(max(moran, 0.0), MAX_MORAN)
+    return (1.0 + moran) / (1.0 - moran)
+
+
+def choose_k(X: np.ndarray, seed: int, k_max: int, max_spots: int = 3000,
+             edges: tuple[np.ndarray, np.ndarray] | None = None) -> int:
+    """k over 2..``k_max`` from spots ``X`` (the curve fitted on at most ``max_spots`` of them, drawn with ``seed``):
+    the smaller of the BIC curve's knee and its minimum with :func:`design_effect` times the penalty (module
+    docstring). ``edges``: (spot, neighbour) pairs over the rows of ``X`` (:func:`neighbour_edges`); None: c = 1."""
     rng = np.random.default_rng(seed)
-    if X.shape[0] > max_spots:
-        X = X[rng.choice(X.shape[0], max_spots, replace=False)]
+    sample = X[rng.choice(X.shape[0], max_spots, replace=False)] if X.shape[0] > max_spots else X
     ks = np.arange(2, k_max + 1)
     if len(ks) < 3:
         return int(ks[0])
-    family, bic = bic_curve(X, seed, ks)
-    return min(knee(ks, bic), penalised_minimum(ks, bic, family, X.shape[0], X.shape[1], penalty))
+    family, bic, models = bic_curve(sample, seed, ks)
+    k_knee = knee(ks, bic)
+    c = 1.0
+    if edges is not None:
+        mixture = models[list(ks).index(k_knee)]
+        c = design_effect(X, mixture.means_[mixture.predict(X)], edges)
+    return min(k_knee, penalised_minimum(ks, bic, family, sample.shape[0], sample.shape[1], c))
