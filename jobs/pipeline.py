@@ -172,6 +172,15 @@ def stage_preprocess(plan: dict[str, Any], cache: StageCache, tracker: Tracker, 
 
 
 # ----------------------------------------------------------------------------------------------- stage 4
+def k_auto_line(report: dict) -> str:
+    """The console's account of ``clustering.k: auto`` (``senca_core.tl._k_auto``), no labels involved."""
+    if report.get("knee") is None:
+        return f"k auto: {report['k']} (too few spots for a BIC curve)"
+    return (f"k auto: {report['k']} regions, read without labels from k 2-{report['k_max']} (the BIC curve's "
+            f"knee at {report['knee']}; the minimum of BIC with its penalty x{report['design_effect']:.2f}, the spots' "
+            f"spatial design effect, at {report['penalised']}; the smaller)")
+
+
 def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any], cache: StageCache,
                 tracker: Tracker, status: dict[str, dict], progress: bool) -> dict[str, Any]:
     import pandas as pd
@@ -206,6 +215,8 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
         if not ok:
             raise PipelineError("infer", "no slide could be embedded")
         regions = cluster_cohort(ok, plan["clustering"], out / "infer" / "regions")
+        if regions.get("k_auto"):
+            tracker.progress(f"infer: {k_auto_line(regions['k_auto'])}")
         mixing = patient_mixing_warning(regions, patients)
         cohort_warnings = [] if mixing is None else [mixing]
         for w in cohort_warnings:
@@ -235,7 +246,8 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
         summaries = run_map(rows, summarise_slide, concurrency=conc, num_cpus=1.0, progress=progress)
         paths = write_tables(out / "tables", summaries, regions["categories"], names,
                              (subregions or {}).get("table"))
-        hit = {"k": regions["k"], "categories": regions["categories"], "region_names": names, "summaries": summaries,
+        hit = {"k": regions["k"], "k_auto": regions.get("k_auto"), "categories": regions["categories"],
+               "region_names": names, "summaries": summaries,
                "embed_failures": [r for r in embedded if r["status"] != "ok"], "warnings": cohort_warnings, **paths}
         if all(s["status"] == "ok" for s in summaries) and not hit["embed_failures"]:
             cache.put("infer", key, hit)
@@ -256,13 +268,15 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
             **clock.times(),
             "params": {f"clustering.{k}": v for k, v in plan["clustering"].items()},
             "metrics": {"k": hit["k"], "mean_ari": sum(aris) / len(aris) if aris else None,
+                        "k_auto_design_effect": (hit.get("k_auto") or {}).get("design_effect"),
                         **{f"ari_{s['slide_id']}": s["ari"] for s in ok if s["ari"] is not None},
                         **{f"nmi_{s['slide_id']}": s["nmi"] for s in ok if s["nmi"] is not None}},
             "patient_table": table, "tables": {k: v for k, v in hit.items() if k.endswith("_path")},
             "region_maps": [s["map_path"] for s in ok if s.get("map_path")],
             "slides": ok, "warnings": list(hit.get("warnings") or [])}
     tracker.stage("infer", info)
-    return {"key": key, "k": hit["k"], "table": table, "info": info, "tables": info["tables"]}
+    return {"key": key, "k": hit["k"], "k_auto": hit.get("k_auto"), "table": table, "info": info,
+            "tables": info["tables"]}
 
 
 # ----------------------------------------------------------------------------------------------- the driver
@@ -305,7 +319,7 @@ def run_pipeline(plan: dict[str, Any], *, tracker: Tracker | None = None, fresh:
         result["history"] = model["history"]
         inf = stage_infer(plan, pre, model, cache, tracker, status, progress)
         result["stages"]["infer"] = _brief(inf["info"])
-        result["k"] = inf["k"]
+        result["k"], result["k_auto"] = inf["k"], inf.get("k_auto")
         result["warnings"] = inf["info"]["warnings"]
         result["tables"] = inf["tables"]
     except PipelineError as err:

@@ -57,3 +57,19 @@ def test_k_auto_keeps_well_separated_regions_under_smooth_within_region_structur
 def test_k_auto_with_independent_spots_reads_what_plain_bic_and_knee_read():
     X, _, nb = _grid_regions(1, None)
     assert choose_k(X, 0, 10, edges=neighbour_edges([nb], [len(X)])) == choose_k(X, 0, 10) == 3
+
+
+def test_the_region_model_says_how_k_auto_read_k():
+    """``k=None``: the model (a consensus too) carries choose_k's report, which the platform prints and keeps in
+    cohort_summary.json; an integer k: no report."""
+    import senca_core as sc
+    from anndata import AnnData
+
+    X, _, nb = _grid_regions(1, None)
+    a = AnnData(np.zeros((len(X), 1), dtype=np.float32))
+    a.obsm["X_senca"], a.obsm["spatial_neighbors"] = X, nb
+    model = sc.tl.cluster(a, None, n_pcs=None, return_model=True)
+    report = model.k_auto
+    assert report["k"] == model.k_requested == 3 and report["k"] == min(report["knee"], report["penalised"])
+    assert report["design_effect"] == pytest.approx(1.0, abs=0.2) and report["family"] in ("diag", "full")
+    assert sc.tl.cluster(a, 3, n_pcs=None, return_model=True).k_auto is None

@@ -123,6 +123,8 @@ def test_synthetic_cohort_end_to_end(synthetic_run):
         assert "lowres" in a.uns["spatial"][s["slide"]]["images"] and a.obsp["spatial_connectivities"].nnz > 0
         assert len(a.uns["region_colors"]) == len(a.obs["region"].cat.categories)
     assert summary["k"] == len(categories)
+    # k auto says how it read k (no labels): the summary keeps its report, as the console prints it
+    assert summary["k_auto"]["k"] == summary["k"] and summary["k_auto"]["design_effect"] >= 1.0
 
     # Tune: 2 trials, each a Ray Train fit with 2 DDP workers; the objective uses no label although the slides
     # have labels (metric auto = held-out reconstruction), and the summary says so

@@ -113,7 +113,7 @@ def _refit_full_gmm(estimator, Xr: np.ndarray, labels: np.ndarray, reg_covar: fl
 
 
 def _fit(adatas, X: np.ndarray, k: int | None, method: str, n_pcs: int | None, seed: int, k_max: int,
-         align: str | None, covariance: str) -> tuple:
+         align: str | None, covariance: str, report: dict | None = None) -> tuple:
     """k (chosen by k auto when None), the slide aligner (several slides), the reducer, the reduced spots and the
     fitted estimator (GMM / k-means; Leiden: None)."""
     n = X.shape[0]
@@ -124,13 +124,13 @@ def _fit(adatas, X: np.ndarray, k: int | None, method: str, n_pcs: int | None, s
         sizes = np.cumsum([a.n_obs for a in adatas])[:-1]
         if k is None:  # choose k on the centred spots, then align at that k
             k = choose_k(_reducer(X, n_pcs, seed).transform(np.vstack([b - b.mean(0) for b in np.split(X, sizes)])),
-                         seed, min(k_max, max(2, n // 10)), edges=_edges(adatas))
+                         seed, min(k_max, max(2, n // 10)), edges=_edges(adatas), report=report)
         aligner = SlideAligner(k, method=align, n_pcs=n_pcs, seed=seed)
         X = np.vstack(aligner.fit_transform(np.split(X, sizes)))
     reducer = _reducer(X, n_pcs, seed)
     Xr = reducer.transform(X)
     if k is None:
-        k = choose_k(Xr, seed, min(k_max, max(2, n // 10)), edges=_edges(adatas))
+        k = choose_k(Xr, seed, min(k_max, max(2, n // 10)), edges=_edges(adatas), report=report)
     estimator = None
     if method == "gmm":
         from sklearn.mixture import GaussianMixture
@@ -148,8 +148,11 @@ class RegionModel:
     """A fitted region clustering: the projection and the estimator, so new slides get the same region ids.
 
     ``predict`` applies the same reduction and estimator (GMM / k-means predict; Leiden: nearest region centroid)
-    and maps to the size-ordered ids ``cluster`` wrote. Picklable (sklearn objects + arrays).
+    and maps to the size-ordered ids ``cluster`` wrote. Picklable (sklearn objects + arrays). ``k_auto``: how k was
+    read when it was not given (``tl._k_auto.choose_k``'s report: knee, penalised minimum, design effect), else None.
     """
+
+    k_auto: dict | None = None
 
     def __init__(self, reducer, estimator, method: str, k: int, remap: dict, centroids: np.ndarray,
                  use_rep: str, refine: bool, aligner: SlideAligner | None = None, spatial_prior: float = 0.0,
@@ -327,10 +330,12 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
             slides = ", ".join(_slide(a) for a in adatas)
             raise SlideError(f"k={k} regions requested but only {n} spots", slide=slides, field="k")
     key = (n_pcs, covariance, k, method, _columns)
+    report: dict = {}  # k=None: how k auto read k (tl._k_auto.choose_k)
     if _fits is not None and key in _fits:  # a consensus member: the same fit as another
         k, aligner, reducer, Xr, estimator = _fits[key]
     else:
-        k, aligner, reducer, Xr, estimator = _fit(adatas, X, k, method, n_pcs, seed, k_max, align, covariance)
+        k, aligner, reducer, Xr, estimator = _fit(adatas, X, k, method, n_pcs, seed, k_max, align, covariance,
+                                                  report)
         if _fits is not None:
             _fits[(n_pcs, covariance, k, method, _columns)] = (k, aligner, reducer, Xr, estimator)
     labels = _leiden(Xr, k, seed) if method == "leiden" else estimator.predict(Xr)
@@ -356,4 +361,5 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
                         aligner=aligner, spatial_prior=spatial_prior if method == "gmm" else 0.0, columns=_columns)
     model.raw_ids_ = raw_ids
     model.k_requested = int(k)  # k asked / chosen; model.k = regions left after refinement
+    model.k_auto = report or None
     return model

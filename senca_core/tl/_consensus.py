@@ -120,6 +120,11 @@ class ConsensusRegionModel:
         return float(self.members[0].spatial_prior)
 
     @property
+    def k_auto(self) -> dict | None:
+        """How the first member read k when it was not given (``RegionModel.k_auto``), else None."""
+        return getattr(self.members[0], "k_auto", None)
+
+    @property
     def aligner(self):
         """The first member's slide aligner (every member aligns the slides on its own cut)."""
         return self.members[0].aligner

@@ -114,14 +114,18 @@ def design_effect(X: np.ndarray, centres: np.ndarray, edges: tuple[np.ndarray, n
 
 
 def choose_k(X: np.ndarray, seed: int, k_max: int, max_spots: int = 3000,
-             edges: tuple[np.ndarray, np.ndarray] | None = None) -> int:
+             edges: tuple[np.ndarray, np.ndarray] | None = None, report: dict | None = None) -> int:
     """k over 2..``k_max`` from spots ``X`` (the curve fitted on at most ``max_spots`` of them, drawn with ``seed``):
     the smaller of the BIC curve's knee and its minimum with :func:`design_effect` times the penalty (module
-    docstring). ``edges``: (spot, neighbour) pairs over the rows of ``X`` (:func:`neighbour_edges`); None: c = 1."""
+    docstring). ``edges``: (spot, neighbour) pairs over the rows of ``X`` (:func:`neighbour_edges`); None: c = 1.
+    ``report`` (a dict) receives ``k``, ``knee``, ``penalised`` (the penalised minimum), ``design_effect``,
+    ``family`` (the mixtures' covariance) and ``k_max``."""
     rng = np.random.default_rng(seed)
     sample = X[rng.choice(X.shape[0], max_spots, replace=False)] if X.shape[0] > max_spots else X
     ks = np.arange(2, k_max + 1)
-    if len(ks) < 3:
+    if len(ks) < 3:  # too few spots for a curve
+        if report is not None:
+            report.update(k=int(ks[0]), knee=None, penalised=None, design_effect=None, family=None, k_max=int(k_max))
         return int(ks[0])
     family, bic, models = bic_curve(sample, seed, ks)
     k_knee = knee(ks, bic)
@@ -129,4 +133,8 @@ def choose_k(X: np.ndarray, seed: int, k_max: int, max_spots: int = 3000,
     if edges is not None:
         mixture = models[list(ks).index(k_knee)]
         c = design_effect(X, mixture.means_[mixture.predict(X)], edges)
-    return min(k_knee, penalised_minimum(ks, bic, family, sample.shape[0], sample.shape[1], c))
+    k_penalised = penalised_minimum(ks, bic, family, sample.shape[0], sample.shape[1], c)
+    if report is not None:
+        report.update(k=min(k_knee, k_penalised), knee=k_knee, penalised=k_penalised, design_effect=round(float(c), 3),
+                      family=family, k_max=int(k_max))
+    return min(k_knee, k_penalised)
