@@ -239,3 +239,12 @@ def load(out: Path) -> dict[str, Any]:
             "cohort_counts": counts, "cohort_fraction": fraction, "composition": composition,
             "patient_rows": prow, "patient_columns": present, "patient_ids": patient_ids, "markers": markers,
             "settings": _settings(out), "any_image": any(s.get("has_image") for s in ok)}
+
+
+def k_auto_line(report: dict) -> str:
+    """The console's and the HTML report's account of ``clustering.k: auto`` (``senca_core.tl._k_auto``); no labels."""
+    if report.get("knee") is None:
+        return f"k auto: {report['k']} (too few spots for a BIC curve)"
+    return (f"k auto: {report['k']} regions, read without labels from k 2-{report['k_max']} (the BIC curve's "
+            f"knee at {report['knee']}; the minimum of BIC with its penalty x{report['design_effect']:.2f}, the spots' "
+            f"spatial design effect, at {report['penalised']}; the smaller)")

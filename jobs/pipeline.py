@@ -27,6 +27,7 @@ from typing import Any
 from ._stage import PIPELINE_VERSION, PipelineError, StageClock, Tracker, _model_cfg  # noqa: F401 - re-exported
 from ._cache import StageCache, file_fingerprint, stable_hash
 from ._files import atomic_write_with, is_output_dir, is_temp_of, unlink_all
+from ._report_data import k_auto_line
 from .infer import CUT_BY_DEFAULT
 from .stage_model import _eval_cfg, check_slide_cpus, resolve_metric, stage_train, stage_tune  # noqa: F401
 
@@ -172,15 +173,6 @@ def stage_preprocess(plan: dict[str, Any], cache: StageCache, tracker: Tracker, 
 
 
 # ----------------------------------------------------------------------------------------------- stage 4
-def k_auto_line(report: dict) -> str:
-    """The console's account of ``clustering.k: auto`` (``senca_core.tl._k_auto``), no labels involved."""
-    if report.get("knee") is None:
-        return f"k auto: {report['k']} (too few spots for a BIC curve)"
-    return (f"k auto: {report['k']} regions, read without labels from k 2-{report['k_max']} (the BIC curve's "
-            f"knee at {report['knee']}; the minimum of BIC with its penalty x{report['design_effect']:.2f}, the spots' "
-            f"spatial design effect, at {report['penalised']}; the smaller)")
-
-
 def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any], cache: StageCache,
                 tracker: Tracker, status: dict[str, dict], progress: bool) -> dict[str, Any]:
     import pandas as pd

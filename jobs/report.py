@@ -114,6 +114,8 @@ def _header(c: dict) -> str:
         cfg = ", ".join(f"{_e(k)} = {_fmt(v, 4)}" for k, v in best.items())
         out.append(f'<p class="note"><b>Model selection:</b> {_e(sel)}.' + (f" Chosen settings: {cfg}." if cfg else "")
                    + "</p>")
+    if s.get("k_auto"):
+        out.append(f'<p class="note"><b>Number of regions:</b> {_e(data.k_auto_line(s["k_auto"]))}.</p>')
     if s.get("error"):
         out.append(f'<p class="note err"><b>Cohort error:</b> {_e(s["error"])}</p>')
     for w in s.get("warnings") or []:  # cohort-level, e.g. pooled regions that follow the patients
