@@ -12,7 +12,7 @@ Two stopping rules on one BIC curve (k = 2 .. ``k_max``), and k is where the fir
   points), so it over-counts the evidence for one more region. c is that over-count, measured on the slide
   (:func:`design_effect`): the spatial autocorrelation left within the knee's regions, read as the variance
   inflation of a mean of correlated observations. No constant is tuned: on the labelled sections c comes out at
-  1.3-1.9 on HER2ST and 2.2-2.3 on DLPFC 151673, where a constant c chosen by leave one section out says 1.5-1.9
+  1.3-2.0 on HER2ST and 2.2-2.3 on DLPFC 151673, where a constant c chosen by leave one section out says 1.5-1.9
   (docs/BENCHMARKS.md, "k auto: the knee or a penalised BIC"). Synthetic slides draw their spots independently
   within a region: c is about 1 and the knee decides (plain BIC over-reads them: 10-15 for six regions).
 
