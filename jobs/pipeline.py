@@ -24,7 +24,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from ._stage import PIPELINE_VERSION, PipelineError, StageClock, Tracker, _model_cfg  # noqa: F401 - re-exported
+from ._stage import INFER_VERSION, PIPELINE_VERSION, PipelineError, StageClock, Tracker, _model_cfg  # noqa: F401
 from ._cache import StageCache, file_fingerprint, stable_hash
 from ._files import atomic_write_with, is_output_dir, is_temp_of, unlink_all
 from ._report_data import k_auto_line
@@ -185,8 +185,8 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
 
     out = Path(plan["output_dir"])
     patients = {s["slide_id"]: s["patient_id"] for s in plan["slides"]}
-    key = stable_hash({"v": PIPELINE_VERSION, "pre": pre["key"], "model": _sha256(model["model_path"]),
-                       "clustering": plan["clustering"]})
+    key = stable_hash({"v": PIPELINE_VERSION, "infer": INFER_VERSION, "pre": pre["key"],
+                       "model": _sha256(model["model_path"]), "clustering": plan["clustering"]})
     clock = StageClock(tracker, "infer")
     hit = cache.get("infer", key)
     cached = hit is not None
