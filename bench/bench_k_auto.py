@@ -31,7 +31,8 @@ from bench_regions import load_section, n_classes, section_parser, shared_ready 
 import senca_core as sc  # noqa: E402
 from senca_core.model import SencaConfig  # noqa: E402
 from senca_core.tl._cluster import _reducer  # noqa: E402
-from senca_core.tl._k_auto import bic_curve, design_effect, knee, neighbour_edges, penalised_minimum  # noqa: E402,E501
+from senca_core.tl._k_auto import (bic_curve, choose_k, curve_sample, knee, neighbour_edges,  # noqa: E402
+                                   penalised_minimum)
 
 CURVE_KS = np.arange(2, 21)
 CUT_KS = list(range(2, 13))
@@ -46,13 +47,12 @@ def readout_record(a, seed: int, cuts: bool) -> dict:
     sc.tl.senca(a, SencaConfig(seed=seed))
     X = np.asarray(a.obsm["X_senca"], dtype=np.float64)
     Xr = _reducer(X, 15, seed).transform(X)
-    sample = Xr[np.random.default_rng(seed).choice(Xr.shape[0], 3000, replace=False)] if len(Xr) > 3000 else Xr
-    family, bic, models = bic_curve(sample, seed, CURVE_KS)
-    rec = {"family": family, "bic": bic, "n": sample.shape[0], "dim": Xr.shape[1]}
-    keep = CURVE_KS <= 12  # the default's range: its knee's regions give the residuals (as tl._k_auto.choose_k)
-    mixture = models[list(CURVE_KS).index(knee(CURVE_KS[keep], bic[keep]))]
-    edges = neighbour_edges([a.obsm["spatial_neighbors"]], [a.n_obs])
-    rec["c"] = design_effect(Xr, mixture.means_[mixture.predict(Xr)], edges)
+    report: dict = {}  # the default, as tl.cluster runs it: k and the design effect c it measured
+    choose_k(Xr, seed, 12, edges=neighbour_edges([a.obsm["spatial_neighbors"]], [a.n_obs]), report=report)
+    sample = curve_sample(Xr, seed)  # the same spots, the curve on to k = 20 for the other rules
+    family, bic, _ = bic_curve(sample, seed, CURVE_KS)
+    rec = {"family": family, "bic": bic, "n": sample.shape[0], "dim": Xr.shape[1], "c": report["design_effect"],
+           "k_default": report["k"]}
     if cuts:
         rec["ari"] = {k: np.mean([(sc.tl.cluster(a, k, seed=s), sc.metrics.ari(a))[1] for s in (seed, seed + 100)])
                       for k in CUT_KS}
@@ -74,8 +74,7 @@ def rules(k_max: int = 12) -> dict:
     out.update({f"penalised BIC alone, c {c}": (lambda r, c=c: penalised(r, c)) for c in PENALTIES})
     out.update({f"smaller of knee and penalised, c {c}":
                 (lambda r, c=c: min(knee(*upto(r, k_max)), penalised(r, c, k_max))) for c in PENALTIES})
-    out["the default: smaller of knee and penalised, c measured (design effect)"] = (
-        lambda r: min(knee(*upto(r, k_max)), penalised(r, r["c"], k_max)))
+    out["the default: smaller of knee and penalised, c measured (design effect)"] = lambda r: r["k_default"]
     return out
 
 

@@ -122,7 +122,7 @@ class ConsensusRegionModel:
     @property
     def k_auto(self) -> dict | None:
         """How the first member read k when it was not given (``RegionModel.k_auto``), else None."""
-        return getattr(self.members[0], "k_auto", None)
+        return self.members[0].k_auto
 
     @property
     def aligner(self):

@@ -113,6 +113,13 @@ def design_effect(X: np.ndarray, centres: np.ndarray, edges: tuple[np.ndarray, n
     return (1.0 + moran) / (1.0 - moran)
 
 
+def curve_sample(X: np.ndarray, seed: int, max_spots: int = 3000) -> np.ndarray:
+    """The spots the BIC curve is fitted on: all of them, or ``max_spots`` drawn with ``seed``."""
+    if X.shape[0] <= max_spots:
+        return X
+    return X[np.random.default_rng(seed).choice(X.shape[0], max_spots, replace=False)]
+
+
 def choose_k(X: np.ndarray, seed: int, k_max: int, max_spots: int = 3000,
              edges: tuple[np.ndarray, np.ndarray] | None = None, report: dict | None = None) -> int:
     """k over 2..``k_max`` from spots ``X`` (the curve fitted on at most ``max_spots`` of them, drawn with ``seed``):
@@ -120,8 +127,7 @@ def choose_k(X: np.ndarray, seed: int, k_max: int, max_spots: int = 3000,
     docstring). ``edges``: (spot, neighbour) pairs over the rows of ``X`` (:func:`neighbour_edges`); None: c = 1.
     ``report`` (a dict) receives ``k``, ``knee``, ``penalised`` (the penalised minimum), ``design_effect``,
     ``family`` (the mixtures' covariance) and ``k_max``."""
-    rng = np.random.default_rng(seed)
-    sample = X[rng.choice(X.shape[0], max_spots, replace=False)] if X.shape[0] > max_spots else X
+    sample = curve_sample(X, seed, max_spots)
     ks = np.arange(2, k_max + 1)
     if len(ks) < 3:  # too few spots for a curve
         if report is not None:
@@ -130,11 +136,11 @@ def choose_k(X: np.ndarray, seed: int, k_max: int, max_spots: int = 3000,
     family, bic, models = bic_curve(sample, seed, ks)
     k_knee = knee(ks, bic)
     c = 1.0
-    if edges is not None:
+    if edges is not None and len(edges[0]):
         mixture = models[list(ks).index(k_knee)]
         c = design_effect(X, mixture.means_[mixture.predict(X)], edges)
     k_penalised = penalised_minimum(ks, bic, family, sample.shape[0], sample.shape[1], c)
     if report is not None:
-        report.update(k=min(k_knee, k_penalised), knee=k_knee, penalised=k_penalised, design_effect=round(float(c), 3),
+        report.update(k=min(k_knee, k_penalised), knee=k_knee, penalised=k_penalised, design_effect=float(c),
                       family=family, k_max=int(k_max))
     return min(k_knee, k_penalised)
