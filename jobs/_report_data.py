@@ -242,7 +242,15 @@ def load(out: Path) -> dict[str, Any]:
 
 
 def k_auto_line(report: dict) -> str:
-    """The console's and the HTML report's account of ``clustering.k: auto`` (``senca_core.tl._k_auto``); no labels."""
+    """The console's and the HTML report's account of ``clustering.k: auto`` (``senca_core.tl._k_auto``); no labels.
+    Slides cut one by one (``cut_by``): each slide's k, then the cohort's regions after matching."""
+    if "slides" in report:
+        each = ", ".join(f"{sid} {r['k']}" for sid, r in report["slides"].items())
+        c = [r["design_effect"] for r in report["slides"].values() if r.get("design_effect") is not None]
+        how = (f"; each the smaller of its BIC curve's knee and its minimum of BIC with the penalty times the spots' "
+               f"spatial design effect, x{min(c):.2f}-{max(c):.2f}") if c else ""
+        return (f"k auto, each slide cut alone: {each} regions, read without labels{how}; {report['k']} cohort "
+                "regions after matching the slides' regions across the cohort")
     if report.get("knee") is None:
         return f"k auto: {report['k']} (too few spots for a BIC curve)"
     return (f"k auto: {report['k']} regions, read without labels from k 2-{report['k_max']} (the BIC curve's "

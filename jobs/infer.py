@@ -33,7 +33,7 @@ from ._memory import peak_rss_mb
 
 _MODEL_CACHE: dict[str, Any] = {}
 #: the spec's ``clustering.cut_by`` when unset (its schema default says the same)
-CUT_BY_DEFAULT = "cohort"
+CUT_BY_DEFAULT = "auto"  # senca_core.tl.resolve_cut_by: each slide alone at k auto, the pooled cut at a given k
 
 
 def _model(path: str):
@@ -103,15 +103,17 @@ def readout_blocks_uns(row: dict[str, Any]) -> dict[str, int]:
 
 
 def cluster_args(clustering: dict[str, Any]) -> dict[str, Any]:
-    """The spec's ``clustering`` section (``k``: int | "auto", ``align``: ... | "none") as ``tl.cluster`` keywords;
-    the infer stage and the Tune objective cluster alike."""
+    """The spec's ``clustering`` section (``k``: int | "auto", ``align``: ... | "none") as ``tl.cluster`` keywords,
+    ``cut_by`` resolved (``senca_core.tl.resolve_cut_by``); the infer stage and the Tune objective cluster alike."""
+    from senca_core.tl import resolve_cut_by
+
     k, align = clustering.get("k", "auto"), clustering.get("align", "matched")
-    return {"k": None if k in (None, "auto") else int(k), "method": clustering.get("method", "gmm"),
-            "refine": bool(clustering.get("refine", True)), "align": None if align in (None, "none") else align,
+    k = None if k in (None, "auto") else int(k)
+    return {"k": k, "method": clustering.get("method", "gmm"), "refine": bool(clustering.get("refine", True)),
+            "align": None if align in (None, "none") else align, "seed": int(clustering.get("seed", 0)),
             "spatial_prior": float(clustering.get("spatial_prior", 16.0)),
-            "prior_em_rounds": int(clustering.get("prior_em_rounds", 0)),
-            "consensus": clustering.get("consensus"), "cut_by": clustering.get("cut_by", CUT_BY_DEFAULT),
-            "seed": int(clustering.get("seed", 0))}
+            "prior_em_rounds": int(clustering.get("prior_em_rounds", 0)), "consensus": clustering.get("consensus"),
+            "cut_by": resolve_cut_by(clustering.get("cut_by", CUT_BY_DEFAULT), k)}
 
 
 def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regions_dir: str | Path) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from ._stage import INFER_VERSION, PIPELINE_VERSION, PipelineError, StageClock, 
 from ._cache import StageCache, file_fingerprint, stable_hash
 from ._files import atomic_write_with, is_output_dir, is_temp_of, unlink_all
 from ._report_data import k_auto_line
-from .infer import CUT_BY_DEFAULT
+from .infer import cluster_args
 from .stage_model import _eval_cfg, check_slide_cpus, resolve_metric, stage_train, stage_tune  # noqa: F401
 
 _SLIDE_FILES = ("counts", "spots", "labels", "image", "path")
@@ -191,7 +191,7 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
     hit = cache.get("infer", key)
     cached = hit is not None
     if hit is None:
-        regions_by = _REGIONS_BY[plan["clustering"].get("cut_by", CUT_BY_DEFAULT)]
+        regions_by = _REGIONS_BY[cluster_args(plan["clustering"])["cut_by"]]
         tracker.progress(f"infer: embeddings, {regions_by} and summaries of {len(pre['paths'])} slide(s)")
         conc = _default_concurrency(plan)
         rows = [{"slide_id": sid, "path": p, "model_path": model["model_path"],

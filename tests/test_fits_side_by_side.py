@@ -87,7 +87,7 @@ def test_the_consensus_fitted_side_by_side_is_the_consensus_fitted_in_turn(monke
     for cpus in (1, 2):
         monkeypatch.setattr(_threads, "usable_cpus", lambda cpus=cpus: cpus)
         slides = [_bands(1), _bands(2)]
-        model = tl.cluster(slides, k, return_model=True)
+        model = tl.cluster(slides, k, cut_by="cohort", return_model=True)  # the pooled consensus, k given or read
         results[cpus] = (model.k_requested, [s.obs["region"].astype(int).tolist() for s in slides],
                          [[m.predict(s).tolist() for s in slides] for m in model.members])
         assert list(slides[0].obs.columns) == ["truth", "region"]

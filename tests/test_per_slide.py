@@ -118,3 +118,19 @@ def test_cut_by_is_checked_and_one_slide_is_the_plain_cut():
         tl.cluster(slides, k=3, cut_by="patient")
     one = tl.cluster(slides[0], k=3, n_pcs=None, cut_by="slide", return_model=True)
     assert not isinstance(one, tl.PerSlideRegionModel)
+
+
+def test_cut_by_auto_cuts_each_slide_alone_when_k_is_read_and_pools_when_k_is_given():
+    """The default ``cut_by="auto"``: k read from the data (None) reads it slide by slide, each slide's regions
+    matched into cohort ids; a k the caller gives is the cohort's, one pooled cut (docs/BENCHMARKS.md, "Each slide
+    cut alone at k auto")."""
+    assert tl.resolve_cut_by("auto", None) == "slide" and tl.resolve_cut_by("auto", 3) == "cohort"
+    assert tl.resolve_cut_by("cohort", None) == "cohort" and tl.resolve_cut_by("slide", 3) == "slide"
+    with pytest.raises(ConfigError, match="cut_by"):
+        tl.resolve_cut_by("patient", None)
+    slides = _cohort()
+    read = tl.cluster(slides, None, n_pcs=None, return_model=True)
+    assert isinstance(read, tl.PerSlideRegionModel)
+    assert slides[2].obs["region"].nunique() >= 2  # patient C keeps its own regions (pooled at k 3 it gets one)
+    given = tl.cluster(slides, 3, refine=False, n_pcs=None, return_model=True)
+    assert not isinstance(given, tl.PerSlideRegionModel) and slides[2].obs["region"].nunique() == 1

@@ -61,8 +61,8 @@ def test_run_writes_a_self_contained_report(run_out):
     assert "Regions and marker genes" in html and "<code>" in html  # the marker table
     assert "scored against annotations" in html  # synthetic slides carry ground truth
     # the demo's k: auto says how it read k, on the console and in the report (no labels)
-    assert summary["k_auto"]["k"] == summary["k"] and "infer: k auto:" in said
-    assert "<b>Number of regions:</b> k auto:" in html
+    assert summary["k_auto"]["k"] == summary["k"] and "infer: k auto, each slide cut alone:" in said
+    assert "<b>Number of regions:</b> k auto, each slide cut alone:" in html
     assert html.count("<svg") >= 2  # cohort and patient composition charts
     # logged to the MLflow parent run
     from mlflow.tracking import MlflowClient

@@ -303,13 +303,16 @@ def test_hmrf_em_rounds_need_a_single_cut(tmp_path):
     assert load_spec(_write(tmp_path, GOOD)).clustering.consensus is None
 
 
-def test_cut_by_defaults_to_the_pooled_cut_and_is_checked(tmp_path):
+def test_cut_by_defaults_to_auto_and_is_checked(tmp_path):
     """``clustering.cut_by``: the schema's default is the one the infer stage and the tuning objective fall back
-    to; ``slide`` reaches ``tl.cluster``; anything else is refused naming the field."""
+    to (``auto``: each slide cut alone at k auto, the pooled cut at a given k); ``slide`` reaches ``tl.cluster``;
+    anything else is refused naming the field."""
     from jobs.infer import CUT_BY_DEFAULT, cluster_args
 
     spec = load_spec(_write(tmp_path, GOOD))
-    assert spec.clustering.cut_by == CUT_BY_DEFAULT == "cohort" and cluster_args({})["cut_by"] == "cohort"
+    assert spec.clustering.cut_by == CUT_BY_DEFAULT == "auto"
+    assert cluster_args({})["cut_by"] == "slide" and cluster_args({"k": 6})["cut_by"] == "cohort"
+    assert cluster_args({"k": "auto", "cut_by": "cohort"})["cut_by"] == "cohort"
     spec = load_spec(_write(tmp_path, GOOD + "clustering:\n  cut_by: slide\n"))
     assert cluster_args(spec.clustering.model_dump())["cut_by"] == "slide"
     issues = _problems(tmp_path, GOOD + "clustering:\n  cut_by: patient\n")

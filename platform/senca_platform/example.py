@@ -81,12 +81,13 @@ tuning:                           # Ray Tune around the trainer (enabled: false 
     lr: {{type: loguniform, low: 0.0005, high: 0.005}}
     w_neigh: {{type: choice, values: [0.25, 0.5, 1.0]}}
 
-clustering:                       # regions on the POOLED embeddings: region ids mean the same in every slide
-  cut_by: cohort                  # cohort: one cut of the pooled spots | slide: each slide cut alone, ids matched
+clustering:                       # regions; region ids mean the same tissue state in every slide
+  cut_by: auto                    # auto: slide when k is auto, cohort when k is a number | cohort: one cut of the
+  #                               # pooled spots | slide: each slide cut alone, its regions matched across slides
   k: auto                         # an integer, or auto (no labels: from the embedding and the spots' neighbours)
   method: gmm                     # gmm | kmeans | leiden
   refine: true                    # spatial smoothing of the labels
-  align: matched                  # matched | centre | none: remove each slide's (patient's) offset first
+  align: matched                  # matched | centre | none: the pooled cut removes each slide's offset first
   spatial_prior: 16               # gmm: a spot leans towards its neighbours' region (Potts prior; 0: off)
   consensus: true                 # gmm: the regions two HMRF-EM cuts agree on (~2x one cut's seconds); false: one cut
   prior_em_rounds: 0              # with consensus: false only: HMRF-EM rounds of the one cut

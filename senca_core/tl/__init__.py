@@ -1,6 +1,6 @@
 """Tools: the SENCA-st embedding, region clustering, and per-slide summaries."""
 
-from ._cluster import RegionModel, assign_regions, cluster
+from ._cluster import RegionModel, assign_regions, cluster, resolve_cut_by
 from ._consensus import ConsensusRegionModel
 from ._per_slide import PerSlideRegionModel
 from ._labels import refine_labels, spatial_prior_labels
@@ -15,7 +15,7 @@ from ._subregions import SUBREGION_COLUMNS, tumour_subregions
 
 __all__ = ["senca", "apply", "cluster", "refine_labels", "spatial_prior_labels", "RegionModel", "ConsensusRegionModel",
            "PerSlideRegionModel",
-           "assign_regions",
+           "assign_regions", "resolve_cut_by",
            "heterogeneity", "microenvironment", "marker_genes",
            "tumour_like_regions", "tumour_scores", "DEFAULT_TUMOUR_GENES", "DEFAULT_NORMAL_GENES",
            "name_regions", "region_profile", "region_colors", "region_names_dict", "annotate_region_names",

@@ -17,7 +17,21 @@ from ._labels import refine_labels, spatial_prior_labels, write_regions
 from .._threads import small_matrices
 
 METHODS = ("gmm", "leiden", "kmeans")
-CUT_BY = ("cohort", "slide")
+CUT_BY = ("auto", "cohort", "slide")
+
+
+def resolve_cut_by(cut_by: str, k: int | None) -> str:
+    """``cut_by="auto"`` (the default): ``"slide"`` when k is read from the data (``k=None``: each slide reads its
+    own k, and its regions are matched across the cohort), ``"cohort"`` when the caller fixes k (k regions of the
+    pooled spots). Measured on the labelled HER2ST cohorts (docs/BENCHMARKS.md, "Each slide cut alone at k auto"):
+    at k auto the slides cut alone score 0.501 against the pooled cut's 0.288 (A1 + B1 + C1) and 0.448 against
+    0.312 (six sections), each slide keeping two to five regions; at a fixed k = 6 the pooled cut leads (0.479
+    against 0.252: every slide cut into six)."""
+    if cut_by not in CUT_BY:
+        raise ConfigError("cut_by", f"unknown {cut_by!r}; use one of {CUT_BY}")
+    if cut_by != "auto":
+        return cut_by
+    return "slide" if k is None else "cohort"
 
 
 def _slide(adata: AnnData) -> str:
@@ -231,7 +245,7 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
             use_rep: str = "X_senca", refine: bool = True, n_pcs: int | None = 15, seed: int = 0,
             key_added: str = "region", k_max: int = 12, align: str | None = "matched",
             covariance: str = "full", spatial_prior: float = 16.0, prior_em_rounds: int = 0,
-            consensus: bool | None = None, cut_by: str = "cohort", return_model: bool = False,
+            consensus: bool | None = None, cut_by: str = "auto", return_model: bool = False,
             blocks: int | None = None, _fits: dict | None = None, _columns: tuple[int, int] | None = None,
             ) -> int | RegionModel | ConsensusRegionModel | PerSlideRegionModel:
     """Cluster ``obsm[use_rep]`` into ``k`` regions; writes ``obs[key_added]`` (categorical) on every slide.
@@ -257,7 +271,8 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     mixture on 1x and ⅔x ``n_pcs`` components, each re-estimated under the spatial prior (HMRF-EM, 10 rounds);
     chosen over one cut and other families by leave-one-section-out, docs/BENCHMARKS.md). ``consensus=True``
     with another ``covariance`` or ``prior_em_rounds`` is refused; ``consensus=False`` is one cut. The model
-    returned is then a :class:`~senca_core.tl.ConsensusRegionModel`. ``cut_by`` (several slides): ``"cohort"``
+    returned is then a :class:`~senca_core.tl.ConsensusRegionModel`. ``cut_by`` (several slides): ``"auto"``
+    (default: :func:`resolve_cut_by`) is ``"slide"`` with ``k=None`` and ``"cohort"`` with a given k; ``"cohort"``
     cuts the pooled spots once; ``"slide"`` cuts each slide alone with the same settings (k per slide when not
     given) and matches the slides' regions into cohort ids (:mod:`senca_core.tl._per_slide`; the model returned is a
     :class:`~senca_core.tl.PerSlideRegionModel`, the value returned without it the cohort's number of regions; a
@@ -280,8 +295,7 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         raise ConfigError("prior_em_rounds", f"must be an integer >= 0, got {prior_em_rounds!r}")
     if covariance not in ("full", "tied", "diag", "spherical"):
         raise ConfigError("covariance", f"unknown GMM covariance {covariance!r}; use full, tied, diag or spherical")
-    if cut_by not in CUT_BY:
-        raise ConfigError("cut_by", f"unknown {cut_by!r}; use one of {CUT_BY}")
+    cut_by = resolve_cut_by(cut_by, k)
     if consensus is None:  # the default: the consensus, unless the caller chose one cut's settings
         consensus = covariance == "full" and not prior_em_rounds
     blocks = readout_blocks(adatas, use_rep, blocks) if _columns is None else 1
@@ -289,7 +303,8 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         settings = {"k": k, "method": method, "refine": refine, "n_pcs": n_pcs, "seed": seed, "k_max": k_max,
                     "covariance": covariance, "spatial_prior": spatial_prior, "prior_em_rounds": prior_em_rounds,
                     "consensus": consensus, "blocks": blocks}
-        model = per_slide_cut(adatas, lambda a: cluster(a, use_rep=use_rep, key_added=key_added, **settings),
+        model = per_slide_cut(adatas, lambda a: cluster(a, use_rep=use_rep, key_added=key_added, return_model=True,
+                                                        **settings),
                               settings, key_added=key_added, use_rep=use_rep)
         return model if return_model else int(model.k)
     if consensus and method == "gmm":
@@ -299,7 +314,8 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
 
         fits: dict = {}  # members sharing n_pcs and covariance (with and without HMRF-EM) share one mixture fit
         shared = {"method": "gmm", "use_rep": use_rep, "refine": refine, "seed": seed, "key_added": key_added,
-                  "k_max": k_max, "align": align, "spatial_prior": spatial_prior, "return_model": True}
+                  "k_max": k_max, "align": align, "spatial_prior": spatial_prior, "return_model": True,
+                  "cut_by": "cohort"}  # the members and blocks of this pooled cut are pooled cuts
 
         def fit_member(setting: dict, k_member: int | None, slides: list) -> RegionModel:
             return cluster(slides, k_member, consensus=False, _fits=fits, _columns=_columns, **shared, **setting)

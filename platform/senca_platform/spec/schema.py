@@ -184,10 +184,10 @@ class ClusteringSpec(_Base):
                                                      "1x and 2/3x the components, each with HMRF-EM); "
                                                      "default (unset): on unless prior_em_rounds chooses one cut; "
                                                      "false: one cut")
-    cut_by: Literal["cohort", "slide"] = Field(
-        "cohort", description="several slides: 'slide' cuts each slide alone (k per slide when auto) and matches "
-                              "the slides' regions into cohort ids; 'cohort' cuts the pooled spots once "
-                              "(senca_core.tl.cluster cut_by)")
+    cut_by: Literal["auto", "cohort", "slide"] = Field(
+        "auto", description="several slides: 'slide' cuts each slide alone (k per slide when auto) and matches "
+                            "the slides' regions into cohort ids; 'cohort' cuts the pooled spots once; 'auto': "
+                            "'slide' when k is auto, 'cohort' when k is a number (senca_core.tl.cluster cut_by)")
     seed: int = 0
 
     @field_validator("k")
