@@ -172,9 +172,10 @@ class PerSlideRegionModel:
 def per_slide_cut(adatas: Sequence[AnnData], cut: Callable[[AnnData], object], settings: dict[str, Any], *,
                   key_added: str, use_rep: str) -> PerSlideRegionModel:
     """Cut each slide with ``cut(adata)`` (regions in ``obs[key_added]``, returns its region model; ``settings``
-    the ``tl.cluster`` keywords it used), match the regions across slides, write the cohort ids to ``obs[key_added]`` and return the
-    model (``k`` and ``k_requested``: the cohort's regions). A slide too small to be cut alone (:func:`big_enough`;
-    at least one slide must be big enough) takes the nearest cohort region spot by spot."""
+    the ``tl.cluster`` keywords it used), match the regions across slides, write the cohort ids to
+    ``obs[key_added]`` and return the model (``k`` and ``k_requested``: the cohort's regions; ``k_auto``: each
+    slide's k auto report). A slide too small to be cut alone (:func:`big_enough`; at least one slide must be big
+    enough) takes the nearest cohort region spot by spot."""
     big = [a for a in adatas if big_enough(a.n_obs, settings.get("k"))]
     centroids, weights, locals_, reports = [], [], [], {}
     for a in big:
