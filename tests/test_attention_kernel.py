@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from senca_core.model import _neighbour_attention as kernel
 from senca_core.model._neighbour_attention import neighbour_attention
 from senca_core.model._network import Dropout
 
@@ -31,9 +32,14 @@ def _inputs(n=11, m=13, k=4, h=2, d=3, masked=True, seed=0):
     return q, keys, values, nb, keep
 
 
+@pytest.mark.parametrize("rows_per_block", [None, 1, 4])  # None: all spots in one block
 @pytest.mark.parametrize("masked", [True, False])
-def test_the_written_out_backward_is_autograds(masked):
+def test_the_written_out_backward_is_autograds(masked, rows_per_block, monkeypatch):
     q, keys, values, nb, keep = _inputs(masked=masked)
+    if rows_per_block is not None:  # blocks of that many spots (a gathered row: k * h * d doubles)
+        monkeypatch.setattr(kernel, "BLOCK_BYTES", rows_per_block * 4 * 2 * 3 * 8)
+        monkeypatch.setattr(kernel, "ONE_BLOCK_UP_TO", 0)
+        assert kernel.block_rows(q, nb.shape[1]) == rows_per_block
     assert torch.autograd.gradcheck(lambda a, b, c: neighbour_attention(a, b, c, nb, keep), (q, keys, values))
     pooled, weights = neighbour_attention(q, keys, values, nb, keep)
     ref_pooled, ref_weights = _reference(q, keys, values, nb, keep)
@@ -45,6 +51,36 @@ def test_the_written_out_backward_is_autograds(masked):
     theirs = torch.autograd.grad((ref_pooled * up_p).sum() + (ref_weights * up_w).sum(), (q, keys, values))
     for a, b in zip(mine, theirs):
         assert torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_blocks_of_spots_give_the_one_block_results_to_the_last_bit(masked, monkeypatch):
+    """On CPU the kernel runs over blocks of spots (cache-sized); every output and gradient is the one-block
+    computation's, bit for bit, whatever the block size (float32, as training runs)."""
+    n, m, k, h, d = 50, 50, 7, 4, 8
+    g = torch.Generator().manual_seed(3)
+    base = [torch.randn(n, h, d, generator=g) for _ in range(3)]
+    nb = torch.randint(0, m, (n, k), generator=g)
+    nb[:, 0] = torch.arange(n)
+    keep = ((torch.rand(n, h, k, generator=g) > 0.1).float() / 0.9) if masked else None
+    up = torch.randn(n, h, d, generator=g), torch.randn(n, h, k, generator=g)
+
+    monkeypatch.setattr(kernel, "ONE_BLOCK_UP_TO", 0)  # blocks on a slide this small too
+
+    def run(block_bytes):
+        monkeypatch.setattr(kernel, "BLOCK_BYTES", block_bytes)
+        q, keys, values = (t.clone().requires_grad_(True) for t in base)
+        pooled, weights = neighbour_attention(q, keys, values, nb, keep)
+        grads = torch.autograd.grad((pooled * up[0]).sum() + (weights * up[1]).sum(), (q, keys, values))
+        return (pooled.detach(), weights.detach(), *grads)
+
+    row = k * h * d * 4
+    whole = run(n * row)
+    for rows in (1, 3, 16, 49):
+        blocked = run(rows * row)
+        assert kernel.block_rows(base[0], k) == rows  # the setting took: n / rows blocks
+        for a, b in zip(blocked, whole):
+            assert torch.equal(a, b)
 
 
 def test_the_network_attention_matches_the_formula_in_float():
