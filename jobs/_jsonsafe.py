@@ -1,5 +1,5 @@
-"""JSON-safe values: :func:`json_default` (numpy scalars and arrays, paths) for ``json.dumps`` and
-:func:`clean_float` (missing / NaN / inf -> None)."""
+"""JSON-safe values: :func:`json_default` (numpy scalars and arrays, paths) for ``json.dumps``,
+:func:`clean_float` (missing / NaN / inf -> None) and :func:`strip_none` (h5ad's ``uns`` cannot hold None)."""
 
 from __future__ import annotations
 
@@ -30,3 +30,12 @@ def clean_float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if value == value and value not in (float("inf"), float("-inf")) else None
+
+
+def strip_none(d: dict) -> None:
+    """h5ad cannot store None: drop such keys, nested dicts too (the contract: absent means unknown)."""
+    for k in [k for k, v in d.items() if v is None]:
+        del d[k]
+    for v in d.values():
+        if isinstance(v, dict):
+            strip_none(v)

@@ -17,7 +17,7 @@ from typing import Any
 from ._stage import PIPELINE_VERSION, PipelineError, StageClock, Tracker, _model_cfg
 from ._cache import StageCache, stable_hash
 from ._files import atomic_write_json
-from .infer import CUT_BY_DEFAULT
+from .infer import CUT_BY_DEFAULT, RESTARTS_DEFAULT
 from ._jsonsafe import clean_float
 
 
@@ -25,7 +25,8 @@ def _eval_cfg(plan: dict[str, Any], metric: str | None, every: int) -> dict[str,
     c = plan["clustering"]
     return {"metric": metric, "every": every, "k": c.get("k"), "method": c.get("method", "gmm"),
             "refine": c.get("refine", True), "align": c.get("align", "matched"),
-            "cut_by": c.get("cut_by", CUT_BY_DEFAULT), "seed": c.get("seed", 0)}
+            "cut_by": c.get("cut_by", CUT_BY_DEFAULT), "restarts": c.get("restarts", RESTARTS_DEFAULT),
+            "seed": c.get("seed", 0)}
 
 
 #: the tuning objective ``metric: auto`` means; it uses no label (docs/BENCHMARKS.md: of the label-free criteria

@@ -319,6 +319,24 @@ def test_cut_by_defaults_to_auto_and_is_checked(tmp_path):
     assert any("cut_by" in i.field for i in issues), issues
 
 
+def test_restarts_default_to_three_everywhere_and_are_checked(tmp_path):
+    """``clustering.restarts``: the schema's default is ``tl.cluster``'s and the one the infer stage, the tuning
+    objective and the model file fall back to; a number reaches ``tl.cluster``; below 1 is refused naming it."""
+    import inspect
+
+    from jobs.infer import RESTARTS_DEFAULT, cluster_args
+    from senca_core import tl
+
+    spec = load_spec(_write(tmp_path, GOOD))
+    assert spec.clustering.restarts == RESTARTS_DEFAULT == inspect.signature(tl.cluster).parameters[
+        "restarts"].default == 3
+    assert cluster_args({})["restarts"] == 3
+    spec = load_spec(_write(tmp_path, GOOD + "clustering:\n  restarts: 1\n"))
+    assert cluster_args(spec.clustering.model_dump())["restarts"] == 1
+    issues = _problems(tmp_path, GOOD + "clustering:\n  restarts: 0\n")
+    assert any("restarts" in i.field for i in issues), issues
+
+
 def test_slide_cpus_share_an_embedded_ray_and_never_change_what_is_computed(tmp_path):
     """Unset, `preprocess.cpus_per_slide` shares an embedded Ray's CPUs among the slides (a lone slide's patches
     are described on every CPU); on a cluster 1; set, as set. It is not part of a slide's cache key, nor is

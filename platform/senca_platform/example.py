@@ -84,6 +84,7 @@ tuning:                           # Ray Tune around the trainer (enabled: false 
 clustering:                       # regions; region ids mean the same tissue state in every slide
   cut_by: auto                    # auto: slide when k is auto, cohort when k is a number | cohort: one cut of the
   #                               # pooled spots | slide: each slide cut alone, its regions matched across slides
+  restarts: 3                     # gmm: the cut from 3 clustering seeds, the one the others agree with most (1: one)
   k: auto                         # an integer, or auto (no labels: from the embedding and the spots' neighbours)
   method: gmm                     # gmm | kmeans | leiden
   refine: true                    # spatial smoothing of the labels

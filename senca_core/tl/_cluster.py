@@ -13,6 +13,7 @@ from ._align import SlideAligner
 from ._consensus import ConsensusRegionModel, block_settings, consensus_cut, member_settings, readout_blocks
 from ._k_auto import choose_k, neighbour_edges
 from ._per_slide import PerSlideRegionModel, big_enough, per_slide_cut
+from ._restarts import medoid_cut
 from ._labels import refine_labels, spatial_prior_labels, write_regions
 from .._threads import small_matrices
 
@@ -245,7 +246,7 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
             use_rep: str = "X_senca", refine: bool = True, n_pcs: int | None = 15, seed: int = 0,
             key_added: str = "region", k_max: int = 12, align: str | None = "matched",
             covariance: str = "full", spatial_prior: float = 16.0, prior_em_rounds: int = 0,
-            consensus: bool | None = None, cut_by: str = "auto", return_model: bool = False,
+            consensus: bool | None = None, cut_by: str = "auto", restarts: int = 3, return_model: bool = False,
             blocks: int | None = None, _fits: dict | None = None, _columns: tuple[int, int] | None = None,
             ) -> int | RegionModel | ConsensusRegionModel | PerSlideRegionModel:
     """Cluster ``obsm[use_rep]`` into ``k`` regions; writes ``obs[key_added]`` (categorical) on every slide.
@@ -278,6 +279,10 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     :class:`~senca_core.tl.PerSlideRegionModel`, the value returned without it the cohort's number of regions; a
     slide too small to be cut alone takes the nearest cohort region spot by spot, and a cohort of only such slides
     is cut pooled).
+    ``restarts`` (GMM; default 3; 1 = one seed): the cut fitted from that many clustering seeds (``seed``, ``seed``
+    + 100, ...) and the restart the others agree with most kept (:mod:`senca_core.tl._restarts`, the medoid
+    partition; with ``k=None`` the first restart reads k); not for an ensemble's readout (``blocks`` > 1), whose
+    consensus over networks already pools several cuts.
     ``blocks``: how many networks' readouts ``obsm[use_rep]`` holds side by side (an ensemble, ``SencaConfig.n_models``;
     None: the slides' ``uns["senca"]["readout_blocks"]``, 1 when absent): the consensus is then that of each block's
     own consensus (:mod:`senca_core.tl._consensus`); one cut takes the blocks together.
@@ -295,6 +300,8 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
         raise ConfigError("prior_em_rounds", f"must be an integer >= 0, got {prior_em_rounds!r}")
     if covariance not in ("full", "tied", "diag", "spherical"):
         raise ConfigError("covariance", f"unknown GMM covariance {covariance!r}; use full, tied, diag or spherical")
+    if not isinstance(restarts, (int, np.integer)) or isinstance(restarts, bool) or restarts < 1:
+        raise ConfigError("restarts", f"must be an integer >= 1, got {restarts!r}")
     cut_by = resolve_cut_by(cut_by, k)
     if consensus is None:  # the default: the consensus, unless the caller chose one cut's settings
         consensus = covariance == "full" and not prior_em_rounds
@@ -302,11 +309,20 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     if cut_by == "slide" and len(adatas) > 1 and any(big_enough(a.n_obs, k) for a in adatas):
         settings = {"k": k, "method": method, "refine": refine, "n_pcs": n_pcs, "seed": seed, "k_max": k_max,
                     "covariance": covariance, "spatial_prior": spatial_prior, "prior_em_rounds": prior_em_rounds,
-                    "consensus": consensus, "blocks": blocks}
+                    "consensus": consensus, "blocks": blocks, "restarts": restarts}
         model = per_slide_cut(adatas, lambda a: cluster(a, use_rep=use_rep, key_added=key_added, return_model=True,
                                                         **settings),
                               settings, key_added=key_added, use_rep=use_rep)
         return model if return_model else int(model.k)
+    if restarts > 1 and method == "gmm" and blocks == 1 and _columns is None and _fits is None:
+        def fit_restart(seed_r: int, k_r: int | None, slides: list):
+            return cluster(slides, k_r, method=method, use_rep=use_rep, refine=refine, n_pcs=n_pcs, seed=seed_r,
+                           key_added=key_added, k_max=k_max, align=align, covariance=covariance,
+                           spatial_prior=spatial_prior, prior_em_rounds=prior_em_rounds, consensus=consensus,
+                           cut_by="cohort", restarts=1, return_model=True, blocks=blocks)
+
+        model = medoid_cut(adatas, fit_restart, seed, k, int(restarts), key_added=key_added)
+        return model if return_model else int(model.k_requested)
     if consensus and method == "gmm":
         if covariance != "full" or prior_em_rounds:
             raise ConfigError("consensus", "the consensus is a family of full-covariance HMRF-EM cuts; "

@@ -147,7 +147,8 @@ class PerSlideRegionModel:
         slim.obsm[self.use_rep] = X
         if neighbors is not None:
             slim.obsm["spatial_neighbors"] = np.asarray(neighbors)
-        cluster(slim, use_rep=self.use_rep, key_added="region", **self.settings)
+        settings = {"restarts": 1, **self.settings}  # a model saved before restarts: its one-seed cut
+        cluster(slim, use_rep=self.use_rep, key_added="region", **settings)
         return slim.obs["region"].astype(int).to_numpy()
 
     def labels(self, X: np.ndarray, neighbors: np.ndarray | None = None) -> np.ndarray:

@@ -188,6 +188,9 @@ class ClusteringSpec(_Base):
         "auto", description="several slides: 'slide' cuts each slide alone (k per slide when auto) and matches "
                             "the slides' regions into cohort ids; 'cohort' cuts the pooled spots once; 'auto': "
                             "'slide' when k is auto, 'cohort' when k is a number (senca_core.tl.cluster cut_by)")
+    restarts: int = Field(3, ge=1, le=20, description="gmm: the cut fitted from this many clustering seeds, the one "
+                                                        "the others agree with most kept (1: one seed; "
+                                                        "senca_core.tl.cluster restarts)")
     seed: int = 0
 
     @field_validator("k")

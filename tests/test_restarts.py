@@ -1,0 +1,76 @@
+"""tl.cluster(restarts=r): the cut from r clustering seeds, the medoid partition kept (``senca_core.tl._restarts``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from senca_core import tl
+from senca_core.errors import ConfigError
+from senca_core.tl import _restarts
+from senca_core.tl._restarts import medoid_index, restart_seeds
+
+from _state_slides import state_slide
+
+
+def _ambiguous(seed: int = 1):
+    """Three noisy tissue states cut into five regions: the clustering seed changes the cut."""
+    return state_slide("S", [0.4, 0.3, 0.3], [0, 0, 0, 0], noise=1.0, n=300, seed=seed)
+
+
+def _regions(a) -> np.ndarray:
+    return a.obs["region"].astype(int).to_numpy()
+
+
+def test_the_medoid_is_the_partition_the_others_agree_with_most_whatever_its_ids():
+    a = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    b = np.array([5, 5, 5, 7, 7, 7, 7, 9, 9])  # a with spot 6 moved (other ids)
+    c = np.array([1, 1, 2, 2, 2, 2, 2, 0, 0])  # b with spot 2 moved too: b lies between a and c
+    chosen, means = medoid_index([a, b, c])
+    assert chosen == 1 and means[1] == max(means)
+    assert medoid_index([a, a.copy(), b])[0] == 0  # a tie: the first
+    assert medoid_index([b]) == (0, [1.0])
+    assert restart_seeds(7, 3) == [7, 107, 207]
+
+
+def test_restarts_keep_one_of_their_cuts_exactly_and_its_model():
+    a = _ambiguous()
+    model = tl.cluster(a, 5, seed=0, return_model=True, n_pcs=None, refine=False)
+    report = model.restarts_report
+    assert report["seeds"] == [0, 100, 200] and len(report["agreement"]) == 3
+    assert report["chosen"] == int(np.argmax(report["agreement"]))
+    assert report["chosen"] != 0  # here a restart other than the first seed's: the choice is exercised
+    chosen_seed = report["seeds"][report["chosen"]]
+    alone = _ambiguous()
+    tl.cluster(alone, 5, seed=chosen_seed, restarts=1, n_pcs=None, refine=False)
+    np.testing.assert_array_equal(_regions(a), _regions(alone))  # the chosen restart's cut, to the spot
+    np.testing.assert_array_equal(model.predict(a), _regions(a))  # and its model re-assigns it
+    first = _ambiguous()
+    tl.cluster(first, 5, seed=0, restarts=1, n_pcs=None, refine=False)
+    assert not np.array_equal(_regions(first), _regions(a))
+
+
+def test_one_restart_is_the_one_seed_cut():
+    a, b = _ambiguous(), _ambiguous()
+    model = tl.cluster(a, 4, seed=3, restarts=1, return_model=True, n_pcs=None)
+    assert not hasattr(model, "restarts_report")
+    tl.cluster(b, 4, seed=3, restarts=1, n_pcs=None)
+    np.testing.assert_array_equal(_regions(a), _regions(b))
+
+
+def test_k_auto_reads_k_once_and_the_chosen_restart_keeps_its_report(monkeypatch):
+    monkeypatch.setattr(_restarts, "medoid_index", lambda parts: (len(parts) - 1, [0.0] * len(parts)))
+    a = _ambiguous()
+    model = tl.cluster(a, None, seed=0, return_model=True, n_pcs=None)
+    assert model.restarts_report["chosen"] == 2
+    assert model.k_auto is not None and model.k_auto["k"] == model.k_requested  # the first restart's reading
+    b = _ambiguous()
+    tl.cluster(b, model.k_requested, seed=200, restarts=1, n_pcs=None)
+    np.testing.assert_array_equal(_regions(a), _regions(b))  # the last restart, cut at the k the first read
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "3"])
+def test_restarts_must_be_a_positive_integer(bad):
+    with pytest.raises(ConfigError) as err:
+        tl.cluster(_ambiguous(), 3, restarts=bad)
+    assert err.value.field == "restarts"
