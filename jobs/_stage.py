@@ -9,8 +9,9 @@ from typing import Any
 PIPELINE_VERSION = 5  # 2: infer clusters the region readout, slides aligned; 3: named regions, tidy tables;
 #                      4: tumour sub-regions; 5: the GMM's spatial (Potts) prior
 #: bump when the infer stage's regions change for the same model and spec (invalidates infer entries only)
-INFER_VERSION = 4  # 2: k auto reads the spots' spatial design effect (senca_core.tl._k_auto, 2026-12-07); 4: restarts
+INFER_VERSION = 4  # 2: k auto reads the spots' spatial design effect (senca_core.tl._k_auto, 2026-12-07)
 #                   3: cut_by auto: several slides at k auto are cut slide by slide (tl.resolve_cut_by)
+#                   4: the cut from three clustering seeds, the medoid kept (tl._restarts)
 
 
 class Tracker:

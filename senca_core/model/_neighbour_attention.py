@@ -8,16 +8,18 @@ intermediate gradients out transposed, so every step copied four (n, k, heads, h
 and multiplied the others at strides that defeat vectorisation: on DLPFC 151673 (3,639 spots, 7 neighbours) the
 gradients of the attention's products, their copies and the neighbour gathers' scatters were over half an epoch.
 Here each (n, k, h, d) product is formed once in (n, k, h, d) order, the softmax's backward is the closed form,
-and the gathers' backward is one row sum per input (``_sum_rows``). Same mathematics, other floating-point summation order
-(differences ~1e-6 on one call); measured in docs/BENCHMARKS.md (platform section, "2026-12-06, thirteenth stop").
+and the gathers' backward is one row sum per input (``_sum_rows``). Same mathematics, other floating-point
+summation order (differences ~1e-6 on one call); measured in docs/BENCHMARKS.md (platform section, "2026-12-06,
+thirteenth stop").
 
 On CPU the spots are taken in blocks (:func:`block_rows`: about 1 MB per gathered (rows, k, h, d) tensor), so
 each block's gathers and products stay in the core's cache instead of streaming 13 MB tensors through memory
 (DLPFC: 3,639 x 7 x 128 floats each); the backward gathers its block again rather than keeping the whole gathered
 tensors. Every output element is computed by the same operations in the same order as over all spots at once, and
 the row sums run over the index in the same order, so the results are identical to the last bit (checked by
-``tests/test_model.py``); the core takes about 30 % less time (docs/BENCHMARKS.md, "2026-12-07, twenty-third
-stop"). On CUDA one block is all spots.
+``tests/test_attention_kernel.py``). On DLPFC's shape the kernel takes half its time at one torch thread (a DLPFC
+epoch 9-12 % less) and a few percent less at two (``bench/bench_attention.py``; docs/BENCHMARKS.md, "2026-12-07,
+twenty-third stop"). On CUDA one block is all spots.
 """
 
 from __future__ import annotations
