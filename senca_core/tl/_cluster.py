@@ -306,20 +306,19 @@ def cluster(adatas: AnnData | Sequence[AnnData], k: int | None = None, *, method
     if consensus is None:  # the default: the consensus, unless the caller chose one cut's settings
         consensus = covariance == "full" and not prior_em_rounds
     blocks = readout_blocks(adatas, use_rep, blocks) if _columns is None else 1
+    # the cut's settings: each slide's cut alone, each restart's (and what a per-slide model cuts new slides with)
+    settings = {"k": k, "method": method, "refine": refine, "n_pcs": n_pcs, "seed": seed, "k_max": k_max,
+                "covariance": covariance, "spatial_prior": spatial_prior, "prior_em_rounds": prior_em_rounds,
+                "consensus": consensus, "blocks": blocks, "restarts": restarts}
     if cut_by == "slide" and len(adatas) > 1 and any(big_enough(a.n_obs, k) for a in adatas):
-        settings = {"k": k, "method": method, "refine": refine, "n_pcs": n_pcs, "seed": seed, "k_max": k_max,
-                    "covariance": covariance, "spatial_prior": spatial_prior, "prior_em_rounds": prior_em_rounds,
-                    "consensus": consensus, "blocks": blocks, "restarts": restarts}
         model = per_slide_cut(adatas, lambda a: cluster(a, use_rep=use_rep, key_added=key_added, return_model=True,
                                                         **settings),
                               settings, key_added=key_added, use_rep=use_rep)
         return model if return_model else int(model.k)
     if restarts > 1 and method == "gmm" and blocks == 1 and _columns is None and _fits is None:
         def fit_restart(seed_r: int, k_r: int | None, slides: list):
-            return cluster(slides, k_r, method=method, use_rep=use_rep, refine=refine, n_pcs=n_pcs, seed=seed_r,
-                           key_added=key_added, k_max=k_max, align=align, covariance=covariance,
-                           spatial_prior=spatial_prior, prior_em_rounds=prior_em_rounds, consensus=consensus,
-                           cut_by="cohort", restarts=1, return_model=True, blocks=blocks)
+            return cluster(slides, use_rep=use_rep, key_added=key_added, align=align, cut_by="cohort",
+                           return_model=True, **{**settings, "k": k_r, "seed": seed_r, "restarts": 1})
 
         model = medoid_cut(adatas, fit_restart, seed, k, int(restarts), key_added=key_added)
         return model if return_model else int(model.k_requested)

@@ -19,6 +19,7 @@ import numpy as np
 from anndata import AnnData
 
 from .._threads import thread_map
+from ..metrics._partition_scores import adjusted_rand_index
 from ._consensus import _member_views
 
 #: the restarts' clustering seeds: seed, seed + 100, seed + 200, ... (as measured)
@@ -31,16 +32,14 @@ def restart_seeds(seed: int, restarts: int) -> list[int]:
 
 def medoid_index(partitions: Sequence[np.ndarray]) -> tuple[int, list[float]]:
     """The partition with the highest mean adjusted Rand index to the others (the first on a tie), and each
-    partition's mean."""
-    from sklearn.metrics import adjusted_rand_score
-
+    partition's mean (``metrics``' ARI: scikit-learn's to the last bit, without importing ``sklearn.metrics``)."""
     n = len(partitions)
     if n == 1:
         return 0, [1.0]
     pair = np.eye(n)
     for i in range(n):
         for j in range(i + 1, n):
-            pair[i, j] = pair[j, i] = adjusted_rand_score(partitions[i], partitions[j])
+            pair[i, j] = pair[j, i] = adjusted_rand_index(partitions[i], partitions[j])
     means = [float((pair[i].sum() - 1.0) / (n - 1)) for i in range(n)]
     return int(np.argmax(np.round(means, 12))), means
 
