@@ -256,3 +256,24 @@ def k_auto_line(report: dict) -> str:
     return (f"k auto: {report['k']} regions, read without labels from k 2-{report['k_max']} (the BIC curve's "
             f"knee at {report['knee']}; the minimum of BIC with its penalty x{report['design_effect']:.2f}, the spots' "
             f"spatial design effect, at {report['penalised']}; the smaller)")
+
+
+def restart_agreement(report: dict) -> float:
+    """The kept restart's mean adjusted Rand index to the other restarts (``senca_core.tl._restarts``): 1 when every
+    clustering seed gave the same regions."""
+    return float(report["agreement"][report["chosen"]])
+
+
+def restarts_line(report: dict) -> str:
+    """The console's and the HTML report's account of ``clustering.restarts`` (no labels): how many clustering seeds
+    cut the regions, which cut was kept and how much the others agree with it (per slide when slides are cut alone)."""
+    how = "mean ARI to the other seeds' cuts; 1 = the same regions from every seed"
+    if "slides" in report:
+        each = list(report["slides"].values())
+        n = len(each[0]["seeds"]) if each else 0
+        per = ", ".join(f"{sid} {restart_agreement(r):.2f}" for sid, r in report["slides"].items())
+        return (f"regions: each slide's cut from {n} clustering seeds, the one the others agree with most kept "
+                f"({how}: {per})")
+    seeds = ", ".join(str(s) for s in report["seeds"])
+    return (f"regions: the cut from {len(report['seeds'])} clustering seeds ({seeds}) the others agree with most, "
+            f"seed {report['seeds'][report['chosen']]} ({how}: {restart_agreement(report):.2f})")

@@ -149,7 +149,8 @@ def cluster_cohort(rows: list[dict[str, Any]], clustering: dict[str, Any], regio
     model_path = atomic_write_with(regions_dir.parent / "region_model.pkl",
                                    lambda tmp: tmp.write_bytes(pickle.dumps(region_model)))
     return {"k": int(k_used), "categories": categories, "region_paths": paths, "region_model_path": str(model_path),
-            "cut_by": args["cut_by"], "k_auto": getattr(region_model, "k_auto", None)}
+            "cut_by": args["cut_by"], "k_auto": getattr(region_model, "k_auto", None),
+            "restarts": getattr(region_model, "restarts_report", None)}
 
 
 def patient_mixing_warning(regions: dict[str, Any], patients: dict[str, str]) -> str | None:

@@ -27,7 +27,7 @@ from typing import Any
 from ._stage import INFER_VERSION, PIPELINE_VERSION, PipelineError, StageClock, Tracker, _model_cfg  # noqa: F401
 from ._cache import StageCache, file_fingerprint, stable_hash
 from ._files import atomic_write_with, is_output_dir, is_temp_of, unlink_all
-from ._report_data import k_auto_line
+from ._report_data import k_auto_line, restart_agreement, restarts_line
 from .infer import cluster_args
 from .stage_model import _eval_cfg, check_slide_cpus, resolve_metric, stage_train, stage_tune  # noqa: F401
 
@@ -209,6 +209,8 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
         regions = cluster_cohort(ok, plan["clustering"], out / "infer" / "regions")
         if regions.get("k_auto"):
             tracker.progress(f"infer: {k_auto_line(regions['k_auto'])}")
+        if regions.get("restarts"):
+            tracker.progress(f"infer: {restarts_line(regions['restarts'])}")
         mixing = patient_mixing_warning(regions, patients)
         cohort_warnings = [] if mixing is None else [mixing]
         for w in cohort_warnings:
@@ -238,7 +240,8 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
         summaries = run_map(rows, summarise_slide, concurrency=conc, num_cpus=1.0, progress=progress)
         paths = write_tables(out / "tables", summaries, regions["categories"], names,
                              (subregions or {}).get("table"))
-        hit = {"k": regions["k"], "k_auto": regions.get("k_auto"), "categories": regions["categories"],
+        hit = {"k": regions["k"], "k_auto": regions.get("k_auto"), "restarts": regions.get("restarts"),
+               "categories": regions["categories"],
                "region_names": names, "summaries": summaries,
                "embed_failures": [r for r in embedded if r["status"] != "ok"], "warnings": cohort_warnings, **paths}
         if all(s["status"] == "ok" for s in summaries) and not hit["embed_failures"]:
@@ -261,14 +264,25 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
             "params": {f"clustering.{k}": v for k, v in plan["clustering"].items()},
             "metrics": {"k": hit["k"], "mean_ari": sum(aris) / len(aris) if aris else None,
                         "k_auto_design_effect": (hit.get("k_auto") or {}).get("design_effect"),
+                        **_agreement_metrics(hit.get("restarts")),
                         **{f"ari_{s['slide_id']}": s["ari"] for s in ok if s["ari"] is not None},
                         **{f"nmi_{s['slide_id']}": s["nmi"] for s in ok if s["nmi"] is not None}},
             "patient_table": table, "tables": {k: v for k, v in hit.items() if k.endswith("_path")},
             "region_maps": [s["map_path"] for s in ok if s.get("map_path")],
             "slides": ok, "warnings": list(hit.get("warnings") or [])}
     tracker.stage("infer", info)
-    return {"key": key, "k": hit["k"], "k_auto": hit.get("k_auto"), "table": table, "info": info,
+    return {"key": key, "k": hit["k"], "k_auto": hit.get("k_auto"), "restarts": hit.get("restarts"),
+            "table": table, "info": info,
             "tables": info["tables"]}
+
+
+def _agreement_metrics(report: dict | None) -> dict[str, float]:
+    """The restarts' agreement as run metrics: ``restart_agreement`` (one cut) or one per slide cut alone."""
+    if not report:
+        return {}
+    if "slides" in report:
+        return {f"restart_agreement_{sid}": restart_agreement(r) for sid, r in report["slides"].items()}
+    return {"restart_agreement": restart_agreement(report)}
 
 
 # ----------------------------------------------------------------------------------------------- the driver
@@ -311,7 +325,7 @@ def run_pipeline(plan: dict[str, Any], *, tracker: Tracker | None = None, fresh:
         result["history"] = model["history"]
         inf = stage_infer(plan, pre, model, cache, tracker, status, progress)
         result["stages"]["infer"] = _brief(inf["info"])
-        result["k"], result["k_auto"] = inf["k"], inf.get("k_auto")
+        result["k"], result["k_auto"], result["restarts"] = inf["k"], inf.get("k_auto"), inf.get("restarts")
         result["warnings"] = inf["info"]["warnings"]
         result["tables"] = inf["tables"]
     except PipelineError as err:

@@ -63,6 +63,10 @@ def test_run_writes_a_self_contained_report(run_out):
     # the demo's k: auto says how it read k, on the console and in the report (no labels)
     assert summary["k_auto"]["k"] == summary["k"] and "infer: k auto, each slide cut alone:" in said
     assert "<b>Number of regions:</b> k auto, each slide cut alone:" in html
+    # each slide's cut from three clustering seeds: how much they agree, on the console, in the summary and report
+    assert set(summary["restarts"]["slides"]) == {s["slide"] for s in ok}
+    assert "infer: regions: each slide's cut from 3 clustering seeds" in said
+    assert "<b>Reproducibility:</b> regions: each slide&#x27;s cut from 3 clustering seeds" in html
     assert html.count("<svg") >= 2  # cohort and patient composition charts
     # logged to the MLflow parent run
     from mlflow.tracking import MlflowClient

@@ -74,3 +74,23 @@ def test_restarts_must_be_a_positive_integer(bad):
     with pytest.raises(ConfigError) as err:
         tl.cluster(_ambiguous(), 3, restarts=bad)
     assert err.value.field == "restarts"
+
+
+def test_slides_cut_alone_each_report_their_restarts_and_the_console_says_so():
+    from jobs._report_data import restart_agreement, restarts_line
+
+    slides = [_ambiguous(seed) for seed in (1, 2)]
+    for sid, a in zip(("S1", "S2"), slides):
+        a.uns["senca"] = {"slide_id": sid}
+    model = tl.cluster(slides, 4, seed=0, cut_by="slide", return_model=True, n_pcs=None)
+    each = model.restarts_report["slides"]
+    assert set(each) == {"S1", "S2"}
+    for sid, a in zip(("S1", "S2"), slides):  # each slide's own restarts: its report is its own cut's
+        alone = _ambiguous(int(sid[1]))
+        report = tl.cluster(alone, 4, seed=0, return_model=True, n_pcs=None).restarts_report
+        assert each[sid] == report and restart_agreement(report) == max(report["agreement"])
+    line = restarts_line(model.restarts_report)
+    assert "each slide's cut from 3 clustering seeds" in line
+    assert f"S1 {restart_agreement(each['S1']):.2f}" in line and f"S2 {restart_agreement(each['S2']):.2f}" in line
+    one = tl.cluster(_ambiguous(), 5, seed=0, return_model=True, n_pcs=None, refine=False).restarts_report
+    assert f"seed {one['seeds'][one['chosen']]}" in restarts_line(one) and "(0, 100, 200)" in restarts_line(one)

@@ -128,11 +128,13 @@ class PerSlideRegionModel:
     ``method``). ``settings``: the ``tl.cluster`` keywords each slide is cut with (a new slide too); ``types``
     the cohort regions' centroids, row ``i`` region ``i``; ``mass`` their training spots; ``known`` the training
     slides' fingerprints -> their region ids; ``k_auto`` (k read from the data) how each slide read its k:
-    ``{"k": cohort regions, "slides": {slide id: that slide's report (``RegionModel.k_auto``)}}``, else None."""
+    ``{"k": cohort regions, "slides": {slide id: that slide's report (``RegionModel.k_auto``)}}``, else None;
+    ``restarts_report`` each slide's restarts (``{"slides": {slide id: tl._restarts' report}}``), else None."""
 
     def __init__(self, settings: dict[str, Any], types: np.ndarray, mass: np.ndarray, known: dict,
-                 use_rep: str, k_auto: dict | None = None) -> None:
+                 use_rep: str, k_auto: dict | None = None, restarts_report: dict | None = None) -> None:
         self.settings, self.types, self.known, self.k_auto = dict(settings), types, known, k_auto
+        self.restarts_report = restarts_report
         self.mass = np.asarray(mass, dtype=np.float64)
         self.k = self.k_requested = len(types)
         self.method, self.refine, self.use_rep = settings["method"], bool(settings["refine"]), use_rep
@@ -174,15 +176,18 @@ def per_slide_cut(adatas: Sequence[AnnData], cut: Callable[[AnnData], object], s
                   key_added: str, use_rep: str) -> PerSlideRegionModel:
     """Cut each slide with ``cut(adata)`` (regions in ``obs[key_added]``, returns its region model; ``settings``
     the ``tl.cluster`` keywords it used), match the regions across slides, write the cohort ids to
-    ``obs[key_added]`` and return the model (``k`` and ``k_requested``: the cohort's regions; ``k_auto``: each
-    slide's k auto report). A slide too small to be cut alone (:func:`big_enough`; at least one slide must be big
-    enough) takes the nearest cohort region spot by spot."""
+    ``obs[key_added]`` and return the model (``k`` and ``k_requested``: the cohort's regions; ``k_auto`` and
+    ``restarts_report``: each slide's reports). A slide too small to be cut alone (:func:`big_enough`; at least
+    one slide must be big enough) takes the nearest cohort region spot by spot."""
     big = [a for a in adatas if big_enough(a.n_obs, settings.get("k"))]
-    centroids, weights, locals_, reports = [], [], [], {}
-    for a in big:
-        report = getattr(cut(a), "k_auto", None)
-        if report:
-            reports[str(a.uns.get("senca", {}).get("slide_id", len(reports)))] = report
+    centroids, weights, locals_, reports, restarts = [], [], [], {}, {}
+    for i, a in enumerate(big):
+        model = cut(a)
+        sid = str(a.uns.get("senca", {}).get("slide_id", i))
+        if getattr(model, "k_auto", None):
+            reports[sid] = model.k_auto
+        if getattr(model, "restarts_report", None):
+            restarts[sid] = model.restarts_report
         local = a.obs[key_added].astype(int).to_numpy()
         ids, C, w = _centroids(np.asarray(a.obsm[use_rep], dtype=np.float64), local)
         locals_.append((local, ids))
@@ -210,4 +215,5 @@ def per_slide_cut(adatas: Sequence[AnnData], cut: Callable[[AnnData], object], s
         a.obs[key_added] = pd.Categorical(cohort.astype(str), categories=categories)
         known[fingerprint(np.asarray(a.obsm[use_rep], dtype=np.float64))] = cohort
     k_auto = {"k": len(order), "slides": reports} if reports else None
-    return PerSlideRegionModel(settings, types[order], mass[order], known, use_rep, k_auto)
+    return PerSlideRegionModel(settings, types[order], mass[order], known, use_rep, k_auto,
+                               {"slides": restarts} if restarts else None)
