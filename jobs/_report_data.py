@@ -267,13 +267,13 @@ def restart_agreement(report: dict) -> float:
 def restarts_line(report: dict) -> str:
     """The console's and the HTML report's account of ``clustering.restarts`` (no labels): how many clustering seeds
     cut the regions, which cut was kept and how much the others agree with it (per slide when slides are cut alone)."""
-    how = "mean ARI to the other seeds' cuts; 1 = the same regions from every seed"
+    how = "its mean ARI to the other seeds' cuts; 1 = every seed gave the same regions"
     if "slides" in report:
         each = list(report["slides"].values())
         n = len(each[0]["seeds"]) if each else 0
         per = ", ".join(f"{sid} {restart_agreement(r):.2f}" for sid, r in report["slides"].items())
-        return (f"regions: each slide's cut from {n} clustering seeds, the one the others agree with most kept "
-                f"({how}: {per})")
+        return (f"regions: each slide's cut from {n} clustering seeds, the one the others agree with most kept; "
+                f"agreement {per} ({how})")
     seeds = ", ".join(str(s) for s in report["seeds"])
     return (f"regions: the cut from {len(report['seeds'])} clustering seeds ({seeds}) the others agree with most, "
-            f"seed {report['seeds'][report['chosen']]} ({how}: {restart_agreement(report):.2f})")
+            f"seed {report['seeds'][report['chosen']]}; agreement {restart_agreement(report):.2f} ({how})")
