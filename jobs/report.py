@@ -116,8 +116,8 @@ def _header(c: dict) -> str:
                    + "</p>")
     if s.get("k_auto"):
         out.append(f'<p class="note"><b>Number of regions:</b> {_e(data.k_auto_line(s["k_auto"]))}.</p>')
-    if s.get("restarts"):
-        out.append(f'<p class="note"><b>Reproducibility:</b> {_e(data.restarts_line(s["restarts"]))}.</p>')
+    if s.get("region_restarts"):
+        out.append(f'<p class="note"><b>Reproducibility:</b> {_e(data.restarts_line(s["region_restarts"]))}.</p>')
     if s.get("error"):
         out.append(f'<p class="note err"><b>Cohort error:</b> {_e(s["error"])}</p>')
     for w in s.get("warnings") or []:  # cohort-level, e.g. pooled regions that follow the patients

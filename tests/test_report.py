@@ -64,7 +64,7 @@ def test_run_writes_a_self_contained_report(run_out):
     assert summary["k_auto"]["k"] == summary["k"] and "infer: k auto, each slide cut alone:" in said
     assert "<b>Number of regions:</b> k auto, each slide cut alone:" in html
     # each slide's cut from three clustering seeds: how much they agree, on the console, in the summary and report
-    assert set(summary["restarts"]["slides"]) == {s["slide"] for s in ok}
+    assert set(summary["region_restarts"]["slides"]) == {s["slide"] for s in ok}
     assert "infer: regions: each slide's cut from 3 clustering seeds" in said
     assert "<b>Reproducibility:</b> regions: each slide&#x27;s cut from 3 clustering seeds" in html
     assert html.count("<svg") >= 2  # cohort and patient composition charts

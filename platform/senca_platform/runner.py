@@ -318,7 +318,7 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
             "n_failed": sum(s["status"] != "ok" for s in slides),
             "slides": [{k: v for k, v in s.items() if k not in ("traceback", "has_labels", "hist_dim")}
                        for s in slides],
-            "k": result.get("k"), "k_auto": result.get("k_auto"), "restarts": result.get("restarts"),
+            "k": result.get("k"), "k_auto": result.get("k_auto"), "region_restarts": result.get("restarts"),
             "warnings": list(result.get("warnings") or []),
             "tuning": result.get("tuning"),
             "tables": {f"{name}_{fmt}": result["tables"].get(f"{name}_{fmt}_path")
