@@ -38,7 +38,20 @@ def slide_regions(region_model, embedding: np.ndarray, neighbors: np.ndarray | N
     """Region ids (ints, the training cohort's ids) of one slide's spots: ``senca_core.tl.RegionModel.labels``
     (the slide aligned onto the cohort like at fit time, reduced, the fitted estimator, refined). The one place a
     saved region model labels a slide: prediction here, the reproduction check of ``senca_platform.model_state``."""
-    return np.asarray(region_model.labels(np.asarray(embedding, dtype=np.float64), neighbors), dtype=int)
+    return slide_regions_report(region_model, embedding, neighbors)[0]
+
+
+def slide_regions_report(region_model, embedding: np.ndarray,
+                         neighbors: np.ndarray | None) -> tuple[np.ndarray, dict | None]:
+    """(:func:`slide_regions`, the restarts report of the slide's own cut, ``{seeds, chosen, agreement}``, or None).
+    A model whose slides are cut alone (``cut_by: slide``) cuts a new slide from the fit's clustering seeds and
+    reports how well they agree; a pooled model labels it with its fitted estimator (no restarts: None)."""
+    X = np.asarray(embedding, dtype=np.float64)
+    if hasattr(region_model, "labels_report"):
+        labels, report = region_model.labels_report(X, neighbors)
+    else:
+        labels, report = region_model.labels(X, neighbors), None
+    return np.asarray(labels, dtype=int), report
 
 
 def predict_slide(entry: dict[str, Any], fitted: Fitted, out: Path, *, stamp: dict[str, Any],
@@ -47,6 +60,7 @@ def predict_slide(entry: dict[str, Any], fitted: Fitted, out: Path, *, stamp: di
     summary (None when it failed before summarising)."""
     from ._errors import error_text, short_traceback
     from ._files import atomic_write_with
+    from ._report_data import restarts_line
     from .infer import embed_slide, summarise_slide
     from .preprocess import project_prepared, read_and_prepare
 
@@ -77,7 +91,10 @@ def predict_slide(entry: dict[str, Any], fitted: Fitted, out: Path, *, stamp: di
         if emb["status"] != "ok":
             st.update(status="failed", stage="predict", error=emb["error"], traceback=emb["traceback"])
             return st, None
-        labels = slide_regions(fitted.region_model, np.load(emb_path), neighbors)
+        labels, restarts = slide_regions_report(fitted.region_model, np.load(emb_path), neighbors)
+        if restarts:
+            st["restarts"] = restarts
+            say(f"slide {sid}: " + restarts_line(restarts))
         atomic_write_with(reg_path, lambda tmp: np.save(open(tmp, "wb"), labels))
     except Exception as err:  # noqa: BLE001 - this slide's failure, recorded
         st.update(status="failed", stage="predict", error=error_text(err, sid), traceback=short_traceback(err))

@@ -28,7 +28,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 #: session fixture -> the test modules that use it: they run in one worker, so the fixture is computed once
 SHARED_SESSION_FIXTURES = {
     "clean_fault_run": ("test_faults_driver.py", "test_signals.py"),
-    "demo_cli_run": ("test_console.py", "test_report.py"),
+    "demo_cli_run": ("test_console.py", "test_report.py", "test_restarts.py"),
 }
 _SHARED_UNIT = {module: fixture for fixture, modules in SHARED_SESSION_FIXTURES.items() for module in modules}
 #: the work units that take longest (each 10-30 % of the suite's time, see --durations), handed out first

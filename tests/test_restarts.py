@@ -94,3 +94,54 @@ def test_slides_cut_alone_each_report_their_restarts_and_the_console_says_so():
     assert f"S1 {restart_agreement(each['S1']):.2f}" in line and f"S2 {restart_agreement(each['S2']):.2f}" in line
     one = tl.cluster(_ambiguous(), 5, seed=0, return_model=True, n_pcs=None, refine=False).restarts_report
     assert f"seed {one['seeds'][one['chosen']]}" in restarts_line(one) and "(0, 100, 200)" in restarts_line(one)
+
+
+def test_a_new_slide_cut_alone_reports_its_own_restarts_and_a_training_slide_the_fits():
+    """``senca-platform predict`` through a per-slide model: a new slide is cut from the fit's clustering seeds and
+    its report is that cut's; a training slide gets its regions and the fit's report back."""
+    from jobs.stage_predict import slide_regions, slide_regions_report
+
+    slides = [_ambiguous(seed) for seed in (1, 2)]
+    for sid, a in zip(("S1", "S2"), slides):
+        a.uns["senca"] = {"slide_id": sid}
+    model = tl.cluster(slides, 4, seed=0, cut_by="slide", return_model=True, n_pcs=None)
+    X1 = np.asarray(slides[0].obsm["X_senca"])
+    labels, report = slide_regions_report(model, X1, slides[0].obsm.get("spatial_neighbors"))
+    assert (labels == _regions(slides[0])).all() and report == model.restarts_report["slides"]["S1"]
+    new = _ambiguous(3)
+    X = np.asarray(new.obsm["X_senca"])
+    labels, report = slide_regions_report(model, X, new.obsm.get("spatial_neighbors"))
+    alone = tl.cluster(_ambiguous(3), **{**model.settings, "return_model": True}).restarts_report
+    assert report == alone and len(report["seeds"]) == 3
+    assert (labels == slide_regions(model, X, new.obsm.get("spatial_neighbors"))).all()
+    pooled = tl.cluster(_ambiguous(), 4, seed=0, return_model=True, n_pcs=None)  # a pooled model: no restarts
+    assert slide_regions_report(pooled, X, None)[1] is None
+
+
+@pytest.mark.slow
+def test_predict_reports_each_slides_restarts(demo_cli_run, tmp_path):
+    """``senca-platform predict`` with the demo's registered model (its slides cut alone at k auto): every slide's
+    row, console line and MLflow metric carry that slide's restarts, the run's own for its training slides."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from jobs._report_data import restart_agreement
+    from senca_platform.predict import predict_cohort
+
+    out, proc = demo_cli_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / "cohort_summary.json").read_text())
+    said: list[str] = []
+    uri = summary["mlflow"]["tracking_uri"]
+    pred = predict_cohort(summary["registered_model"]["registered_uri"], out.parent / "cohort.yaml",
+                          tracking_uri=uri, output_dir=tmp_path / "pred", echo=said.append).summary
+    assert pred["status"] == "ok"
+    metrics = MlflowClient(tracking_uri=uri).get_run(pred["mlflow_run_id"]).data.metrics
+    for row in pred["slides"]:
+        fit = summary["region_restarts"]["slides"][row["slide"]]
+        assert row["restarts"] == fit
+        assert any(m.startswith(f"slide {row['slide']}: regions: the cut from 3 clustering seeds") for m in said)
+        assert metrics[f"restart_agreement_{row['slide']}"] == pytest.approx(restart_agreement(fit))
+    saved = json.loads((tmp_path / "pred" / "predict_summary.json").read_text())
+    assert [r["restarts"] for r in saved["slides"]] == [r["restarts"] for r in pred["slides"]]

@@ -129,18 +129,20 @@ class PerSlideRegionModel:
     the cohort regions' centroids, row ``i`` region ``i``; ``mass`` their training spots; ``known`` the training
     slides' fingerprints -> their region ids; ``k_auto`` (k read from the data) how each slide read its k:
     ``{"k": cohort regions, "slides": {slide id: that slide's report (``RegionModel.k_auto``)}}``, else None;
-    ``restarts_report`` each slide's restarts (``{"slides": {slide id: tl._restarts' report}}``), else None."""
+    ``restarts_report`` each slide's restarts (``{"slides": {slide id: tl._restarts' report}}``), else None;
+    ``known_ids`` the training slides' fingerprints -> their slide ids."""
 
     def __init__(self, settings: dict[str, Any], types: np.ndarray, mass: np.ndarray, known: dict,
-                 use_rep: str, k_auto: dict | None = None, restarts_report: dict | None = None) -> None:
+                 use_rep: str, k_auto: dict | None = None, restarts_report: dict | None = None,
+                 known_ids: dict | None = None) -> None:
         self.settings, self.types, self.known, self.k_auto = dict(settings), types, known, k_auto
-        self.restarts_report = restarts_report
+        self.restarts_report, self.known_ids = restarts_report, dict(known_ids or {})
         self.mass = np.asarray(mass, dtype=np.float64)
         self.k = self.k_requested = len(types)
         self.method, self.refine, self.use_rep = settings["method"], bool(settings["refine"]), use_rep
 
-    def cut_slide(self, X: np.ndarray, neighbors: np.ndarray | None) -> np.ndarray:
-        """Local region ids of one slide cut alone with the fit's settings."""
+    def cut_slide(self, X: np.ndarray, neighbors: np.ndarray | None) -> tuple[np.ndarray, dict | None]:
+        """(local region ids, its restarts report or None) of one slide cut alone with the fit's settings."""
         import scipy.sparse as sp
 
         from ._cluster import cluster
@@ -150,22 +152,36 @@ class PerSlideRegionModel:
         if neighbors is not None:
             slim.obsm["spatial_neighbors"] = np.asarray(neighbors)
         settings = {"restarts": 1, **self.settings}  # a model saved before restarts: its one-seed cut
-        cluster(slim, use_rep=self.use_rep, key_added="region", **settings)
-        return slim.obs["region"].astype(int).to_numpy()
+        model = cluster(slim, use_rep=self.use_rep, key_added="region", return_model=True, **settings)
+        return slim.obs["region"].astype(int).to_numpy(), getattr(model, "restarts_report", None)
 
     def labels(self, X: np.ndarray, neighbors: np.ndarray | None = None) -> np.ndarray:
         """Cohort region ids of one slide's readout ``X``: a training slide's own regions, another slide cut alone
         and matched to the cohort's regions (a small one: spot by spot)."""
+        return self.labels_report(X, neighbors)[0]
+
+    def labels_report(self, X: np.ndarray,
+                      neighbors: np.ndarray | None = None) -> tuple[np.ndarray, dict | None]:
+        """(:meth:`labels`, the restarts report of the slide's own cut: ``{seeds, chosen, agreement}``, as at fit
+        time). The report is the fit's for a training slide (None when the fit kept none) and None for a slide too
+        small to be cut alone."""
         X = np.asarray(X, dtype=np.float64)
         key = fingerprint(X)
         if key in self.known:
-            return self.known[key].copy()
+            return self.known[key].copy(), self._known_report(key)
         if not big_enough(X.shape[0], self.settings.get("k")):
-            return _nearest_types(X, self.types, self.mass)
-        local = np.asarray(self.cut_slide(X, neighbors), dtype=int)
+            return _nearest_types(X, self.types, self.mass), None
+        local, report = self.cut_slide(X, neighbors)
+        local = np.asarray(local, dtype=int)
         ids, C, w = _centroids(X, local)
         match, _ = _place(C, w, self.types, grow=False)
-        return match[np.searchsorted(ids, local)]
+        return match[np.searchsorted(ids, local)], report
+
+    def _known_report(self, key: str) -> dict | None:
+        """A training slide's restarts report, found by its fingerprint's slide id (None: not kept)."""
+        slides = (getattr(self, "restarts_report", None) or {}).get("slides") or {}
+        sid = (getattr(self, "known_ids", None) or {}).get(key)
+        return slides.get(sid) if sid is not None else None
 
     def predict(self, adata: AnnData) -> np.ndarray:
         """Cohort region ids of one slide."""
@@ -180,10 +196,10 @@ def per_slide_cut(adatas: Sequence[AnnData], cut: Callable[[AnnData], object], s
     ``restarts_report``: each slide's reports). A slide too small to be cut alone (:func:`big_enough`; at least
     one slide must be big enough) takes the nearest cohort region spot by spot."""
     big = [a for a in adatas if big_enough(a.n_obs, settings.get("k"))]
-    centroids, weights, locals_, reports, restarts = [], [], [], {}, {}
+    centroids, weights, locals_, reports, restarts, sids = [], [], [], {}, {}, {}
     for i, a in enumerate(big):
         model = cut(a)
-        sid = str(a.uns.get("senca", {}).get("slide_id", i))
+        sid = sids[id(a)] = str(a.uns.get("senca", {}).get("slide_id", i))
         if getattr(model, "k_auto", None):
             reports[sid] = model.k_auto
         if getattr(model, "restarts_report", None):
@@ -209,11 +225,13 @@ def per_slide_cut(adatas: Sequence[AnnData], cut: Callable[[AnnData], object], s
     region_of = np.full(len(types), -1)
     region_of[order] = np.arange(len(order))
     categories = [str(i) for i in range(len(order))]
-    known = {}
-    for a in adatas:
+    known, known_ids = {}, {}
+    for i, a in enumerate(adatas):
         cohort = region_of[labels[id(a)]]
         a.obs[key_added] = pd.Categorical(cohort.astype(str), categories=categories)
-        known[fingerprint(np.asarray(a.obsm[use_rep], dtype=np.float64))] = cohort
+        key = fingerprint(np.asarray(a.obsm[use_rep], dtype=np.float64))
+        known[key] = cohort
+        known_ids[key] = sids.get(id(a), str(a.uns.get("senca", {}).get("slide_id", f"small {i}")))
     k_auto = {"k": len(order), "slides": reports} if reports else None
     return PerSlideRegionModel(settings, types[order], mass[order], known, use_rep, k_auto,
-                               {"slides": restarts} if restarts else None)
+                               {"slides": restarts} if restarts else None, known_ids)
