@@ -130,7 +130,7 @@ class PerSlideRegionModel:
     slides' fingerprints -> their region ids; ``k_auto`` (k read from the data) how each slide read its k:
     ``{"k": cohort regions, "slides": {slide id: that slide's report (``RegionModel.k_auto``)}}``, else None;
     ``restarts_report`` each slide's restarts (``{"slides": {slide id: tl._restarts' report}}``), else None;
-    ``known_ids`` the training slides' fingerprints -> their slide ids."""
+    ``known_ids`` the fingerprints of the training slides cut alone -> their slide ids (the keys of the reports)."""
 
     def __init__(self, settings: dict[str, Any], types: np.ndarray, mass: np.ndarray, known: dict,
                  use_rep: str, k_auto: dict | None = None, restarts_report: dict | None = None,
@@ -226,12 +226,13 @@ def per_slide_cut(adatas: Sequence[AnnData], cut: Callable[[AnnData], object], s
     region_of[order] = np.arange(len(order))
     categories = [str(i) for i in range(len(order))]
     known, known_ids = {}, {}
-    for i, a in enumerate(adatas):
+    for a in adatas:
         cohort = region_of[labels[id(a)]]
         a.obs[key_added] = pd.Categorical(cohort.astype(str), categories=categories)
         key = fingerprint(np.asarray(a.obsm[use_rep], dtype=np.float64))
         known[key] = cohort
-        known_ids[key] = sids.get(id(a), str(a.uns.get("senca", {}).get("slide_id", f"small {i}")))
+        if id(a) in sids:  # a slide cut alone: its reports are under this id
+            known_ids[key] = sids[id(a)]
     k_auto = {"k": len(order), "slides": reports} if reports else None
     return PerSlideRegionModel(settings, types[order], mass[order], known, use_rep, k_auto,
                                {"slides": restarts} if restarts else None, known_ids)
