@@ -264,6 +264,16 @@ def restart_agreement(report: dict) -> float:
     return float(report["agreement"][report["chosen"]])
 
 
+def agreement_metrics(report: dict | None) -> dict[str, float]:
+    """The restarts' agreement as MLflow metrics: ``restart_agreement`` (one cut) or ``restart_agreement_<slide>``
+    per slide cut alone (a run's infer stage, a prediction)."""
+    if not report:
+        return {}
+    if "slides" in report:
+        return {f"restart_agreement_{sid}": restart_agreement(r) for sid, r in report["slides"].items()}
+    return {"restart_agreement": restart_agreement(report)}
+
+
 def restarts_line(report: dict) -> str:
     """The console's and the HTML report's account of ``clustering.restarts`` (no labels): how many clustering seeds
     cut the regions, which cut was kept and how much the others agree with it (per slide when slides are cut alone)."""

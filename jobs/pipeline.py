@@ -27,7 +27,7 @@ from typing import Any
 from ._stage import INFER_VERSION, PIPELINE_VERSION, PipelineError, StageClock, Tracker, _model_cfg  # noqa: F401
 from ._cache import StageCache, file_fingerprint, stable_hash
 from ._files import atomic_write_with, is_output_dir, is_temp_of, unlink_all
-from ._report_data import k_auto_line, restart_agreement, restarts_line
+from ._report_data import agreement_metrics, k_auto_line, restarts_line
 from .infer import cluster_args
 from .stage_model import _eval_cfg, check_slide_cpus, resolve_metric, stage_train, stage_tune  # noqa: F401
 
@@ -264,7 +264,7 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
             "params": {f"clustering.{k}": v for k, v in plan["clustering"].items()},
             "metrics": {"k": hit["k"], "mean_ari": sum(aris) / len(aris) if aris else None,
                         "k_auto_design_effect": (hit.get("k_auto") or {}).get("design_effect"),
-                        **_agreement_metrics(hit.get("restarts")),
+                        **agreement_metrics(hit.get("restarts")),
                         **{f"ari_{s['slide_id']}": s["ari"] for s in ok if s["ari"] is not None},
                         **{f"nmi_{s['slide_id']}": s["nmi"] for s in ok if s["nmi"] is not None}},
             "patient_table": table, "tables": {k: v for k, v in hit.items() if k.endswith("_path")},
@@ -274,15 +274,6 @@ def stage_infer(plan: dict[str, Any], pre: dict[str, Any], model: dict[str, Any]
     return {"key": key, "k": hit["k"], "k_auto": hit.get("k_auto"), "restarts": hit.get("restarts"),
             "table": table, "info": info,
             "tables": info["tables"]}
-
-
-def _agreement_metrics(report: dict | None) -> dict[str, float]:
-    """The restarts' agreement as run metrics: ``restart_agreement`` (one cut) or one per slide cut alone."""
-    if not report:
-        return {}
-    if "slides" in report:
-        return {f"restart_agreement_{sid}": restart_agreement(r) for sid, r in report["slides"].items()}
-    return {"restart_agreement": restart_agreement(report)}
 
 
 # ----------------------------------------------------------------------------------------------- the driver

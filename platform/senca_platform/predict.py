@@ -185,7 +185,7 @@ def predict_cohort(model_uri: str, slides_path: str | Path, *, tracking_uri: str
 def _log_predict_run(mc, mv, ref: ModelRef, summary: dict[str, Any], slides_path, experiment: str | None,
                      echo) -> str:
     """The prediction's own MLflow run, linked to the model version (tags + the logged model as an input)."""
-    from jobs._report_data import restart_agreement
+    from jobs._report_data import agreement_metrics
     from mlflow.entities import Metric, Param
 
     if experiment:
@@ -219,7 +219,8 @@ def _log_predict_run(mc, mv, ref: ModelRef, summary: dict[str, Any], slides_path
             if r.get(key) is not None:
                 metrics.append(Metric(f"{key}_{r['slide']}", float(r[key]), now, 0))
         if r.get("restarts"):  # the slide's own cut from the fit's clustering seeds (jobs.stage_predict)
-            metrics.append(Metric(f"restart_agreement_{r['slide']}", restart_agreement(r["restarts"]), now, 0))
+            metrics += [Metric(name, value, now, 0)
+                        for name, value in agreement_metrics({"slides": {r["slide"]: r["restarts"]}}).items()]
         if r["status"] != "ok":
             mc.set_tag(rid, f"senca.error.{r['slide']}", (r.get("error") or "?")[:5000])
     mc.log_batch(rid, metrics=metrics, params=params)
