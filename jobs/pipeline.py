@@ -330,7 +330,7 @@ def run_pipeline(plan: dict[str, Any], *, tracker: Tracker | None = None, fresh:
 
 def _brief(info: dict[str, Any]) -> dict[str, Any]:
     brief = {"status": info["status"], "cached": bool(info["cached"]), "seconds": round(float(info["seconds"]), 3)}
-    for k in ("workers_used", "launcher"):
+    for k in ("workers_used", "launcher", "precision_used"):
         if k in (info.get("params") or {}):
             brief[k] = info["params"][k]
     if info.get("restarts"):  # training continued from a checkpoint after a fault: said in the summary

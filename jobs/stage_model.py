@@ -183,6 +183,7 @@ def stage_train(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tr
                        "launcher": hit.get("launcher", launcher), "use_gpu": t.get("use_gpu", False),
                        "resources_per_worker": json.dumps(resources),
                        "max_failures": t.get("max_failures", 1), "n_slides": len(paths),
+                       "precision_used": history[-1].get("precision") if history else None,
                        **{f"checkpoint.{k}": v for k, v in cfg["checkpoint"].items()}},
             "metrics": {"final_loss": clean_float(history[-1].get("loss")) if history else None,
                         "epochs": len(history), "restarts": restarts["restarts"]},
@@ -282,7 +283,8 @@ def stage_tune(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tra
             "params": {"metric": metric, "mode": res["mode"], "num_samples": tuning["num_samples"],
                        "scheduler": tuning.get("scheduler", "asha"), "epochs_per_trial": epochs,
                        "search_space": json.dumps(tuning["search_space"]), "keep": tuning.get("keep", "checkpoint"),
-                       "selection_rule": selection["rule"], "selected_on_annotations": selection["uses_labels"]},
+                       "selection_rule": selection["rule"], "selected_on_annotations": selection["uses_labels"],
+                       "precision_used": (best.get("history") or [{}])[-1].get("precision")},
             "metrics": {"best_objective": best["objective"], "n_trials": len(res["trials"]),
                         "n_trials_failed": sum(tr["status"] != "ok" for tr in res["trials"])},
             "trials": res["trials"], "best": best, "model_path": hit["model_path"], "selection": selection}

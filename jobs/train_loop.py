@@ -93,7 +93,7 @@ def _run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
     from senca_core.model import SencaConfig, init_prototypes, make_batch, make_optimizer, members, network, \
-        prototype_warmup, seed_everything, snapshot_epochs, snapshot_of, train_step, with_snapshots
+        precision_name, prototype_warmup, seed_everything, snapshot_epochs, snapshot_of, train_step, with_snapshots
 
     from ._faults import fault_point
     from ._memory import peak_rss_mb
@@ -128,6 +128,7 @@ def _run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
     ddp = session.prepare(model)
     core = getattr(ddp, "module", ddp)
 
+    precision = precision_name(config.precision, device)  # the worker's own hardware decides (``auto``)
     ev = dict(cfg.get("eval") or {})
     metric = ev.get("metric")
     every = max(1, int(ev.get("every", 1)))
@@ -159,7 +160,8 @@ def _run_loop(cfg: dict[str, Any], session) -> dict[str, Any]:
             dist.all_gather_object(gathered, means)
             means = {k: float(np.mean([g[k] for g in gathered if k in g]))
                      for k in sorted({k for g in gathered for k in g})}
-        metrics = dict(means, epoch=epoch, epochs_done=epoch + 1, world_size=world, peak_rss_mb=peak_rss_mb())
+        metrics = dict(means, epoch=epoch, epochs_done=epoch + 1, world_size=world, peak_rss_mb=peak_rss_mb(),
+                       precision=precision)
         if restored_from is not None:  # a restarted attempt: from which checkpoint, and whether exactly
             metrics.update(restored_from_epoch=restored_from, restored_exact=exact)
         last = epoch == config.epochs - 1

@@ -96,6 +96,22 @@ def test_a_demo_run_prints_only_the_tools_lines(demo_cli_run):
     assert "Traceback" not in res.stderr + res.stdout
 
 
+def test_a_run_says_what_its_training_multiplied_in(demo_cli_run):
+    """``model.precision`` auto: the trials' worker decides by its hardware; the summary's stage params and the
+    stage's console line say what it used."""
+    import json
+
+    import torch
+    from senca_core.model import precision_name
+
+    out, res = demo_cli_run
+    used = precision_name("auto", torch.device("cpu"))  # the embedded Ray's workers run on this machine
+    tune = json.loads((out / "cohort_summary.json").read_text())["stages"]["tune"]
+    assert tune["precision_used"] == used
+    line = next(ln for ln in res.stderr.splitlines() if re.search(r"\] tune: ok( \(cached\))? in", ln))
+    assert line.endswith("(matrix products in bfloat16)") == (used == "bfloat16"), line
+
+
 @pytest.mark.parametrize("verbosity", ["bogus"])
 def test_unknown_verbosity_is_refused(verbosity):
     from senca_platform._console import RunConsole

@@ -50,6 +50,14 @@ def stdout_to_stderr(active: bool) -> Iterator[None]:
         os.close(saved)
 
 
+def stage_done_line(name: str, info: dict[str, Any]) -> str:
+    """``train: ok in 27.1s``, with ``(cached)`` for a cache hit and what the training multiplied in when it was
+    bfloat16 (``model.precision``)."""
+    used = (info.get("params") or {}).get("precision_used")
+    return (f"{name}: {info['status']}{' (cached)' if info.get('cached') else ''} in {info['seconds']:.1f}s"
+            + (f" (matrix products in {used})" if used == "bfloat16" else ""))
+
+
 def _is_warning(message: str) -> bool:
     low = message.lower()
     return low.startswith(("warning", "error")) or ": warning" in low or "failed" in low

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 from jobs._say import say
 
-from ._console import RunConsole
+from ._console import RunConsole, stage_done_line
 from .model_state import attach_after_run as _attach_predict_state
 from .tracking_guard import TrackingGuard, mark_untracked as _mark_untracked
 from .ray_local import ray_session, start_local_ray, unreachable
@@ -251,7 +251,7 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
 
         def stage(self, name, info):
             console.end_stage()
-            echo(f"{name}: {info['status']}{' (cached)' if info.get('cached') else ''} in {info['seconds']:.1f}s")
+            echo(stage_done_line(name, info))
             journal.stage(name, info)
             if tracker is not None:
                 guard.call(f"stage:{name}", tracker.stage, name, info)

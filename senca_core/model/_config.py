@@ -7,6 +7,10 @@ from typing import Any
 
 from ..errors import ConfigError
 
+#: ``SencaConfig.precision``'s values (``_precision`` says what each means; kept here so that checking a spec
+#: does not import torch)
+PRECISIONS = ("auto", "float32", "bfloat16")
+
 #: Named ablations of the full model (the benchmark runs each).
 ABLATIONS: dict[str, dict[str, Any]] = {
     "senca": {},
@@ -67,6 +71,9 @@ class SencaConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "cpu"
+    #: the training forward's matrix products: auto (bfloat16 where the device runs it natively) | float32 |
+    #: bfloat16 (``_precision``)
+    precision: str = "auto"
 
     def validate(self) -> "SencaConfig":
         positive_ints = ("hidden", "embed_dim", "n_heads", "n_prototypes", "epochs", "n_negatives", "n_models",
@@ -91,6 +98,8 @@ class SencaConfig:
             raise ConfigError("lr" if self.lr <= 0 else "temperature", "must be > 0")
         if not (self.use_expr or self.use_hist):
             raise ConfigError("use_expr", "at least one modality (use_expr, use_hist) must be on")
+        if self.precision not in PRECISIONS:
+            raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
             raise ConfigError("device", f"must be 'cpu', 'cuda[:N]' or 'mps', got {self.device!r}")
         return self

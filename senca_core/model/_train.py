@@ -18,6 +18,7 @@ from ._batch import SlideBatch, make_batch
 from ._config import SencaConfig
 from ._ensemble import clip_members, members, network, snapshot_epochs, snapshot_of, with_snapshots
 from ._network import SencaModel
+from ._precision import training_autocast
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -109,7 +110,8 @@ def train_step(model: torch.nn.Module, batch: SlideBatch, optimizer: AdamW, *,
     """One optimisation step on one slide. ``model`` may be wrapped in DistributedDataParallel."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    with torch.enable_grad():
+    core = getattr(model, "module", model)
+    with torch.enable_grad(), training_autocast(core.config.precision, batch.neighbors.device):
         loss, parts = model(batch, objective=True, generator=generator, use_prototypes=use_prototypes)
     if not torch.isfinite(loss):
         raise SlideError(f"training diverged (loss {float(loss)})", slide=batch.slide_id, field="loss")

@@ -1,0 +1,88 @@
+"""Training epochs in float32 against bfloat16 autocast (``SencaConfig.precision``), side by side.
+
+    .venv/bin/python bench/bench_precision.py [--sections DLPFC A1] [--threads 1 2] [--reps 6]
+
+One network per setting on each labelled section (skipped without ../shared; a synthetic 3,000-spot slide
+otherwise), trained in turns of five epochs so that a slow minute of the machine hits both; the table gives the
+median and range of an epoch's milliseconds per setting and what this CPU's ``auto`` resolves to. Quality is not
+measured here (docs/BENCHMARKS.md, "Mixed precision in training", gives the regions over 10-12 networks per
+section). Numbers are benchmarks, never assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+import warnings
+
+warnings.filterwarnings("ignore")
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+
+import torch  # noqa: E402
+
+from senca_core.model import SencaConfig, precision_name  # noqa: E402
+from senca_core.model._train import (build_model, deterministic, make_batch, make_optimizer, run_epoch,  # noqa: E402
+                                     seed_everything)
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def _slide(section: str):
+    from bench_regions import load_section, shared_ready
+
+    if section != "synthetic" and shared_ready():
+        return load_section(section)
+    import senca_core as sc
+
+    a = sc.datasets.synthetic_slide(n_spots=3000, seed=0)
+    sc.pp.preprocess(a)
+    return a
+
+
+def epoch_times(section: str, reps: int) -> dict[str, list[float]]:
+    """Milliseconds per epoch of each precision, from ``reps`` turns of five epochs each."""
+    a = _slide(section)
+    runs = {}
+    with deterministic():
+        for precision in PRECISIONS:
+            config = SencaConfig(precision=precision).validate()
+            generator = seed_everything(0)
+            batches = [make_batch(a, config)]
+            model = build_model(config, batches)
+            runs[precision] = (model, make_optimizer(model, config), generator, random.Random(0), batches, config)
+        times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+        for turn in range(reps + 1):
+            for precision, (model, optimizer, generator, order, batches, config) in runs.items():
+                t = time.perf_counter()
+                for _ in range(5):
+                    run_epoch(model, batches, optimizer, 1, config, generator, order)
+                if turn:  # the first turn warms both up
+                    times[precision].append((time.perf_counter() - t) / 5 * 1000)
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sections", nargs="*", default=["DLPFC", "A1"])
+    p.add_argument("--threads", nargs="*", type=int, default=[1, 2])
+    p.add_argument("--reps", type=int, default=6)
+    args = p.parse_args()
+    print(f"this CPU: precision auto trains in {precision_name('auto', torch.device('cpu'))}")
+    print("| section | spots | torch threads | precision | median ms / epoch | range ms | against float32 |")
+    print("|---|---|---|---|---|---|---|")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for section in args.sections:
+            times = epoch_times(section, args.reps)
+            base = statistics.median(times["float32"])
+            n = _slide(section).n_obs
+            for precision, v in times.items():
+                print(f"| {section} | {n} | {threads} | {precision} | {statistics.median(v):.1f} | "
+                      f"{min(v):.1f}–{max(v):.1f} | {statistics.median(v) / base:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
