@@ -28,6 +28,9 @@ def test_each_setting_names_what_it_trains_in():
     assert precision_name("bfloat16", CPU) == "bfloat16"
     assert precision_name("auto", CPU) == ("bfloat16" if native_bfloat16(CPU) else "float32")
     assert precision_name("auto", torch.device("meta")) == "float32"  # no native bfloat16 known: float32
+    # a GPU stays float32 under auto until its bfloat16 regions are measured; asked for, it gets bfloat16
+    assert precision_name("auto", torch.device("cuda")) == "float32"
+    assert precision_name("bfloat16", torch.device("cuda")) == "bfloat16"
     assert SencaConfig().precision == "auto"
 
 

@@ -57,7 +57,7 @@ model:                            # senca_core.model.SencaConfig settings (defau
   lr: 0.002
   # n_models: 3                   # an ensemble, 3x the training time: steadier on HER2ST A1, level elsewhere
   # snapshots: 3                  # the network's last 3 states 25 epochs apart: no extra training, steadier on DLPFC
-  # precision: auto               # auto: bfloat16 products where the CPU/GPU has them natively (DLPFC -20 %) | float32
+  # precision: auto               # auto: bfloat16 products on a CPU that has them (DLPFC epochs -20 %) | float32 | bfloat16
 
 training:                         # Ray Train: TorchTrainer, DDP over slides (each worker a shard of slides)
   epochs: {epochs}                   # full passes over the slides (200: chosen by leave-one-section-out)

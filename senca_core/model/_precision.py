@@ -2,10 +2,11 @@
 
 ``SencaConfig.precision``:
 
-- ``auto`` (default): bfloat16 autocast on a CUDA GPU that supports it and on a CPU with native bfloat16
-  instructions (AVX512-BF16 or AMX), float32 elsewhere (where bfloat16 would be emulated, and slower).
+- ``auto`` (default): bfloat16 autocast on a CPU with native bfloat16 instructions (AVX512-BF16 or AMX), float32
+  elsewhere: on CPUs without them (bfloat16 would be emulated there), and on GPUs for now (CUDA's autocast puts
+  other operations in bfloat16 than the CPU's, and its regions have not been measured; ``bfloat16`` asks for it).
 - ``float32``: every product in float32.
-- ``bfloat16``: autocast wherever asked.
+- ``bfloat16``: autocast wherever asked (a CUDA GPU that supports it, any CPU).
 
 Only the training steps' forward runs under autocast (its backward follows the forward's types): parameters,
 gradients and the optimizer's state stay float32, and embeddings and readouts are computed in float32 after
@@ -34,7 +35,7 @@ def native_bfloat16(device: torch.device) -> bool:
 
 def training_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The dtype of the training forward's matrix products for a ``SencaConfig.precision`` on ``device``."""
-    if precision == "bfloat16" or (precision == "auto" and native_bfloat16(device)):
+    if precision == "bfloat16" or (precision == "auto" and device.type == "cpu" and native_bfloat16(device)):
         return torch.bfloat16
     return torch.float32
 
