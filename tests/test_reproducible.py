@@ -118,8 +118,13 @@ def train(inside):
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     return faults, [p.detach().clone() for p in model.parameters()]
 
-import contextlib
+import contextlib, ctypes
 _nothing = contextlib.nullcontext
+# glibc's default thresholds (128 KiB), fixed: the first measurement then does not hang on how far the dynamic
+# thresholds happened to rise while the interpreter started (once they had: 3 faults outside, a failed comparison)
+libc = ctypes.CDLL("libc.so.6")
+libc.mallopt(-3, 128 * 1024)
+libc.mallopt(-1, 128 * 1024)
 outside, p_out = train(False)
 inside, p_in = train(True)
 print(json.dumps({"outside": outside, "inside": inside,
