@@ -42,9 +42,8 @@ def _slide(section: str):
     return a
 
 
-def epoch_times(section: str, reps: int) -> dict[str, list[float]]:
-    """Milliseconds per epoch of each precision, from ``reps`` turns of five epochs each."""
-    a = _slide(section)
+def epoch_times(a, reps: int) -> dict[str, list[float]]:
+    """Milliseconds per epoch of each precision on slide ``a``, from ``reps`` turns of five epochs each."""
     runs = {}
     with deterministic():
         for precision in PRECISIONS:
@@ -73,14 +72,14 @@ def main() -> None:
     print(f"this CPU: precision auto trains in {precision_name('auto', torch.device('cpu'))}")
     print("| section | spots | torch threads | precision | median ms / epoch | range ms | against float32 |")
     print("|---|---|---|---|---|---|---|")
+    slides = {section: _slide(section) for section in args.sections}  # read once, trained at every thread count
     for threads in args.threads:
         torch.set_num_threads(threads)
-        for section in args.sections:
-            times = epoch_times(section, args.reps)
+        for section, a in slides.items():
+            times = epoch_times(a, args.reps)
             base = statistics.median(times["float32"])
-            n = _slide(section).n_obs
             for precision, v in times.items():
-                print(f"| {section} | {n} | {threads} | {precision} | {statistics.median(v):.1f} | "
+                print(f"| {section} | {a.n_obs} | {threads} | {precision} | {statistics.median(v):.1f} | "
                       f"{min(v):.1f}–{max(v):.1f} | {statistics.median(v) / base:.2f} |", flush=True)
 
 

@@ -9,7 +9,7 @@ import torch
 
 import senca_core as sc
 from senca_core.errors import ConfigError
-from senca_core.model import (SencaConfig, build_model, embed, fit, make_batch, make_optimizer, native_bfloat16,
+from senca_core.model import (SencaConfig, build_model, embed, fit, make_batch, make_optimizer, cpu_bfloat16,
                               precision_name, seed_everything, train_step)
 from test_model import FAST, _grid_slide
 
@@ -26,7 +26,7 @@ def test_an_unknown_precision_is_refused_naming_the_field():
 def test_each_setting_names_what_it_trains_in():
     assert precision_name("float32", CPU) == "float32"
     assert precision_name("bfloat16", CPU) == "bfloat16"
-    assert precision_name("auto", CPU) == ("bfloat16" if native_bfloat16(CPU) else "float32")
+    assert precision_name("auto", CPU) == ("bfloat16" if cpu_bfloat16() else "float32")
     assert precision_name("auto", torch.device("meta")) == "float32"  # no native bfloat16 known: float32
     # a GPU stays float32 under auto until its bfloat16 regions are measured; asked for, it gets bfloat16
     assert precision_name("auto", torch.device("cuda")) == "float32"

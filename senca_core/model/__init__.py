@@ -14,7 +14,7 @@ _EXPORTS = {
     "heldout_r2": "_heldout",
     "load_model": "_io", "save_model": "_io",
     "NeighbourhoodCrossAttention": "_network", "SencaModel": "_network",
-    "native_bfloat16": "_precision", "precision_name": "_precision", "training_autocast": "_precision",
+    "cpu_bfloat16": "_precision", "precision_name": "_precision", "training_autocast": "_precision",
     "readout": "_readout", "readout_blocks": "_readout",
     "build_model": "_train", "deterministic": "_train", "embed": "_train", "fit": "_train",
     "init_prototypes": "_train", "make_optimizer": "_train", "prototype_warmup": "_train", "retained_heap": "_train",

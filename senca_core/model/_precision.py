@@ -18,24 +18,23 @@ four labelled sections over 10-12 networks each.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import ContextManager
 
 import torch
 
 
-def native_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` runs bfloat16 matrix products natively."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device.type == "cpu":
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own CPU-feature probes
-        return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
-    return False
+@functools.lru_cache(maxsize=None)
+def cpu_bfloat16() -> bool:
+    """Whether this CPU multiplies in bfloat16 natively (AVX512-BF16 or AMX; torch.cpu's own feature probes), read
+    once per process: every training step asks."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
 
 
 def training_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The dtype of the training forward's matrix products for a ``SencaConfig.precision`` on ``device``."""
-    if precision == "bfloat16" or (precision == "auto" and device.type == "cpu" and native_bfloat16(device)):
+    if precision == "bfloat16" or (precision == "auto" and device.type == "cpu" and cpu_bfloat16()):
         return torch.bfloat16
     return torch.float32
 
