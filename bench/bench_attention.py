@@ -12,8 +12,6 @@ model on the labelled sections (skipped without ../shared). Numbers are benchmar
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
 import sys
 import time
 import warnings
@@ -25,8 +23,8 @@ import torch  # noqa: E402
 
 from senca_core.model import SencaConfig  # noqa: E402
 from senca_core.model import _neighbour_attention as kernel  # noqa: E402
-from senca_core.model._train import (build_model, deterministic, make_batch, make_optimizer, run_epoch,  # noqa: E402
-                                     seed_everything)
+from _epochs import alternating_epoch_ms, median_rows  # noqa: E402
+from senca_core.model._train import deterministic  # noqa: E402
 
 #: the two settings compared: the shipped block size, and one block of all spots (the kernel before blocks)
 SETTINGS = {"blocks of ~1 MB (default)": kernel.BLOCK_BYTES, "one block": 1 << 62}
@@ -54,31 +52,9 @@ def _kernel_call(n: int, k: int, reps: int) -> dict[str, list[float]]:
 def _epochs(section: str, reps: int) -> dict[str, list[float]]:
     from bench_regions import load_section
 
-    a = load_section(section)
     cfg = SencaConfig().validate()
-    times: dict[str, list[float]] = {name: [] for name in SETTINGS}
-    with deterministic():
-        runs = {}
-        for name in SETTINGS:  # one network per setting, each trained on in turn
-            generator = seed_everything(0)
-            batches = [make_batch(a, cfg)]
-            model = build_model(cfg, batches)
-            runs[name] = (model, make_optimizer(model, cfg), generator, random.Random(0), batches)
-        for _ in range(reps):
-            for name, size in SETTINGS.items():
-                kernel.BLOCK_BYTES = size
-                model, optimizer, generator, order, batches = runs[name]
-                t = time.perf_counter()
-                for _ in range(5):
-                    run_epoch(model, batches, optimizer, 1, cfg, generator, order)
-                times[name].append((time.perf_counter() - t) / 5 * 1000)
-    return times
-
-
-def _rows(label: str, threads: int, times: dict[str, list[float]]) -> list[str]:
-    base = statistics.median(times["one block"])
-    return [f"| {label} | {threads} | {name} | {statistics.median(v):.1f} | {min(v):.1f}–{max(v):.1f} | "
-            f"{statistics.median(v) / base:.2f} |" for name, v in times.items()]
+    return alternating_epoch_ms(load_section(section), {name: cfg for name in SETTINGS}, reps,
+                                before=lambda name: setattr(kernel, "BLOCK_BYTES", SETTINGS[name]))
 
 
 def main() -> None:
@@ -95,10 +71,11 @@ def main() -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for label, n, k in (("kernel, DLPFC shape (3,639 x 7)", 3639, 7), ("kernel, HER2ST shape (346 x 9)", 346, 9)):
-            print("\n".join(_rows(label, threads, _kernel_call(n, k, args.reps))), flush=True)
-        for section in args.sections if real else []:
-            print("\n".join(_rows(f"epoch, {section} (default model)", threads, _epochs(section, args.reps))),
+            print("\n".join(median_rows(f"{label} | {threads}", _kernel_call(n, k, args.reps), "one block")),
                   flush=True)
+        for section in args.sections if real else []:
+            print("\n".join(median_rows(f"epoch, {section} (default model) | {threads}",
+                                         _epochs(section, args.reps), "one block")), flush=True)
     if not real:
         print("(epochs skipped: the shared sections are not here)")
 

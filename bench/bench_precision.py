@@ -12,10 +12,7 @@ section). Numbers are benchmarks, never assertions.
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
 import sys
-import time
 import warnings
 
 warnings.filterwarnings("ignore")
@@ -23,9 +20,8 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 
 import torch  # noqa: E402
 
+from _epochs import alternating_epoch_ms, median_rows  # noqa: E402
 from senca_core.model import SencaConfig, precision_name  # noqa: E402
-from senca_core.model._train import (build_model, deterministic, make_batch, make_optimizer, run_epoch,  # noqa: E402
-                                     seed_everything)
 
 PRECISIONS = ("float32", "bfloat16")
 
@@ -42,27 +38,6 @@ def _slide(section: str):
     return a
 
 
-def epoch_times(a, reps: int) -> dict[str, list[float]]:
-    """Milliseconds per epoch of each precision on slide ``a``, from ``reps`` turns of five epochs each."""
-    runs = {}
-    with deterministic():
-        for precision in PRECISIONS:
-            config = SencaConfig(precision=precision).validate()
-            generator = seed_everything(0)
-            batches = [make_batch(a, config)]
-            model = build_model(config, batches)
-            runs[precision] = (model, make_optimizer(model, config), generator, random.Random(0), batches, config)
-        times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-        for turn in range(reps + 1):
-            for precision, (model, optimizer, generator, order, batches, config) in runs.items():
-                t = time.perf_counter()
-                for _ in range(5):
-                    run_epoch(model, batches, optimizer, 1, config, generator, order)
-                if turn:  # the first turn warms both up
-                    times[precision].append((time.perf_counter() - t) / 5 * 1000)
-    return times
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", nargs="*", default=["DLPFC", "A1"])
@@ -76,11 +51,9 @@ def main() -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for section, a in slides.items():
-            times = epoch_times(a, args.reps)
-            base = statistics.median(times["float32"])
-            for precision, v in times.items():
-                print(f"| {section} | {a.n_obs} | {threads} | {precision} | {statistics.median(v):.1f} | "
-                      f"{min(v):.1f}–{max(v):.1f} | {statistics.median(v) / base:.2f} |", flush=True)
+            configs = {precision: SencaConfig(precision=precision).validate() for precision in PRECISIONS}
+            times = alternating_epoch_ms(a, configs, args.reps, warmup=True)  # the first turn warms both up
+            print("\n".join(median_rows(f"{section} | {a.n_obs} | {threads}", times, "float32")), flush=True)
 
 
 if __name__ == "__main__":

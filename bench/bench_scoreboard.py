@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from bench_regions import LABELLED_SECTIONS, load_section, n_classes, section_parser, shared_ready
+from bench_regions import LABELLED_SECTIONS, fmt, load_section, n_classes, section_parser, shared_ready
 
 import senca_core as sc
 from senca_core.model import ABLATIONS, SencaConfig
@@ -40,10 +40,9 @@ NEED_IMAGE = {"image_only"}
 def one_network(a, setting: str, seed: int) -> dict:
     """Train (unless ``no_model``) and cut one network at the annotated k and at k auto."""
     changes = SETTINGS[setting]
-    rep = "X_pca" if changes is None else None
     if changes is not None:
         sc.tl.senca(a, SencaConfig(seed=seed).replace(**changes))
-    kw = {"use_rep": rep} if rep else {}
+    kw = {"use_rep": "X_pca"} if changes is None else {}
     sc.tl.cluster(a, n_classes(a), seed=seed, **kw)
     at_k = sc.metrics.ari(a, "region")
     k_auto = sc.tl.cluster(a, None, seed=seed, **kw)
@@ -75,11 +74,6 @@ def measure(sections, settings, seeds_for) -> dict:
     return results
 
 
-def _cell(runs, key="ari") -> str:
-    values = np.array([r[key] for r in runs])
-    return f"{values.mean():.3f} ± {values.std():.3f}"
-
-
 def table(results, sections, settings) -> None:
     print("\n## Scoreboard: ARI at the annotated k (mean ± sd over networks); k auto: its mean ARI and the k chosen")
     print("| setting | " + " | ".join(sections) + " | mean | k auto: " + " | ".join(sections) + " |")
@@ -93,7 +87,7 @@ def table(results, sections, settings) -> None:
                 autos.append("–")
                 continue
             same = setting in SAME_WITHOUT_IMAGE and runs is results.get(("default", name))
-            cells.append("=" if same else _cell(runs))
+            cells.append("=" if same else fmt([r["ari"] for r in runs]))
             ks = [r["k_auto"] for r in runs]
             autos.append(f"{np.mean([r['ari_auto'] for r in runs]):.3f} (k {min(ks)}–{max(ks)})")
             means.append(np.mean([r["ari"] for r in runs]))
