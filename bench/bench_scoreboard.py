@@ -1,8 +1,10 @@
 """Issue 13's scoreboard: the default and every ablation retrained on today's code, cut at the annotated k and at
-k auto, beside the model's own clustering without a model, and leave one section out over the settings.
+k auto, beside the model's own clustering without a model and the snapshot option (``model.snapshots: 3``), and
+leave one section out over the settings.
 
     .venv/bin/python bench/bench_scoreboard.py [--seeds 10] [--dlpfc-seeds 6] [--sections A1 B1 C1 DLPFC]
-        [--settings default float32 expr_only image_only concat one_hop separate_encoders no_hierarchy no_model]
+        [--settings default float32 expr_only image_only concat one_hop separate_encoders no_hierarchy snapshots
+         no_model]
 
 One protocol for every row (docs/BENCHMARKS.md, "Scoreboard"): one torch thread; training seeds 0 .. n-1 with the
 clustering seed equal to the training seed; the default cut (``tl.cluster``) at the annotated number of classes and
@@ -31,7 +33,7 @@ from senca_core.model import ABLATIONS, SencaConfig
 #: the settings, each a change of the default model (``no_model``: no training at all)
 SETTINGS: dict[str, dict | None] = {"default": {}, "float32": {"precision": "float32"},
                                     **{name: ABLATIONS[name] for name in ABLATIONS if name != "senca"},
-                                    "no_model": None}
+                                    "snapshots": {"snapshots": 3}, "no_model": None}
 #: settings that are the default itself where the section has no image, and those that need one
 SAME_WITHOUT_IMAGE = {"expr_only"}
 NEED_IMAGE = {"image_only"}

@@ -128,7 +128,7 @@ class NeighbourhoodCrossAttention(nn.Module):
         keys = self.k(key).view(-1, h, d)
         values = self.v(value).view(-1, h, d)
         keep = self.drop.keep_mask((n, h, k), q)  # the attention dropout's mask on the (n, h, K) weights
-        pooled, weights = neighbour_attention(q, keys, values, neighbors, keep)  # gathers and products, written out
+        pooled, weights = neighbour_attention(q, keys, values, neighbors, keep)  # forward and backward written out
         return self.norm(residual + self.drop(self.out(pooled.reshape(n, h * d)))), weights
 
 
