@@ -124,6 +124,8 @@ def test_repeated_neighbours_take_the_gathered_kernel_and_patterns_follow_their_
     assert kernel._pattern(nb, 2, 20) is not kernel._pattern(nb, 4, 20)
     nb[3, 2] = nb[3, 1]  # changed in place: a spot lists a neighbour twice
     assert kernel._pattern(nb, 4, 20) is None
+    with pytest.raises(IndexError, match="out of range"):  # an index past the keys: an error, never a bad read
+        kernel._pattern(nb, 4, 19)
     q, keys, values, _, keep = _inputs(n=20, m=20, k=5)
     pooled, weights = neighbour_attention(q, keys, values, nb, keep)  # the gathered kernel: still the formula
     ref_pooled, ref_weights = _reference(q, keys, values, nb, keep)

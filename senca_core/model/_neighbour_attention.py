@@ -179,6 +179,8 @@ def _pattern(nb: torch.Tensor, h: int, m: int) -> _Pattern | None:
     key = (h, m, nb._version)
     if key not in per_tensor:
         per_tensor.clear()
+        if nb.numel() and (int(nb.min()) < 0 or int(nb.max()) >= m):  # never handed to the sparse library
+            raise IndexError(f"neighbour index out of range [0, {m}): {int(nb.min())}..{int(nb.max())}")
         order = torch.argsort(nb, dim=1)
         sorted_nb = nb.gather(1, order)
         repeated = bool((sorted_nb[:, 1:] == sorted_nb[:, :-1]).any()) if nb.shape[1] > 1 else False
