@@ -153,8 +153,8 @@ def test_the_sparse_kernel_in_bfloat16_autocast_computes_in_float32_and_hands_ba
 
     pooled, weights, grads = run(torch.bfloat16)
     assert pooled.dtype == weights.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in grads)
-    exact = run(torch.float32)
-    assert exact[0].dtype == torch.float32  # autocast does not reach inside the kernel
+    float_inputs = run(torch.float32)
+    assert float_inputs[0].dtype == torch.float32  # float32 in, float32 out, under the same autocast
     base = [t.to(torch.bfloat16).float() for t in base]  # the same bfloat16 inputs, computed in float32
     exact = run(torch.float32)
     assert torch.allclose(pooled.float(), exact[0], atol=1e-2, rtol=1e-2)

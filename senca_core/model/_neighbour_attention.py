@@ -13,11 +13,13 @@ No (n, k, h, d) tensor is gathered or multiplied.
 - Computed in float32 even inside the training's bfloat16 autocast: CPU sparse products have no bfloat16. The
   inputs are cast on entry and the results cast back.
 - Deterministic, with the same bits at any torch thread count: each sum runs over one row's entries in order.
-- Measured (docs/BENCHMARKS.md, platform section, "twenty-eighth stop"): the kernel 2.8x faster on DLPFC 151673's
-  shape and 4x on a HER2ST section's, a training epoch 20 % shorter on both at one torch thread.
+- Measured (docs/BENCHMARKS.md, platform section, "twenty-eighth stop"; ``bench/bench_attention.py``), one torch
+  thread: the kernel 2.8x faster on DLPFC 151673's shape and 2.4x on a HER2ST section's, a training epoch 22 %
+  shorter on DLPFC and 14 % on HER2ST A1.
 
-**The gathered kernel** (:class:`_NeighbourAttention`): on CUDA, and on CPU for a neighbour tensor in which a spot
-lists the same neighbour twice (a sparse row holds each column once) or with :data:`SPARSE_ON_CPU` off.
+**The gathered kernel** (:class:`_NeighbourAttention`): on CUDA (any device but the CPU), and on CPU for a neighbour
+tensor in which a spot lists the same neighbour twice (a sparse row holds each column once) or with
+:data:`SPARSE_ON_CPU` off.
 
 Autograd derives the same backward from the broadcast products of ``NeighbourhoodCrossAttention`` but lays its
 intermediate gradients out transposed, so every step copied four (n, k, heads, head width) tensors back into shape
@@ -247,7 +249,7 @@ def neighbour_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     """``(pooled (n, h, d), weights (n, h, k))``: ``q`` (n, h, d), scaled by the caller; ``keys``, ``values``
     (m, h, d); ``neighbors`` (n, k) row indices into them; ``keep`` (n, h, k): the attention dropout's mask
     (0 or 1 / (1 - p)) or None. The weights are the softmax before dropout."""
-    if SPARSE_ON_CPU and not q.is_cuda:
+    if SPARSE_ON_CPU and q.device.type == "cpu":
         pattern = _pattern(neighbors, q.shape[1], keys.shape[0])
         if pattern is not None:
             return _SparseNeighbourAttention.apply(q, keys, values, pattern, keep)
