@@ -49,12 +49,16 @@ def test_unreachable_server_at_start_fails_fast_before_any_work(tmp_path):
 # --------------------------------------------------------------------------------------------- server killed
 @pytest.fixture(scope="module")
 def server_killed(tmp_path_factory):
-    """`run` against a real `mlflow server` that is killed (by pid) once the preprocess stage is logged."""
+    """`run` against a real `mlflow server` that is killed (by pid) once the preprocess stage is logged, while the
+    training runs: the fault hook (``jobs._faults``) holds each epoch 1 s, so the train stage cannot finish and be
+    logged between the poll that sees the preprocess stage and the kill (three epochs of a tiny cohort otherwise
+    take under a second)."""
     root = tmp_path_factory.mktemp("mlflowfault")
     store = root / "mlflow"
     server = MlflowServer(store).start()
     raytmp = ray_tmpdir()
-    env = service_env(RAY_TMPDIR=str(raytmp))
+    (root / "pids").mkdir()
+    env = service_env(RAY_TMPDIR=str(raytmp), SENCA_FAULT_PIDDIR=str(root / "pids"), SENCA_FAULT_SLOW_S="1.0")
     spec = tiny_cohort(root, name=NAME, tracking_uri=server.uri, n_patients=2, n_spots=200, seed=6, epochs=EPOCHS)
     state = {"root": root, "store": store, "spec": spec, "out": root / "results", "first_uri": server.uri}
     run = Cli("run", str(spec), "--json", cwd=root, env=env, name="run")
