@@ -44,3 +44,36 @@ def median_rows(cells: str, times: dict[str, list[float]], base: str) -> list[st
     reference = statistics.median(times[base])
     return [f"| {cells} | {name} | {statistics.median(v):.1f} | {min(v):.1f}–{max(v):.1f} | "
             f"{statistics.median(v) / reference:.2f} |" for name, v in times.items()]
+
+
+def compare_settings(description: str, what: str, base: str, names: list[str], parts: list[tuple[str, Callable]],
+                     before: Callable[[str], None], default_reps: int = 8) -> None:
+    """A bench's command line and table: per torch thread count, each part (``(label, times_of(reps))``) and then
+    training epochs of the default model on the labelled sections, setting ``names`` side by side (``before(name)``
+    switches to one; the first is left in place), each row against ``base``."""
+    import argparse
+
+    import torch
+
+    from bench_regions import load_section, shared_ready
+
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sections", nargs="*", default=["DLPFC", "A1"])
+    p.add_argument("--threads", nargs="*", type=int, default=[1, 2])
+    p.add_argument("--reps", type=int, default=default_reps)
+    args = p.parse_args()
+    real = shared_ready()
+    print(f"| what | torch threads | {what} | median ms | range ms | against {base} |")
+    print("|---|---|---|---|---|---|")
+    cfg = SencaConfig().validate()
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for label, times_of in parts:
+            print("\n".join(median_rows(f"{label} | {threads}", times_of(args.reps), base)), flush=True)
+        for section in args.sections if real else []:
+            times = alternating_epoch_ms(load_section(section), {name: cfg for name in names}, args.reps,
+                                         before=before)
+            print("\n".join(median_rows(f"epoch, {section} (default model) | {threads}", times, base)), flush=True)
+        before(names[0])
+    if not real:
+        print("(epochs skipped: the shared sections are not here)")

@@ -16,7 +16,6 @@ Numbers are benchmarks, never assertions.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import warnings
@@ -26,10 +25,9 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 
 import torch  # noqa: E402
 
-from senca_core.model import SencaConfig  # noqa: E402
 from senca_core.model._precision import training_dtype  # noqa: E402
 from senca_core.model import _neighbour_attention as kernel  # noqa: E402
-from _epochs import alternating_epoch_ms, median_rows  # noqa: E402
+from _epochs import compare_settings  # noqa: E402
 from senca_core.model._train import deterministic  # noqa: E402
 
 #: the settings compared: (sparse rows on CPU, the gathered kernel's block bytes)
@@ -69,35 +67,11 @@ def _kernel_call(n: int, k: int, reps: int) -> dict[str, list[float]]:
     return times
 
 
-def _epochs(section: str, reps: int) -> dict[str, list[float]]:
-    from bench_regions import load_section
-
-    cfg = SencaConfig().validate()
-    return alternating_epoch_ms(load_section(section), {name: cfg for name in SETTINGS}, reps, before=_use)
-
-
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", nargs="*", default=["DLPFC", "A1"])
-    p.add_argument("--threads", nargs="*", type=int, default=[1, 2])
-    p.add_argument("--reps", type=int, default=8)
-    args = p.parse_args()
-    from bench_regions import shared_ready
-
-    real = shared_ready()
     print(f"inputs in {training_dtype('auto', torch.device('cpu'))} (what training feeds the kernel on this CPU)")
-    print(f"| what | torch threads | kernel | median ms | range ms | against {BASE} |")
-    print("|---|---|---|---|---|---|")
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        for label, n, k in (("kernel, DLPFC shape (3,639 x 7)", 3639, 7), ("kernel, HER2ST shape (346 x 9)", 346, 9)):
-            print("\n".join(median_rows(f"{label} | {threads}", _kernel_call(n, k, args.reps), BASE)),
-                  flush=True)
-        for section in args.sections if real else []:
-            print("\n".join(median_rows(f"epoch, {section} (default model) | {threads}",
-                                         _epochs(section, args.reps), BASE)), flush=True)
-    if not real:
-        print("(epochs skipped: the shared sections are not here)")
+    shapes = (("kernel, DLPFC shape (3,639 x 7)", 3639, 7), ("kernel, HER2ST shape (346 x 9)", 346, 9))
+    parts = [(label, lambda reps, n=n, k=k: _kernel_call(n, k, reps)) for label, n, k in shapes]
+    compare_settings(__doc__, "kernel", BASE, list(SETTINGS), parts, _use)
 
 
 if __name__ == "__main__":

@@ -186,3 +186,22 @@ def test_dropout_keeps_the_expected_share_scaled_and_is_off_in_eval():
     assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.75))
     assert drop.eval()(x) is x
     assert Dropout(0.0)(x) is x
+
+
+def test_dropout_masks_from_64_bit_draws_use_every_lane_alike_and_repeat_under_a_seed():
+    """Each 64-bit draw makes four elements: every lane (position mod 4) drops its share, neighbouring lanes are
+    independent, a size that is no multiple of four works, and the global seed repeats the mask."""
+    from senca_core.model._network import draw_keep_mask
+
+    torch.manual_seed(3)
+    mask = draw_keep_mask((1001, 397), 0.3, torch.float32, torch.device("cpu"))
+    kept = (mask != 0).flatten()[: 1001 * 396].view(-1, 4).float()  # whole draws of four lanes
+    for lane in range(4):
+        assert abs(kept[:, lane].mean().item() - 0.7) < 0.006, lane
+    both = (kept[:, :3] * kept[:, 1:]).mean().item()
+    assert abs(both - 0.49) < 0.006  # independent neighbours: 0.7 x 0.7
+    assert torch.allclose(mask[mask != 0], torch.full_like(mask[mask != 0], 1 / 0.7))
+    torch.manual_seed(3)
+    assert torch.equal(mask, draw_keep_mask((1001, 397), 0.3, torch.float32, torch.device("cpu")))
+    half = draw_keep_mask((7, 3, 5), 0.1, torch.bfloat16, torch.device("cpu"))
+    assert half.shape == (7, 3, 5) and half.dtype == torch.bfloat16
