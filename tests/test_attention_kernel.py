@@ -205,3 +205,6 @@ def test_dropout_masks_from_64_bit_draws_use_every_lane_alike_and_repeat_under_a
     assert torch.equal(mask, draw_keep_mask((1001, 397), 0.3, torch.float32, torch.device("cpu")))
     half = draw_keep_mask((7, 3, 5), 0.1, torch.bfloat16, torch.device("cpu"))
     assert half.shape == (7, 3, 5) and half.dtype == torch.bfloat16
+    # p within 2^-17 of 1 rounds to every lane: everything dropped (not kept at a huge scale)
+    assert not draw_keep_mask((40,), 0.999999, torch.float32, torch.device("cpu")).any()
+    assert not draw_keep_mask((40,), 1 - 2 ** -15, torch.float32, torch.device("cpu")).isinf().any()

@@ -73,10 +73,13 @@ def draw_keep_mask(shape, p: float, dtype: torch.dtype, device: torch.device) ->
     element is dropped when its lane falls below p's share of the 65,536 values. A quarter of the generator's calls
     of one uniform float per element (``torch.rand(shape) >= p``, the masks before): the DLPFC masks in 0.36-0.50x
     the time on CPU, a DLPFC epoch 6 % shorter at one torch thread and 15 % at two (``bench/bench_dropout.py``)."""
+    dropped = round(p * _LANES)  # lanes below _LANE_MIN + dropped are dropped
+    if dropped >= _LANES:  # p within 2^-17 of 1: every element dropped
+        return torch.zeros(shape, dtype=dtype, device=device)
     n = math.prod(shape)
     words = torch.empty(((n + 3) // 4,), dtype=torch.int64, device=device).random_(-(2 ** 63), None)
     lanes = words.view(torch.int16)[:n].view(shape)  # uniform over -32,768 .. 32,767
-    return (lanes >= _LANE_MIN + round(p * _LANES)).to(dtype) / (1.0 - p)
+    return (lanes >= _LANE_MIN + dropped).to(dtype) / (1.0 - p)
 
 
 class Dropout(nn.Dropout):
