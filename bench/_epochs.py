@@ -1,5 +1,5 @@
-"""Training epochs of several settings timed side by side, and their table rows (the benches that compare a
-setting's speed: ``bench_attention.py``, ``bench_precision.py``)."""
+"""Training epochs and single calls of several settings timed side by side, and their table rows (the benches that
+compare a setting's speed: ``bench_attention.py``, ``bench_dropout.py``, ``bench_precision.py``)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,23 @@ def alternating_epoch_ms(a, configs: dict[str, SencaConfig], reps: int, *,
                     run_epoch(model, batches, optimizer, 1, config, generator, order)
                 if turn or not warmup:
                     times[name].append((time.perf_counter() - t) / 5 * 1000)
+    return times
+
+
+def alternating_call_ms(names, call: Callable[[], object], reps: int, *,
+                        before: Callable[[str], None]) -> dict[str, list[float]]:
+    """Milliseconds per ``call()`` under each setting of ``names``, the settings timed in turns (``before(name)``,
+    three untimed calls, twenty timed) so that a slow minute of the machine hits every one; ``reps`` turns each."""
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(reps):
+        for name in names:
+            before(name)
+            for _ in range(3):
+                call()
+            t = time.perf_counter()
+            for _ in range(20):
+                call()
+            times[name].append((time.perf_counter() - t) / 20 * 1000)
     return times
 
 

@@ -17,7 +17,6 @@ Numbers are benchmarks, never assertions.
 from __future__ import annotations
 
 import sys
-import time
 import warnings
 
 warnings.filterwarnings("ignore")
@@ -27,7 +26,7 @@ import torch  # noqa: E402
 
 from senca_core.model._precision import training_dtype  # noqa: E402
 from senca_core.model import _neighbour_attention as kernel  # noqa: E402
-from _epochs import compare_settings  # noqa: E402
+from _epochs import alternating_call_ms, compare_settings  # noqa: E402
 from senca_core.model._train import deterministic  # noqa: E402
 
 #: the settings compared: (sparse rows on CPU, the gathered kernel's block bytes)
@@ -53,18 +52,9 @@ def _kernel_call(n: int, k: int, reps: int) -> dict[str, list[float]]:
     q, keys, values = (torch.randn(n, 4, 32, generator=g).to(dtype).requires_grad_(True) for _ in range(3))
     nb = _grid_neighbours(n, k)
     keep = ((torch.rand(n, 4, k, generator=g) >= 0.1).float() / 0.9).to(dtype)
-    times: dict[str, list[float]] = {name: [] for name in SETTINGS}
     with deterministic():
-        for _ in range(reps):
-            for name in SETTINGS:
-                _use(name)
-                for _ in range(3):
-                    kernel.neighbour_attention(q, keys, values, nb, keep)[0].float().sum().backward()
-                t = time.perf_counter()
-                for _ in range(20):
-                    kernel.neighbour_attention(q, keys, values, nb, keep)[0].float().sum().backward()
-                times[name].append((time.perf_counter() - t) / 20 * 1000)
-    return times
+        return alternating_call_ms(SETTINGS, lambda: kernel.neighbour_attention(q, keys, values, nb, keep)[0]
+                                   .float().sum().backward(), reps, before=_use)
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ measured in docs/BENCHMARKS.md, not here. Numbers are benchmarks, never assertio
 from __future__ import annotations
 
 import sys
-import time
 import warnings
 
 warnings.filterwarnings("ignore")
@@ -24,7 +23,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import torch  # noqa: E402
 
 from senca_core.model import _network  # noqa: E402
-from _epochs import compare_settings  # noqa: E402
+from _epochs import alternating_call_ms, compare_settings  # noqa: E402
 
 BITS = _network.draw_keep_mask
 
@@ -43,16 +42,8 @@ def _use(name: str) -> None:
 
 
 def _masks(shape: tuple[int, ...], reps: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {name: [] for name in SETTINGS}
-    for _ in range(reps):
-        for name, make in SETTINGS.items():
-            for _ in range(3):
-                make(shape, 0.1, torch.float32, torch.device("cpu"))
-            t = time.perf_counter()
-            for _ in range(20):
-                make(shape, 0.1, torch.float32, torch.device("cpu"))
-            times[name].append((time.perf_counter() - t) / 20 * 1000)
-    return times
+    return alternating_call_ms(SETTINGS, lambda: _network.draw_keep_mask(shape, 0.1, torch.float32,
+                                                                         torch.device("cpu")), reps, before=_use)
 
 
 def main() -> None:
