@@ -104,6 +104,31 @@ def test_submit_follow_and_find_the_run_in_mlflow(head, tmp_path):
 
 
 @pytest.mark.slow
+def test_an_embedded_ray_beside_a_ray_start_cluster_is_its_own(head):
+    """`ray start` names its cluster in Ray's temp dir (``ray_current_cluster``), and ``ray.init()`` without an
+    address joined that cluster: a run without ``ray.address`` ran on it while printing "embedded local". The
+    embedded Ray starts with ``address="local"``: its own GCS and the CPUs it asked for."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="srt", dir="/tmp"))  # short: Ray's socket paths are limited
+    try:
+        (tmp / "ray").mkdir()
+        (tmp / "ray" / "ray_current_cluster").write_text(head.gcs)
+        code = ("import json, ray; from senca_platform.ray_local import start_local_ray; "
+                "gcs = start_local_ray(1, log_to_driver=False, logging_level='ERROR', dashboard=False); "
+                "print(json.dumps([gcs, ray.cluster_resources().get('CPU')])); ray.shutdown()")
+        res = subprocess.run([sys.executable, "-c", code], env=_env(RAY_TMPDIR=str(tmp)), capture_output=True,
+                             text=True, timeout=180)
+        assert res.returncode == 0, res.stderr[-3000:]
+        gcs, cpus = json.loads(res.stdout.strip().splitlines()[-1])
+        assert gcs != head.gcs and cpus == 1, (gcs, cpus, head.gcs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def test_jobs_stop(head):
     from ray.job_submission import JobSubmissionClient
 

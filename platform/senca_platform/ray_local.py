@@ -102,8 +102,10 @@ def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, 
             with env_settings({"RAY_GCS_SERVER_PORT": str(port), **env}, override=True), \
                     env_settings({WORKER_NICENESS: "0", WORKERS_SOFT_LIMIT: str(_soft_limit(num_cpus))},
                                  override=False):
-                context = ray.init(include_dashboard=bool(dashboard), dashboard_host="127.0.0.1", num_cpus=num_cpus,
-                                   log_to_driver=log_to_driver, logging_level=logging_level)
+                # "local": a new Ray even where a `ray start` cluster runs on this machine (without it, ray.init
+                # joins that cluster, found through /tmp/ray's current-cluster file, and the run is not embedded)
+                context = ray.init(address="local", include_dashboard=bool(dashboard), dashboard_host="127.0.0.1",
+                                   num_cpus=num_cpus, log_to_driver=log_to_driver, logging_level=logging_level)
         finally:
             if outer_address is not None:
                 os.environ["RAY_ADDRESS"] = outer_address
