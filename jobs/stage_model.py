@@ -168,7 +168,8 @@ def stage_train(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tr
                                    name=f"{stage}-{key[:12]}", storage_path=out / "ray" / "train",
                                    num_workers=workers, use_gpu=bool(t.get("use_gpu")),
                                    resources_per_worker=resources, max_failures=int(t.get("max_failures", 1)),
-                                   resume=resume, launcher=t.get("launcher", "auto"))
+                                   resume=resume, launcher=t.get("launcher", "auto"),
+                                   api_server=plan.get("ray_api_server"))
         except Exception as err:  # noqa: BLE001 - a failed fit stops the cohort, with the reason
             raise PipelineError(stage, f"{type(err).__name__}: {err}") from err
         hit = {"model_path": res["model_path"], "history_file": str(out / stage / "history.json"),
@@ -260,7 +261,7 @@ def stage_tune(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tra
             with live_epochs(out, "tune", tracker) as live:
                 # trials that train on Ray Train's worker groups need their cluster's address (jobs.train)
                 launch = run_tuning if runs_as_task(workers, t.get("launcher", "auto")) else \
-                    partial(where_train_finds_its_cluster, run_tuning)
+                    partial(where_train_finds_its_cluster, run_tuning, api_server=plan.get("ray_api_server"))
                 res = launch(cfg, tuning, storage_path=out / "ray" / "tune", num_workers=workers,
                              use_gpu=bool(t.get("use_gpu")), resources_per_worker=resources,
                              max_failures=int(t.get("max_failures", 1)), progress=progress,

@@ -200,17 +200,22 @@ def run_solo(cfg: dict[str, Any], *, run_dir: str | Path, cpus: float, use_gpu: 
     return ray.get(task.remote(dict(cfg, threads=threads), str(run_dir), "cuda" if use_gpu else "cpu"))
 
 
-def where_train_finds_its_cluster(fn, *args: Any, **kwargs: Any) -> Any:
+def where_train_finds_its_cluster(fn, *args: Any, api_server: str | None = None, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` where Ray Train's controller can find its cluster.
 
-    Ray Train's controller looks the cluster up by address, and with another Ray running on the same machine it fails
-    ("Found multiple active Ray instances") unless ``RAY_ADDRESS`` names its own. On an embedded Ray, ``fn`` therefore
-    runs in a zero-CPU Ray task whose environment sets ``RAY_ADDRESS`` to this Ray's GCS; the controller, the
-    workers and Tune's trials it starts inherit it. The rest of the run (Ray Data, one-worker tasks) starts its worker
-    processes without a runtime environment, which would cost each new process 0.6-1.0 s. On a cluster ``fn`` runs
-    here. An error inside comes back as itself, not wrapped."""
+    Ray Train's controller (and its placement-group cleaner) query Ray's state API, and a process without an
+    address looks the cluster up on the machine: beside another Ray it fails ("Found multiple active Ray
+    instances") or finds the other one. ``api_server``: the embedded Ray's workers all have its state API address
+    in their environment (``senca_platform.ray_local`` starts it so; ``plan["ray_api_server"]``), so ``fn`` runs
+    here, in a thread beside the caller's (Ray Train registers its own Ctrl-C handler only on the main thread: the
+    run's handler stays). Any other embedded Ray: ``fn`` runs in a zero-CPU Ray task whose environment sets
+    ``RAY_ADDRESS`` to this Ray's GCS; the controller, the workers and Tune's trials it starts inherit it. That task
+    is one more Python process before the controller's (2 s and 2.3 CPU-s on 2 cores, docs/BENCHMARKS.md). On a
+    cluster ``fn`` runs here. An error inside comes back as itself, not wrapped."""
     if not ray_is_embedded():
         return fn(*args, **kwargs)
+    if api_server:
+        return _in_thread(fn, *args, **kwargs)
     import ray
 
     env = {"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}}
@@ -221,6 +226,28 @@ def where_train_finds_its_cluster(fn, *args: Any, **kwargs: Any) -> Any:
         if isinstance(err.cause, Exception):
             raise err.cause from None
         raise
+
+
+def _in_thread(fn, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a daemon thread, joined: its result, or its exception raised here. A signal
+    handler's exception (Ctrl-C, the CLI's SIGTERM) interrupts the join on the main thread and leaves the thread
+    to the run's Ray shutdown."""
+    import threading
+
+    out: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            out["value"] = fn(*args, **kwargs)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            out["error"] = err
+
+    thread = threading.Thread(target=body, name="senca-train-driver", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def _fit_worker_group(cfg: dict[str, Any], *, out_dir: str, name: str, storage_path: str, num_workers: int,
@@ -241,13 +268,15 @@ def _fit_worker_group(cfg: dict[str, Any], *, out_dir: str, name: str, storage_p
 
 def run_training(cfg: dict[str, Any], *, out_dir: str | Path, name: str, storage_path: str | Path,
                  num_workers: int, use_gpu: bool, resources_per_worker: dict[str, float] | None,
-                 max_failures: int, resume: bool = False, launcher: str = "auto") -> dict[str, Any]:
+                 max_failures: int, resume: bool = False, launcher: str = "auto",
+                 api_server: str | None = None) -> dict[str, Any]:
     """Fit the model; copy the final checkpoint's model to ``out_dir/model.pt``.
 
     Returns ``{"model_path", "history", "checkpoint_path", "metrics", "launcher"}``. ``resume=False`` clears an
     earlier (interrupted) run of the same name first; ``resume=True`` continues it from its latest checkpoint.
     ``num_workers`` is the number to run (see :func:`plan_workers`); with one worker and ``launcher="auto"`` the
-    loop runs as one Ray task holding the CPUs of ``resources_per_worker``.
+    loop runs as one Ray task holding the CPUs of ``resources_per_worker``. ``api_server``: see
+    :func:`where_train_finds_its_cluster`.
     """
     from ._files import atomic_write_json
 
@@ -263,7 +292,7 @@ def run_training(cfg: dict[str, Any], *, out_dir: str | Path, name: str, storage
         res = where_train_finds_its_cluster(
             _fit_worker_group, cfg, out_dir=str(out_dir), name=name, storage_path=str(storage_path),
             num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker,
-            max_failures=max_failures)
+            max_failures=max_failures, api_server=api_server)
         checkpoint_dir, metrics, history, used = res["checkpoint"], res["metrics"], res["history"], "ray_train"
     if used == "ray_task":
         history = _copy_model(checkpoint_dir, Path(out_dir))

@@ -196,6 +196,7 @@ def test_killed_train_worker_resumes_from_last_checkpoint(piddir, plan, referenc
     from jobs.pipeline import _eval_cfg, _model_cfg
     from jobs.train import run_training
     from senca_core.model import embed, load_model
+    from senca_platform.ray_local import embedded_api_server
 
     _, pre, status = reference
     plan = dict(plan, output_dir=str(tmp_path))
@@ -206,7 +207,8 @@ def test_killed_train_worker_resumes_from_last_checkpoint(piddir, plan, referenc
     storage, name = tmp_path / "ray" / "train", "train-fault"
     run_dir = storage / name
     common = dict(storage_path=storage, num_workers=2, use_gpu=False, resources_per_worker={"CPU": 0.5},
-                  max_failures=1)
+                  max_failures=1, api_server=embedded_api_server())  # the controller from the driver, as a run
+    assert common["api_server"]
     clean = run_training(cfg, out_dir=tmp_path / "clean", name="train-clean", **common)
 
     # kill rank 0 inside an epoch once Ray Train has registered a checkpoint of epoch >= 2

@@ -86,6 +86,29 @@ def test_embedded_ray_keeps_its_warm_workers_while_a_task_holds_every_cpu():
     assert set(ray.get([pid.remote() for _ in range(2)])) == first
 
 
+def test_embedded_ray_workers_find_its_state_api():
+    """Ray Train's controller and placement-group cleaner query Ray's state API, and a process without an address
+    looks the cluster up on the machine: beside a `ray start` cluster the cleaner connected to that one. Every
+    worker of an embedded Ray has its own state API's address (so the controller starts from the driver, no
+    wrapper task), and Ray Train's preemption watcher is off on its one undrained node; the driver's environment is
+    left as it was."""
+    import ray
+
+    from senca_platform.ray_local import API_SERVER_ENV, PREEMPTION_WATCHER, embedded_api_server
+
+    url = embedded_api_server()
+    assert url and url.startswith("http://127.0.0.1:")
+    assert os.environ.get(API_SERVER_ENV) is None
+
+    @ray.remote(num_cpus=0)
+    def seen() -> tuple:
+        from ray.util.state import list_nodes
+
+        return os.environ.get(API_SERVER_ENV), os.environ.get(PREEMPTION_WATCHER), [n.node_id for n in list_nodes()]
+
+    assert ray.get(seen.remote()) == (url, "0", [ray.get_runtime_context().get_node_id()])
+
+
 # --------------------------------------------------------------------------------------------- synthetic
 @pytest.fixture(scope="module")
 def synthetic_run(tmp_path_factory):

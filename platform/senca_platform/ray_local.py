@@ -67,6 +67,17 @@ WORKER_NICENESS = "RAY_worker_niceness"
 WORKERS_SOFT_LIMIT = "RAY_num_workers_soft_limit"
 IDLE_WORKER_SLACK = 8
 
+#: Ray's variable for the state API's address (the dashboard's URL), read where a process asks the state API and
+#: has no address of its own: Ray Train's controller and its placement-group cleaner, which otherwise look the
+#: cluster up on the machine and fail ("Found multiple active Ray instances") beside another Ray. In an embedded
+#: Ray's environment, so Ray Train's controller runs from the driver itself (``jobs.train.where_train_finds_its_cluster``).
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+
+#: Ray Train's preemption watcher, an actor per worker group polling whether Ray drains a node (spot instances, an
+#: autoscaler scaling down): off in an embedded Ray, one node that nothing drains (a Python process of 1.7 CPU-s at
+#: every Train start on 2 cores, docs/BENCHMARKS.md); a cluster's runs keep it (an explicit setting is kept)
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
 
 def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, logging_level: str = "WARNING",
                     dashboard: bool = True) -> str:
@@ -74,44 +85,61 @@ def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, 
     dashboard (Ray Train V2's worker groups need it); without, Ray starts 0.8-1.9 s sooner (2.5 s against 3.3-4.4
     on a quiet 2-core machine), for runs whose training is one Ray task (:func:`needs_dashboard`).
 
-    Every server of the embedded node (GCS, raylet, workers, dashboard on 127.0.0.1:8265 or the next free port,
-    dashboard agent, metrics) listens on 127.0.0.1 only (:func:`_loopback_node`), and so does the DDP rendezvous
+    Every server of the embedded node (GCS, raylet, workers, dashboard on a free port of 127.0.0.1, dashboard
+    agent, metrics) listens on 127.0.0.1 only (:func:`_loopback_node`), and so does the DDP rendezvous
     store of Ray Train's workers and their Gloo connections (``jobs._loopback``, installed by the trainers' torch
     config, and ``GLOO_SOCKET_IFNAME=lo``); Ray's token authentication (on by default in Ray 2.60) applies too.
 
     The settings of the workers are set in this process's environment while Ray starts: the raylet inherits them
     and passes them on to every worker it starts. No job-wide ``runtime_env``: with one, every new worker process
-    waited 0.6-1.0 s for Ray's runtime-environment agent (measured on the first task, docs/BENCHMARKS.md). Ray
-    Train's controller gets ``RAY_ADDRESS`` where it runs (``jobs.train.where_train_finds_its_cluster``). The
-    worker-group start timeout is raised (``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``, 600 s) for busy small machines,
+    waited 0.6-1.0 s for Ray's runtime-environment agent (measured on the first task, docs/BENCHMARKS.md). With a
+    dashboard, every worker has its address (:data:`API_SERVER_ENV`; ``session["api_server"]``), so that Ray Train's
+    controller, started from the driver, queries this Ray's state API; Ray Train's preemption watcher is off
+    (:data:`PREEMPTION_WATCHER`). The worker-group start timeout is raised (``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``, 600 s) for busy small machines,
     and Ray Train's controller polls every :data:`TRAIN_POLL_S` s (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``).
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     with _loopback_node():
-        port = _free_port()
+        port, dashboard_port = _free_port(), _free_port() if dashboard else None
         env = {"RAY_USAGE_STATS_ENABLED": "0", _RAY_CLUSTER_ENV: "0",
                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S),
                "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S",
                                                                         "600")}
         if sys.platform.startswith("linux"):  # torch.distributed's Gloo connections between the DDP workers
             env["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
+        api_server = f"http://127.0.0.1:{dashboard_port}" if dashboard_port else None
+        if api_server:  # every worker finds this Ray's state API (Ray Train's controller) without a look-up
+            env[API_SERVER_ENV] = api_server
         outer_address = os.environ.pop("RAY_ADDRESS", None)  # the spec has no address: embedded, whatever the shell says
         try:  # the raylet reads these at start and its workers inherit them (WORKER_NICENESS: unless the user set it)
             with env_settings({"RAY_GCS_SERVER_PORT": str(port), **env}, override=True), \
-                    env_settings({WORKER_NICENESS: "0", WORKERS_SOFT_LIMIT: str(_soft_limit(num_cpus))},
-                                 override=False):
+                    env_settings({WORKER_NICENESS: "0", WORKERS_SOFT_LIMIT: str(_soft_limit(num_cpus)),
+                                  PREEMPTION_WATCHER: "0"}, override=False):
                 # "local": a new Ray even where a `ray start` cluster runs on this machine (without it, ray.init
                 # joins that cluster, found through /tmp/ray's current-cluster file, and the run is not embedded)
                 context = ray.init(address="local", include_dashboard=bool(dashboard), dashboard_host="127.0.0.1",
-                                   num_cpus=num_cpus, log_to_driver=log_to_driver, logging_level=logging_level)
+                                   num_cpus=num_cpus,
+                                   dashboard_port=dashboard_port, log_to_driver=log_to_driver,
+                                   logging_level=logging_level)
         finally:
             if outer_address is not None:
                 os.environ["RAY_ADDRESS"] = outer_address
     global _DASHBOARD
     _DASHBOARD = getattr(context, "dashboard_url", None) or None
-    return ray.get_runtime_context().gcs_address
+    gcs = ray.get_runtime_context().gcs_address
+    if api_server and _DASHBOARD and api_server.endswith(":" + _DASHBOARD.rsplit(":", 1)[-1]):
+        _API_SERVERS[gcs] = api_server
+    return gcs
+
+
+def embedded_api_server() -> str | None:
+    """The state API address that every worker of the connected Ray has in :data:`API_SERVER_ENV`: where this
+    process started that Ray (:func:`start_local_ray`, with its dashboard); None otherwise."""
+    import ray
+
+    return _API_SERVERS.get(ray.get_runtime_context().gcs_address) if ray.is_initialized() else None
 
 
 def _soft_limit(num_cpus: int | None) -> int:
@@ -228,6 +256,8 @@ def connect(address: str, *, quiet: bool) -> None:
 
 #: the dashboard address of the embedded Ray started by this process (None: none started, or no dashboard)
 _DASHBOARD: str | None = None
+#: GCS address -> the state API address every worker of that embedded Ray has in :data:`API_SERVER_ENV`
+_API_SERVERS: dict[str, str] = {}
 
 
 def shutdown() -> None:
@@ -292,7 +322,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, *, quie
         if dashboard and "://" not in dashboard:
             dashboard = f"http://{dashboard}"
         session = {"address": address, "embedded": started and not address, "num_cpus": cpus,
-                   "dashboard": dashboard, "shutdown": None}
+                   "dashboard": dashboard, "api_server": None if address else embedded_api_server(),
+                   "shutdown": None}
         yield session
     except BaseException:
         if started:

@@ -234,7 +234,6 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
     tracker = None
     guard = TrackingGuard(echo, uri or "")
     journal = Journal(out)
-
     console = console or RunConsole(None)
 
     class _Both(Tracker):
@@ -281,7 +280,8 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
                  f"{', dashboard ' + session['dashboard'] if session.get('dashboard') else ''}); "
                  f"{n_slides} slide(s) of {len(spec.patients)} patient(s); "
                  f"start-up {timing['startup_s']:.1f}s")
-            plan = build_plan(spec, session["num_cpus"], embedded=session["embedded"])
+            plan = build_plan(spec, session["num_cpus"], embedded=session["embedded"],
+                              api_server=session.get("api_server"))
             t_stages = time.perf_counter()
             result = run_pipeline(plan, tracker=_Both(), fresh=fresh, resume=resume, progress=progress)
             timing["pipeline_s"] = time.perf_counter() - t_stages

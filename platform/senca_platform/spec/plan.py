@@ -34,11 +34,15 @@ def slide_cpus(spec: CohortSpec, num_cpus: int, embedded: bool) -> float:
     return float(max(1, min(AUTO_SLIDE_CPUS_MAX, int(num_cpus) // n_slides)))
 
 
-def build_plan(spec: CohortSpec, num_cpus: int, *, embedded: bool = False) -> dict[str, Any]:
+def build_plan(spec: CohortSpec, num_cpus: int, *, embedded: bool = False,
+               api_server: str | None = None) -> dict[str, Any]:
     """The resolved spec as the plain data ``jobs.pipeline`` takes (one flat list of slides); ``embedded``: the
-    run's Ray is the embedded local one (:func:`slide_cpus`)."""
+    run's Ray is the embedded local one (:func:`slide_cpus`); ``api_server``: the state API address every worker of
+    that Ray has in its environment (``senca_platform.ray_local``: Ray Train's controller then starts from the
+    driver, ``jobs.train.where_train_finds_its_cluster``)."""
     data = spec.model_dump(mode="json")
     preprocess = {**data["preprocess"], "cpus_per_slide": slide_cpus(spec, num_cpus, embedded)}
     return {"name": spec.name, "output_dir": str(Path(spec.output_dir).resolve()), "slides": slide_entries(spec),
             "preprocess": preprocess, "model": data["model"], "training": data["training"],
-            "tuning": data["tuning"], "clustering": data["clustering"], "num_cpus": num_cpus}
+            "tuning": data["tuning"], "clustering": data["clustering"], "num_cpus": num_cpus,
+            "ray_api_server": api_server}
