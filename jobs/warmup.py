@@ -79,7 +79,10 @@ class Warmup:
             saved = ctx.enable_progress_bars, ctx.print_on_execution_start
             ctx.enable_progress_bars = ctx.print_on_execution_start = False
             try:
-                ray.data.from_items([{"i": 0}]).map(_one_row, num_cpus=0).take_all()  # no CPU: beside the imports
+                # one CPU: where the import tasks hold every CPU, the row waits for the first of them and runs in its
+                # warm process (with no CPU it started a process of its own, 1.1-1.4 CPU-s on a 2-core machine
+                # while the imports ran; the warm-up 0.6-1.5 s longer in four alternating pairs, docs/BENCHMARKS.md)
+                ray.data.from_items([{"i": 0}]).map(_one_row, num_cpus=1).take_all()
             finally:
                 ctx.enable_progress_bars, ctx.print_on_execution_start = saved
         except Exception:  # noqa: BLE001 - a warm-up failure costs time later, never the run
