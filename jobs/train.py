@@ -42,11 +42,18 @@ def plan_workers(*, n_slides: int, n_spots: int, num_workers: int, min_spots_per
                      f"{min_spots_per_worker} per worker (training.min_spots_per_worker)")
 
 
-def may_use_worker_groups(*, n_slides: int, num_workers: int, launcher: str = "auto") -> bool:
+def may_use_worker_groups(*, n_slides: int, num_workers: int, launcher: str = "auto", n_spots: int | None = None,
+                          min_spots_per_worker: int = 0) -> bool:
     """Whether any training of the cohort (the trainer's or a Tune trial's) may run as a Ray Train worker group,
-    which needs Ray's dashboard. A one-slide cohort never gets more than one worker (:func:`plan_workers`), and one
-    worker runs as one Ray task (:func:`runs_as_task`) unless ``launcher`` asks for Ray Train."""
-    return launcher != "auto" or (int(n_slides) > 1 and int(num_workers) > 1)
+    which needs Ray's dashboard. A one-slide cohort never gets more than one worker (:func:`plan_workers`), nor one
+    whose ``n_spots`` (an upper bound, counted before reading: ``senca_platform.spec.census``; None: unknown) are
+    fewer than two workers' ``min_spots_per_worker``; and one worker runs as one Ray task (:func:`runs_as_task`)
+    unless ``launcher`` asks for Ray Train."""
+    if launcher != "auto":
+        return True
+    if n_spots is not None and min_spots_per_worker and int(n_spots) < 2 * int(min_spots_per_worker):
+        return False
+    return int(n_slides) > 1 and int(num_workers) > 1
 
 
 def worker_need(use_gpu: bool, resources_per_worker: dict[str, float] | None) -> dict[str, float]:

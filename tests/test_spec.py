@@ -359,3 +359,38 @@ def test_slide_cpus_share_an_embedded_ray_and_never_change_what_is_computed(tmp_
     pp = build_plan(spec, 2)["preprocess"]
     assert _slide_key(slide, pp) == _slide_key(slide, {**pp, "cpus_per_slide": 4.0, "concurrency": 3})
     assert _slide_key(slide, pp) != _slide_key(slide, {**pp, "n_pca": pp["n_pca"] + 1})
+
+
+def test_the_spot_census_bounds_what_each_reader_returns(tmp_path, her2st_root, dlpfc_root):
+    """Before Ray starts, the cohort's spots are counted from its files' headers (whether Ray needs its dashboard):
+    an upper bound on what each reader returns (legacy ST: the spot file's rows; Visium: the in-tissue positions;
+    h5ad: the AnnData's rows); a slide that cannot be counted makes the census unknown."""
+    import yaml
+
+    from senca_core.io import read
+    from senca_platform.demo import write_demo
+    from senca_platform.spec.census import most_spots
+
+    h5ad_spec = write_demo(tmp_path / "demo", n_patients=2, n_spots=60, seed=0, epochs=1, tuning=False)
+    spec = yaml.safe_load(h5ad_spec.read_text())
+    a1 = {"id": "A1", "reader": "legacy_st", "counts": str(her2st_root / "counts" / "A1.tsv.gz"),
+          "spots": str(her2st_root / "spots" / "A1_selection.tsv")}
+    dl = {"id": "D1", "reader": "visium", "path": str(dlpfc_root)}
+    spec["patients"] += [{"id": "A", "slides": [a1]}, {"id": "D", "slides": [dl]}]
+    path = h5ad_spec.parent / "census.yaml"  # beside the demo's spec: its slide paths are relative to it
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    cohort = load_spec(path)
+    counted = {}
+    for patient in cohort.patients:
+        for slide in patient.slides:
+            counted[slide.id] = most_spots(cohort.model_copy(update={"patients": [patient]}))
+    n_read = {"A1": read(a1["counts"], reader="legacy_st", spots=a1["spots"]).n_obs, "D1": 3639}
+    demo = [s for _, s in cohort.slides() if s.reader == "h5ad"]
+    assert counted["D1"] == n_read["D1"]  # every in-tissue barcode is in the matrix
+    assert n_read["A1"] <= counted["A1"] <= n_read["A1"] + 5  # spot rows without count rows are dropped
+    assert len(demo) == 2 and all(counted[s.id] == read(s.path).n_obs == 60 for s in demo)
+    assert most_spots(cohort) == sum(counted.values())
+    assert most_spots(cohort, enough=100) < most_spots(cohort)  # stops once it has enough
+    spec["patients"][-1]["slides"][0]["path"] = str(tmp_path / "nowhere")
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert most_spots(load_spec(path)) is None

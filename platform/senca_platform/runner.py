@@ -262,9 +262,8 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
     session: dict[str, Any] | None = None
     try:
         n_slides = len(spec.slides())
-        from jobs.train import may_use_worker_groups  # no Ray Train worker group: no dashboard, Ray starts sooner
-        dashboard = may_use_worker_groups(n_slides=n_slides, num_workers=spec.training.num_workers,
-                                          launcher=spec.training.launcher)
+        from .spec.census import needs_dashboard  # no Ray Train worker group: no dashboard, Ray starts sooner
+        dashboard = needs_dashboard(spec)
         with ray_session(spec.ray.address, spec.ray.num_cpus, quiet=not progress, defer_shutdown=True,
                          dashboard=dashboard) as session:
             timing["ray_start_s"] = time.perf_counter() - t0
