@@ -70,7 +70,8 @@ IDLE_WORKER_SLACK = 8
 #: Ray's variable for the state API's address (the dashboard's URL), read where a process asks the state API and
 #: has no address of its own: Ray Train's controller and its placement-group cleaner, which otherwise look the
 #: cluster up on the machine and fail ("Found multiple active Ray instances") beside another Ray. In an embedded
-#: Ray's environment, so Ray Train's controller runs from the driver itself (``jobs.train.where_train_finds_its_cluster``).
+#: Ray's environment, so that Ray Train's controller starts from the driver itself
+#: (``jobs.train.where_train_finds_its_cluster``).
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 
 #: Ray Train's preemption watcher, an actor per worker group polling whether Ray drains a node (spot instances, an
@@ -83,7 +84,7 @@ def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, 
                     dashboard: bool = True) -> str:
     """Start an embedded local Ray bound to 127.0.0.1 and return its GCS address. ``dashboard``: with Ray's
     dashboard (Ray Train V2's worker groups need it); without, Ray starts 0.8-1.9 s sooner (2.5 s against 3.3-4.4
-    on a quiet 2-core machine), for runs whose training is one Ray task (:func:`needs_dashboard`).
+    on a quiet 2-core machine), for runs whose training is one Ray task (``spec.census.needs_dashboard``).
 
     Every server of the embedded node (GCS, raylet, workers, dashboard on a free port of 127.0.0.1, dashboard
     agent, metrics) listens on 127.0.0.1 only (:func:`_loopback_node`), and so does the DDP rendezvous
@@ -95,8 +96,9 @@ def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, 
     waited 0.6-1.0 s for Ray's runtime-environment agent (measured on the first task, docs/BENCHMARKS.md). With a
     dashboard, every worker has its address (:data:`API_SERVER_ENV`; ``session["api_server"]``), so that Ray Train's
     controller, started from the driver, queries this Ray's state API; Ray Train's preemption watcher is off
-    (:data:`PREEMPTION_WATCHER`). The worker-group start timeout is raised (``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``, 600 s) for busy small machines,
-    and Ray Train's controller polls every :data:`TRAIN_POLL_S` s (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``).
+    (:data:`PREEMPTION_WATCHER`). The worker-group start timeout is raised (``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``,
+    600 s) for busy small machines, and Ray Train's controller polls every :data:`TRAIN_POLL_S` s
+    (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``).
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
@@ -120,8 +122,7 @@ def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = True, 
                 # "local": a new Ray even where a `ray start` cluster runs on this machine (without it, ray.init
                 # joins that cluster, found through /tmp/ray's current-cluster file, and the run is not embedded)
                 context = ray.init(address="local", include_dashboard=bool(dashboard), dashboard_host="127.0.0.1",
-                                   num_cpus=num_cpus,
-                                   dashboard_port=dashboard_port, log_to_driver=log_to_driver,
+                                   dashboard_port=dashboard_port, num_cpus=num_cpus, log_to_driver=log_to_driver,
                                    logging_level=logging_level)
         finally:
             if outer_address is not None:
