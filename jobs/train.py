@@ -222,7 +222,11 @@ def where_train_finds_its_cluster(fn, *args: Any, api_server: str | None = None,
     if not ray_is_embedded():
         return fn(*args, **kwargs)
     if api_server:
-        return _in_thread(fn, *args, **kwargs)
+        from functools import partial
+
+        from ._background import Background
+
+        return Background(partial(fn, *args, **kwargs), name="senca-train-driver").result()
     import ray
 
     env = {"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}}
@@ -233,28 +237,6 @@ def where_train_finds_its_cluster(fn, *args: Any, api_server: str | None = None,
         if isinstance(err.cause, Exception):
             raise err.cause from None
         raise
-
-
-def _in_thread(fn, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` in a daemon thread, joined: its result, or its exception raised here. A signal
-    handler's exception (Ctrl-C, the CLI's SIGTERM) interrupts the join on the main thread and leaves the thread
-    to the run's Ray shutdown."""
-    import threading
-
-    out: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            out["value"] = fn(*args, **kwargs)
-        except BaseException as err:  # noqa: BLE001 - handed to the caller
-            out["error"] = err
-
-    thread = threading.Thread(target=body, name="senca-train-driver", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
 
 
 def _fit_worker_group(cfg: dict[str, Any], *, out_dir: str, name: str, storage_path: str, num_workers: int,

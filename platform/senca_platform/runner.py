@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from jobs._background import Background
 from jobs._say import say
 
 from ._console import RunConsole, stage_done_line
@@ -129,34 +130,6 @@ def run_cohort(spec: CohortSpec | str | Path, *, output_dir: str | Path | None =
                            echo=echo, track=track, command=command, console=console)
 
 
-class _Background:
-    """``fn()`` in a thread (start-up work overlapped with Ray's start); ``result()`` joins and re-raises."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        import threading
-
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(fn,), name="senca-startup", daemon=True)
-        self.thread.start()
-
-    def _run(self, fn: Callable[[], Any]) -> None:
-        try:
-            self.value = fn()
-        except BaseException as err:  # noqa: BLE001 - handed to result()
-            self.error = err
-
-    def result(self) -> Any:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-    def result_or_none(self) -> Any:
-        self.thread.join()
-        return self.value
-
-
 def _process_age() -> float:
     """Seconds since this process started (Linux ``/proc``; 0 elsewhere): the command's own start-up is part of
     what a user waits for."""
@@ -230,7 +203,7 @@ def _run_locked(spec: CohortSpec, out: Path, *, spec_path: Path | None, fresh: b
 
     # the command's own imports, spec parsing and output lock (``command``: this process is `senca-platform run`)
     timing["before_run_s"] = max(0.0, _process_age() - (time.perf_counter() - t0)) if command else 0.0
-    opening = _Background(startup_work)
+    opening = Background(startup_work, name="senca-startup")  # overlapped with Ray's start
     tracker = None
     guard = TrackingGuard(echo, uri or "")
     journal = Journal(out)

@@ -67,7 +67,6 @@ def needs_dashboard(spec: CohortSpec) -> bool:
 
     t = spec.training
     args = dict(n_slides=len(spec.slides()), num_workers=t.num_workers, launcher=t.launcher)
-    if may_use_worker_groups(**args) and t.launcher == "auto" and t.min_spots_per_worker:
-        spots = most_spots(spec, enough=2 * t.min_spots_per_worker)  # two workers need twice the minimum
-        return may_use_worker_groups(**args, n_spots=spots, min_spots_per_worker=t.min_spots_per_worker)
-    return may_use_worker_groups(**args)
+    counted = may_use_worker_groups(**args) and t.launcher == "auto" and t.min_spots_per_worker  # else moot
+    spots = most_spots(spec, enough=2 * t.min_spots_per_worker) if counted else None  # two workers: twice the minimum
+    return may_use_worker_groups(**args, n_spots=spots, min_spots_per_worker=t.min_spots_per_worker)
