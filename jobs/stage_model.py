@@ -59,14 +59,15 @@ def _checkpoint_cfg(t: dict[str, Any]) -> dict[str, Any]:
             "report_interval_s": float(t.get("report_interval_s", 10.0))}
 
 
-def train_workers(plan: dict[str, Any], pre: dict[str, Any]) -> tuple[int, str]:
-    """How many training workers this cohort is worth (``jobs.train.plan_workers``) and why."""
+def train_workers(plan: dict[str, Any], pre: dict[str, Any], epochs: int) -> tuple[int, str]:
+    """How many training workers this cohort is worth for ``epochs`` epochs (``jobs.train.plan_workers``) and why."""
     from .train import plan_workers
 
     t = plan["training"]
     return plan_workers(n_slides=len(pre["paths"]), n_spots=int(pre.get("n_spots", 0)),
                         num_workers=int(t["num_workers"]),
-                        min_spots_per_worker=int(t.get("min_spots_per_worker", 0) or 0))
+                        min_spots_per_worker=int(t.get("min_spots_per_worker", 0) or 0), epochs=int(epochs),
+                        min_spot_epochs_per_worker=int(t.get("min_spot_epochs_per_worker", 0) or 0))
 
 
 def worker_resources(plan: dict[str, Any], workers: int) -> dict[str, float] | None:
@@ -141,9 +142,10 @@ def stage_train(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tr
     out = Path(plan["output_dir"])
     t = plan["training"]
     paths = list(pre["paths"].values())
-    workers, why = train_workers(plan, pre)
+    model = _model_cfg(plan)
+    workers, why = train_workers(plan, pre, int(model["epochs"]))
     resources = worker_resources(plan, workers)
-    cfg = {"model": _model_cfg(plan), "overrides": dict(overrides or {}), "slide_paths": paths,
+    cfg = {"model": model, "overrides": dict(overrides or {}), "slide_paths": paths,
            "n_expr": pre["n_expr"], "n_hist": pre["n_hist"], "eval": _eval_cfg(plan, None, 1), "threads": 1,
            "checkpoint": _checkpoint_cfg(t)}
     key = stable_hash({"v": PIPELINE_VERSION, "pre": pre["key"],
@@ -233,7 +235,7 @@ def _check_train_snapshot(run_dir: Path, tracker: Tracker) -> None:
 def stage_tune(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tracker: Tracker,
                status: dict[str, dict], *, progress: bool, resume: bool) -> dict[str, Any]:
     from ._files import atomic_write_bytes
-    from .train import read_checkpoint, runs_as_task, where_train_finds_its_cluster
+    from .train import most_epochs, read_checkpoint, runs_as_task, where_train_finds_its_cluster
     from .tune import run_tuning
 
     out = Path(plan["output_dir"])
@@ -241,7 +243,7 @@ def stage_tune(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tra
     metric = resolve_metric(plan)
     epochs = int(tuning.get("epochs") or t["epochs"])
     paths = list(pre["paths"].values())
-    workers, why = train_workers(plan, pre)
+    workers, why = train_workers(plan, pre, most_epochs(epochs, tuning.get("search_space")))
     resources = worker_resources(plan, workers)
     cfg = {"model": _model_cfg(plan, epochs), "slide_paths": paths, "n_expr": pre["n_expr"],
            "n_hist": pre["n_hist"], "eval": _eval_cfg(plan, metric, int(tuning.get("eval_every", 1))),

@@ -11,8 +11,9 @@ Two launchers run the same loop:
   continuing from its newest checkpoint exactly as a restarted Ray Train worker group does.
 
 :func:`plan_workers` decides how many workers the cohort is worth: never more than its slides (two workers on one
-slide would run the same slide twice), and none for fewer than ``min_spots_per_worker`` spots each. The pipeline
-prints the decision.
+slide would run the same slide twice), none for fewer than ``min_spots_per_worker`` spots each, and none for fewer
+than ``min_spot_epochs_per_worker`` spot-epochs (spots x epochs) each: a short training does not pay back a worker
+group's start. The pipeline prints the decision.
 """
 
 from __future__ import annotations
@@ -28,32 +29,53 @@ from .train_sessions import RayTrainSession, SoloSession
 LAUNCHERS = ("auto", "ray_train")
 
 
-def plan_workers(*, n_slides: int, n_spots: int, num_workers: int, min_spots_per_worker: int) -> tuple[int, str]:
-    """(workers, reason): at most one worker per slide and per ``min_spots_per_worker`` spots, at least one."""
+def plan_workers(*, n_slides: int, n_spots: int, num_workers: int, min_spots_per_worker: int, epochs: int = 0,
+                 min_spot_epochs_per_worker: int = 0) -> tuple[int, str]:
+    """(workers, reason): at most one worker per slide, per ``min_spots_per_worker`` spots and per
+    ``min_spot_epochs_per_worker`` spot-epochs (``n_spots`` x ``epochs``), at least one. 0 turns a minimum off."""
     want = max(1, int(num_workers))
     by_slides = max(1, int(n_slides))
-    by_spots = max(1, int(n_spots) // max(1, int(min_spots_per_worker))) if min_spots_per_worker else want
-    workers = min(want, by_slides, by_spots)
+    by_spots = max(1, int(n_spots) // int(min_spots_per_worker)) if min_spots_per_worker else want
+    work = int(n_spots) * int(epochs)
+    by_work = max(1, work // int(min_spot_epochs_per_worker)) if min_spot_epochs_per_worker and epochs else want
+    workers = min(want, by_slides, by_spots, by_work)
     if workers == want:
         return workers, f"{workers} worker(s) as configured"
     if workers == by_slides and by_slides < want:
         return workers, f"{workers} worker(s) instead of {want}: the cohort has {n_slides} slide(s)"
-    return workers, (f"{workers} worker(s) instead of {want}: {n_spots} spots in all, fewer than "
-                     f"{min_spots_per_worker} per worker (training.min_spots_per_worker)")
+    if workers == by_spots:
+        return workers, (f"{workers} worker(s) instead of {want}: {n_spots} spots in all, fewer than "
+                         f"{min_spots_per_worker} per worker (training.min_spots_per_worker)")
+    return workers, (f"{workers} worker(s) instead of {want}: {n_spots} spots x {epochs} epochs = {work:,} "
+                     f"spot-epochs, fewer than {min_spot_epochs_per_worker:,} per worker "
+                     f"(training.min_spot_epochs_per_worker): too short a training to pay back a worker group's start")
 
 
 def may_use_worker_groups(*, n_slides: int, num_workers: int, launcher: str = "auto", n_spots: int | None = None,
-                          min_spots_per_worker: int = 0) -> bool:
+                          min_spots_per_worker: int = 0, epochs: int | None = None,
+                          min_spot_epochs_per_worker: int = 0) -> bool:
     """Whether any training of the cohort (the trainer's or a Tune trial's) may run as a Ray Train worker group,
     which needs Ray's dashboard. A one-slide cohort never gets more than one worker (:func:`plan_workers`), nor one
     whose ``n_spots`` (an upper bound, counted before reading: ``senca_platform.spec.census``; None: unknown) are
-    fewer than two workers' ``min_spots_per_worker``; and one worker runs as one Ray task (:func:`runs_as_task`)
-    unless ``launcher`` asks for Ray Train."""
+    fewer than two workers' ``min_spots_per_worker``, or whose spot-epochs (``n_spots`` x ``epochs``, the most
+    epochs any training of the run may take) are fewer than two workers' ``min_spot_epochs_per_worker``; and one
+    worker runs as one Ray task (:func:`runs_as_task`) unless ``launcher`` asks for Ray Train."""
     if launcher != "auto":
         return True
     if n_spots is not None and min_spots_per_worker and int(n_spots) < 2 * int(min_spots_per_worker):
         return False
+    if (n_spots is not None and epochs is not None and min_spot_epochs_per_worker
+            and int(n_spots) * int(epochs) < 2 * int(min_spot_epochs_per_worker)):
+        return False
     return int(n_slides) > 1 and int(num_workers) > 1
+
+
+def most_epochs(epochs: int, search_space: dict[str, dict[str, Any]] | None = None) -> int:
+    """The most epochs a training may take: ``epochs``, or more where ``search_space`` (Tune's, as the spec writes
+    it) tunes ``epochs`` itself."""
+    dim = (search_space or {}).get("epochs") or {}
+    tried = [v for v in list(dim.get("values") or []) + [dim.get("high")] if isinstance(v, (int, float))]
+    return max([int(epochs)] + [int(v) for v in tried])
 
 
 def worker_need(use_gpu: bool, resources_per_worker: dict[str, float] | None) -> dict[str, float]:

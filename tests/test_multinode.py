@@ -58,7 +58,8 @@ def spec(cluster, tmp_path_factory):
     path = tiny_cohort(tmp_path_factory.mktemp("multinode"), name="multinode", n_patients=2, n_spots=150,
                        epochs=EPOCHS)
     data = yaml.safe_load(path.read_text())
-    data["training"].update(num_workers=2, min_spots_per_worker=0, launcher="ray_train",
+    data["training"].update(num_workers=2, min_spots_per_worker=0, min_spot_epochs_per_worker=0,
+                            launcher="ray_train",
                             resources_per_worker={"CPU": 1, **TRAINER}, checkpoint_every_epochs=2,
                             checkpoint_interval_s=0, report_interval_s=0, max_failures=1)
     data["ray"] = {"address": head.gcs}

@@ -114,7 +114,8 @@ def test_embedded_ray_workers_find_its_state_api():
 def synthetic_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
     spec_path = write_demo(out, n_patients=3, n_spots=250, seed=1, epochs=6, tune_epochs=6, num_samples=2,
-                           min_spots_per_worker=0)  # DDP on 2 workers, however small the cohort
+                           # DDP on 2 workers, however small and short the cohort's training
+                           min_spots_per_worker=0, min_spot_epochs_per_worker=0)
     return spec_path, _run(spec_path)
 
 
@@ -271,7 +272,7 @@ def test_rerun_through_the_cli_reuses_every_stage(synthetic_run):
 def test_a_broken_slide_fails_alone(tmp_path):
     data = tmp_path / "data"
     spec_path = write_demo(tmp_path, n_patients=2, n_spots=200, seed=2, epochs=3, tuning=False,
-                           min_spots_per_worker=0)  # the DDP path, and its resume
+                           min_spots_per_worker=0, min_spot_epochs_per_worker=0)  # the DDP path and its resume
     spec = yaml.safe_load(spec_path.read_text())
     # a legacy ST slide whose counts file is truncated mid-stream
     data.mkdir(exist_ok=True)

@@ -53,13 +53,16 @@ def test_deferred_ray_shutdown_is_joined_after_the_closing_work(tmp_path, monkey
     assert shutdown.joined
 
 
-@pytest.mark.parametrize("n_patients,launcher,min_spots,dashboard", [
-    (1, "auto", None, False), (1, "ray_train", None, True),
-    (2, "auto", 0, True),  # two slides, two workers however small
-    (2, "auto", None, False),  # 2 x 60 spots counted before Ray starts: fewer than two workers' 5,000 each
-    (2, "auto", 60, True)])  # 120 spots: two workers of 60
+@pytest.mark.parametrize("n_patients,launcher,minimums,dashboard", [
+    (1, "auto", {}, False), (1, "ray_train", {}, True),
+    (2, "auto", {"min_spots_per_worker": 0, "min_spot_epochs_per_worker": 0}, True),  # two workers however small
+    (2, "auto", {}, False),  # 2 x 60 spots counted before Ray starts: fewer than two workers' 5,000 each
+    (2, "auto", {"min_spots_per_worker": 60, "min_spot_epochs_per_worker": 0}, True),  # 120 spots: two of 60
+    # 120 spots x 12 epochs (the trials': more than the trainer's 1) = 1,440 spot-epochs: two workers of 720
+    (2, "auto", {"min_spots_per_worker": 0, "min_spot_epochs_per_worker": 720}, True),
+    (2, "auto", {"min_spots_per_worker": 0, "min_spot_epochs_per_worker": 721}, False)])
 def test_ray_starts_without_its_dashboard_when_no_worker_group_can_train(tmp_path, monkeypatch, n_patients,
-                                                                          launcher, min_spots, dashboard):
+                                                                          launcher, minimums, dashboard):
     import jobs.pipeline
     import yaml
 
@@ -73,8 +76,7 @@ def test_ray_starts_without_its_dashboard_when_no_worker_group_can_train(tmp_pat
     monkeypatch.setattr(runner, "ray_session", fake_session)
     monkeypatch.setattr(jobs.pipeline, "run_pipeline", lambda plan, **kw: {
         "slides": [], "model_path": None, "error": None, "tables": {}, "stages": {}})
-    spec_path = write_demo(tmp_path, n_patients=n_patients, n_spots=60, seed=0, epochs=1, tuning=True,
-                           min_spots_per_worker=min_spots)
+    spec_path = write_demo(tmp_path, n_patients=n_patients, n_spots=60, seed=0, epochs=1, tuning=True, **minimums)
     spec = yaml.safe_load(spec_path.read_text())
     spec["training"]["launcher"] = launcher
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))

@@ -13,9 +13,11 @@ from jobs._files import atomic_write_text
 
 def demo_spec(records: list[dict[str, Any]], spec_dir: Path, *, name: str = "senca-demo", epochs: int = 40,
               tune_epochs: int = 12, num_samples: int = 2, num_workers: int = 2, tuning: bool = True,
-              output_dir: str = "results", min_spots_per_worker: int | None = None) -> dict[str, Any]:
+              output_dir: str = "results", min_spots_per_worker: int | None = None,
+              min_spot_epochs_per_worker: int | None = None) -> dict[str, Any]:
     """The cohort spec (as data) for synthetic slides: one ``h5ad`` slide per record, paths relative to the spec.
-    ``min_spots_per_worker=0`` keeps ``num_workers`` DDP workers however small the cohort (tests of the DDP path)."""
+    ``min_spots_per_worker=0, min_spot_epochs_per_worker=0`` keep ``num_workers`` DDP workers however small and
+    short the cohort's training (tests of the DDP path)."""
     patients: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         rel = os.path.relpath(r["h5ad"], spec_dir)
@@ -27,7 +29,9 @@ def demo_spec(records: list[dict[str, Any]], spec_dir: Path, *, name: str = "sen
         "preprocess": {"n_top_genes": 300, "n_pca": 20, "patch_size": 32},
         "model": {"hidden": 64, "embed_dim": 16, "n_prototypes": 8},
         "training": {"epochs": epochs, "num_workers": num_workers, "resources_per_worker": {"CPU": 0.5}, "seed": 0,
-                     **({} if min_spots_per_worker is None else {"min_spots_per_worker": min_spots_per_worker})},
+                     **({} if min_spots_per_worker is None else {"min_spots_per_worker": min_spots_per_worker}),
+                     **({} if min_spot_epochs_per_worker is None
+                        else {"min_spot_epochs_per_worker": min_spot_epochs_per_worker})},
         "tuning": {"enabled": tuning, "num_samples": num_samples, "scheduler": "asha", "metric": "auto",
                    "epochs": tune_epochs, "eval_every": max(1, tune_epochs // 3), "grace_period": max(1, tune_epochs // 3),
                    "keep": "checkpoint",

@@ -63,6 +63,7 @@ training:                         # Ray Train: TorchTrainer, DDP over slides (ea
   epochs: {epochs}                   # full passes over the slides (200: chosen by leave-one-section-out)
   num_workers: 2                  # at most; never more than the slides, nor one per min_spots_per_worker spots
   min_spots_per_worker: 5000      # 0: always num_workers; one worker runs as one Ray task (no worker group)
+  min_spot_epochs_per_worker: 1500000  # nor one per this many spots x epochs: short trainings on one task (0: off)
   use_gpu: false
   resources_per_worker: {{CPU: 1}}
   seed: 0

@@ -60,6 +60,17 @@ def most_spots(spec: CohortSpec, *, enough: int | None = None) -> int | None:
     return total
 
 
+def most_training_epochs(spec: CohortSpec) -> int:
+    """The most epochs any training of the run may take: the trainer's or a trial's (``jobs.train.most_epochs``)."""
+    from jobs.train import most_epochs
+
+    tuning = spec.tuning
+    if not tuning.enabled:
+        return int(spec.training.epochs)
+    space = {k: dim.model_dump() for k, dim in tuning.search_space.items()}
+    return max(int(spec.training.epochs), most_epochs(int(tuning.epochs or spec.training.epochs), space))
+
+
 def needs_dashboard(spec: CohortSpec) -> bool:
     """Whether any training of the run may be a Ray Train worker group (``jobs.train.may_use_worker_groups``),
     with the cohort's spots counted where the slides and workers alone would say yes."""
@@ -67,6 +78,11 @@ def needs_dashboard(spec: CohortSpec) -> bool:
 
     t = spec.training
     args = dict(n_slides=len(spec.slides()), num_workers=t.num_workers, launcher=t.launcher)
-    counted = may_use_worker_groups(**args) and t.launcher == "auto" and t.min_spots_per_worker  # else moot
-    spots = most_spots(spec, enough=2 * t.min_spots_per_worker) if counted else None  # two workers: twice the minimum
-    return may_use_worker_groups(**args, n_spots=spots, min_spots_per_worker=t.min_spots_per_worker)
+    minimums = dict(min_spots_per_worker=t.min_spots_per_worker, epochs=most_training_epochs(spec),
+                    min_spot_epochs_per_worker=t.min_spot_epochs_per_worker)
+    if not (may_use_worker_groups(**args) and t.launcher == "auto"
+            and (t.min_spots_per_worker or t.min_spot_epochs_per_worker)):
+        return may_use_worker_groups(**args)  # the spots cannot change the answer
+    # two workers need twice each minimum: stop counting once the cohort has that many spots
+    enough = max(2 * t.min_spots_per_worker, -(-2 * t.min_spot_epochs_per_worker // minimums["epochs"]))
+    return may_use_worker_groups(**args, n_spots=most_spots(spec, enough=enough), **minimums)

@@ -102,6 +102,9 @@ class TrainingSpec(_Base):
     seed: int = 0
     max_failures: int = Field(1, ge=0, description="worker-group restarts from the last checkpoint")
     min_spots_per_worker: int = Field(5000, ge=0, description="fewer spots per worker: fewer workers (0: off)")
+    min_spot_epochs_per_worker: int = Field(
+        1_500_000, ge=0, description="fewer spot-epochs (spots x epochs) per worker: fewer workers, as a Ray Train "
+        "worker group's start (about 10 s on 2 cores) would cost more than it saves (0: off)")
     launcher: Literal["auto", "ray_train"] = Field(
         "auto", description="auto: one Ray task when one worker is enough, Ray Train (DDP) otherwise")
     checkpoint_every_epochs: int = Field(10, ge=1, description="a checkpoint at most every N epochs ...")
