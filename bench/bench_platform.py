@@ -8,12 +8,16 @@ For every cohort, in one run, side by side:
 - **in-process**: the same per-slide functions (``jobs.preprocess.read_and_prepare``, ``fit_shared_basis``,
   ``project_slide``), the same training loop (``jobs.train_loop.run_loop``, same epochs, same torch threads), the
   same inference and summaries (``jobs.infer``: embeddings, pooled regions, the cohort's region names and tumour
-  sub-regions, per-slide h5ad, region maps, tables) in one process, without Ray and MLflow.
+  sub-regions, per-slide h5ad, region maps, tables) in one process, without Ray and MLflow. Each row's in-process
+  run is a fresh process of its own: its imports are loaded before the clock starts (as the CLI's workers load
+  theirs in its start-up), its first calls are timed (as the CLI's are), whatever row ran before.
 
 Ratio = (CLI end to end - fixed start-up) / in-process sum; target <= 1.3 on every row, start-up <= 8 s.
 Peak worker RSS: the largest resident memory of any Ray worker (preprocess / train / infer tasks).
+Synthetic rows are ``syn<slides>x<spots>``, trained ``--syn-epochs``; ``syn<slides>x<spots>e<epochs>`` trains
+``epochs`` (``syn8x2000e200``: long enough for the plan's two DDP workers, ``training.min_spot_epochs_per_worker``).
 
-    .venv/bin/python bench/bench_platform.py [--rows a1,her2st6,dlpfc,syn8x2000,syn8x300,syn64x300]
+    .venv/bin/python bench/bench_platform.py [--rows a1,her2st6,dlpfc,syn8x2000,syn8x2000e200,syn8x300,syn64x300]
         [--epochs N (default: the spec's training.epochs)] [--syn-epochs 20] [--out /tmp/senca_bench_platform]
 """
 
@@ -84,11 +88,12 @@ def cohort_spec(row: str, root: Path, epochs: int, syn_epochs: int) -> Path | No
             return None
         spec = _base("bench-dlpfc", epochs, [{"id": "P151673", "slides": [
             {"id": "151673", "reader": "visium", "path": str(DLPFC), "labels": str(DLPFC / "labels.tsv")}]}])
-    else:  # synthetic: syn<patients>x<spots>
+    else:  # synthetic: syn<patients>x<spots>[e<epochs>]
         from senca_platform.demo import write_demo
 
-        n, spots = (int(v) for v in row[3:].split("x"))
-        path = write_demo(d, n_patients=n, n_spots=spots, seed=0, epochs=syn_epochs, tuning=False)
+        shape, _, own_epochs = row[3:].partition("e")
+        n, spots = (int(v) for v in shape.split("x"))
+        path = write_demo(d, n_patients=n, n_spots=spots, seed=0, epochs=int(own_epochs or syn_epochs), tuning=False)
         spec = yaml.safe_load(path.read_text())
         spec["name"] = f"bench-{row}"
         spec["training"]["resources_per_worker"] = {"CPU": 1}  # as the real rows: 2 workers x 1 CPU
@@ -205,6 +210,15 @@ def in_process(spec_path: Path, threads: int) -> dict:
     return times
 
 
+def in_fresh_process(spec_path: Path, threads: int) -> dict:
+    """:func:`in_process` in a new Python process (``--in-process``): no row warms the next one's first calls."""
+    proc = subprocess.run([sys.executable, __file__, "--in-process", str(spec_path), "--threads", str(threads)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{spec_path}: in-process exit {proc.returncode}\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _threads_of(cli: dict) -> int:
     """The torch threads the CLI's training used: the solo task's CPUs, else one per DDP worker."""
     return 2 if cli["train"].get("launcher") == "ray_task" else 1
@@ -213,12 +227,17 @@ def _threads_of(cli: dict) -> int:
 # ------------------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", default="a1,her2st6,dlpfc,syn8x2000,syn8x300,syn64x300")
+    ap.add_argument("--rows", default="a1,her2st6,dlpfc,syn8x2000,syn8x2000e200,syn8x300,syn64x300")
     ap.add_argument("--epochs", type=int, default=spec_default_epochs(),
                     help="epochs on the real sections (default: the spec's training.epochs default)")
     ap.add_argument("--syn-epochs", type=int, default=20, help="epochs on the synthetic cohorts")
     ap.add_argument("--out", type=Path, default=Path("/tmp/senca_bench_platform"))
+    ap.add_argument("--in-process", type=Path, help=argparse.SUPPRESS)  # one row's in-process run (a subprocess)
+    ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.in_process:
+        print(json.dumps(in_process(args.in_process, args.threads)))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for row in args.rows.split(","):
@@ -227,7 +246,7 @@ def main() -> None:
             print(f"[bench] {row}: skipped (no data under {SHARED})", file=sys.stderr)
             continue
         cli = run_cli(spec)
-        local = in_process(spec, _threads_of(cli))
+        local = in_fresh_process(spec, _threads_of(cli))
         results.append((row, spec, cli, local))
         print(f"[bench] {row}: cli {cli['wall']:.1f}s {cli['stages']} {cli['timing']}; in-process {local}",
               file=sys.stderr)
