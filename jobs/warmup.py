@@ -62,12 +62,13 @@ def _one_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class Warmup:
-    def __init__(self, n_workers: int) -> None:
+    def __init__(self, n_workers: int, num_cpus: int = 1) -> None:
         import ray
 
         self.started = time.perf_counter()
         task = ray.remote(import_stack).options(num_cpus=1, max_retries=0)
         self.refs = [task.remote() for _ in range(max(1, int(n_workers)))]
+        self.row_cpus = row_cpus(num_cpus, len(self.refs))
         self.thread = threading.Thread(target=self._data, name="senca-warmup-data", daemon=True)
         self.thread.start()
 
@@ -79,10 +80,7 @@ class Warmup:
             saved = ctx.enable_progress_bars, ctx.print_on_execution_start
             ctx.enable_progress_bars = ctx.print_on_execution_start = False
             try:
-                # one CPU: where the import tasks hold every CPU, the row waits for the first of them and runs in its
-                # warm process (with no CPU it started a process of its own, 1.1-1.4 CPU-s on a 2-core machine
-                # while the imports ran; the warm-up 0.6-1.5 s longer in four alternating pairs, docs/BENCHMARKS.md)
-                ray.data.from_items([{"i": 0}]).map(_one_row, num_cpus=1).take_all()
+                ray.data.from_items([{"i": 0}]).map(_one_row, num_cpus=self.row_cpus).take_all()
             finally:
                 ctx.enable_progress_bars, ctx.print_on_execution_start = saved
         except Exception:  # noqa: BLE001 - a warm-up failure costs time later, never the run
@@ -100,6 +98,15 @@ class Warmup:
         return time.perf_counter() - self.started
 
 
+def row_cpus(num_cpus: int, n_import_tasks: int) -> int:
+    """The CPUs the warm-up's one-row map holds: those the import tasks leave free, plus one, so that the row waits
+    for the first import task and runs in its warm process. With no CPU the row started a process of its own beside
+    the imports (1.1-1.4 CPU-s on a 2-core machine: warm-up 0.6-1.5 s longer in four alternating pairs), and with
+    one CPU where the imports leave one free (a one-slide cohort on 2 cores) it did too (1.0 CPU-s: the warm-up
+    0.45 s and HER2ST A1 end to end 0.8 s longer on the mean of four alternating pairs; docs/BENCHMARKS.md)."""
+    return max(1, int(num_cpus) - int(n_import_tasks) + 1)
+
+
 def workers_to_warm(num_cpus: int, n_slides: int, concurrency: int | None) -> int:
     """How many workers the first stage's map will run at once, so as many to warm: one per slide, at most the
     CPUs and the spec's ``preprocess.concurrency`` (a user who caps it for memory gets no idle warm worker holding
@@ -111,4 +118,4 @@ def workers_to_warm(num_cpus: int, n_slides: int, concurrency: int | None) -> in
 
 def start(num_cpus: int, n_slides: int, concurrency: int | None) -> Warmup:
     """Warm :func:`workers_to_warm` workers and Ray Data (in the background; :meth:`Warmup.wait` joins)."""
-    return Warmup(workers_to_warm(num_cpus, n_slides, concurrency))
+    return Warmup(workers_to_warm(num_cpus, n_slides, concurrency), num_cpus)

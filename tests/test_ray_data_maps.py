@@ -37,6 +37,15 @@ def test_the_warm_workers_are_those_the_first_map_runs_at_once(cpus, slides, con
         assert warm == min(cpus, preprocess._pool_size(concurrency, slides))
 
 
+@pytest.mark.parametrize(("cpus", "slides", "row"), [(2, 1, 2), (2, 4, 1), (8, 3, 6), (1, 1, 1)])
+def test_the_warm_up_row_waits_for_a_warm_worker(cpus, slides, row):
+    """The one-row map holds every CPU the import tasks leave free and one more: it can only start once an import
+    task has finished, in that task's warm worker, never in a process of its own."""
+    tasks = warmup.workers_to_warm(cpus, slides, None)
+    assert warmup.row_cpus(cpus, tasks) == row
+    assert cpus - tasks < row <= cpus
+
+
 def test_run_map_keeps_input_order_and_leaves_the_data_context_as_found():
     import ray
     import ray.data
