@@ -70,6 +70,12 @@ def train_workers(plan: dict[str, Any], pre: dict[str, Any], epochs: int) -> tup
                         min_spot_epochs_per_worker=int(t.get("min_spot_epochs_per_worker", 0) or 0))
 
 
+def scaling_key(t: dict[str, Any], workers: int) -> dict[str, Any]:
+    """The scaling part of a training stage's cache key: the workers planned, not only the spec's ``num_workers``
+    (DDP over another number of workers, or one task, trains another network)."""
+    return {"workers": int(workers), **{k: t[k] for k in ("num_workers", "use_gpu", "resources_per_worker")}}
+
+
 def worker_resources(plan: dict[str, Any], workers: int) -> dict[str, float] | None:
     """Resources per worker; one worker standing in for several holds their CPUs (capped by the cluster's)."""
     t = plan["training"]
@@ -143,14 +149,15 @@ def stage_train(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tr
     t = plan["training"]
     paths = list(pre["paths"].values())
     model = _model_cfg(plan)
-    workers, why = train_workers(plan, pre, int(model["epochs"]))
+    epochs = int((overrides or {}).get("epochs") or model["epochs"])  # the tuned epochs, where Tune chose them
+    workers, why = train_workers(plan, pre, epochs)
     resources = worker_resources(plan, workers)
     cfg = {"model": model, "overrides": dict(overrides or {}), "slide_paths": paths,
            "n_expr": pre["n_expr"], "n_hist": pre["n_hist"], "eval": _eval_cfg(plan, None, 1), "threads": 1,
            "checkpoint": _checkpoint_cfg(t)}
     key = stable_hash({"v": PIPELINE_VERSION, "pre": pre["key"],
                        "cfg": {k: v for k, v in cfg.items() if k not in ("slide_paths", "checkpoint")},
-                       "scaling": {k: t[k] for k in ("num_workers", "use_gpu", "resources_per_worker")}})
+                       "scaling": scaling_key(t, workers)})
     clock = StageClock(tracker, stage)
     hit = cache.get(stage, key)
     cached = hit is not None
@@ -159,7 +166,7 @@ def stage_train(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tr
         check_resources(plan, stage, workers, resources, tracker)
         task = runs_as_task(workers, t.get("launcher", "auto"))
         launcher = "ray_task" if task else "ray_train"
-        tracker.progress(f"{stage}: {why}; {cfg['model']['epochs']} epochs, {len(paths)} slide(s), "
+        tracker.progress(f"{stage}: {why}; {epochs} epochs, {len(paths)} slide(s), "
                          f"{pre.get('n_spots', 0)} spots, on "
                          + (f"one Ray task ({task_cpus(resources)[0]:g} CPU)" if task else "Ray Train (DDP)"))
         if resume:
@@ -251,7 +258,7 @@ def stage_tune(plan: dict[str, Any], pre: dict[str, Any], cache: StageCache, tra
     key = stable_hash({"v": PIPELINE_VERSION, "pre": pre["key"],
                        "cfg": {k: v for k, v in cfg.items() if k not in ("slide_paths", "checkpoint")},
                        "tuning": tuning,
-                       "scaling": {k: t[k] for k in ("num_workers", "use_gpu", "resources_per_worker")}})
+                       "scaling": scaling_key(t, workers)})
     clock = StageClock(tracker, "tune")
     hit = cache.get("tune", key)
     cached = hit is not None

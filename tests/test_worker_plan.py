@@ -64,3 +64,13 @@ def test_tuned_epochs_count_at_their_most():
     assert most_epochs(20, {"epochs": {"type": "choice", "values": [10, 300, 50]}}) == 300
     assert most_epochs(20, {"epochs": {"type": "randint", "low": 5, "high": 80}}) == 80
     assert most_epochs(400, {"epochs": {"type": "randint", "low": 5, "high": 80}}) == 400
+
+
+def test_the_planned_workers_key_the_training_cache():
+    """A training stage's cache key holds the workers planned: changing a minimum that changes the plan (one task
+    instead of two DDP workers) trains again instead of reusing the other network."""
+    from jobs.stage_model import scaling_key
+
+    t = {"num_workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 1.0}}
+    assert scaling_key(t, 1) != scaling_key(t, 2)
+    assert scaling_key(t, 2) == scaling_key(dict(t), 2)
