@@ -59,15 +59,16 @@ def may_use_worker_groups(*, n_slides: int, num_workers: int, launcher: str = "a
     whose ``n_spots`` (an upper bound, counted before reading: ``senca_platform.spec.census``; None: unknown) are
     fewer than two workers' ``min_spots_per_worker``, or whose spot-epochs (``n_spots`` x ``epochs``, the most
     epochs any training of the run may take) are fewer than two workers' ``min_spot_epochs_per_worker``; and one
-    worker runs as one Ray task (:func:`runs_as_task`) unless ``launcher`` asks for Ray Train."""
+    worker runs as one Ray task (:func:`runs_as_task`) unless ``launcher`` asks for Ray Train. Asked of
+    :func:`plan_workers` itself where the spots are counted, so the census and the plan cannot disagree."""
     if launcher != "auto":
         return True
-    if n_spots is not None and min_spots_per_worker and int(n_spots) < 2 * int(min_spots_per_worker):
-        return False
-    if (n_spots is not None and epochs is not None and min_spot_epochs_per_worker
-            and int(n_spots) * int(epochs) < 2 * int(min_spot_epochs_per_worker)):
-        return False
-    return int(n_slides) > 1 and int(num_workers) > 1
+    if n_spots is None:  # uncounted: only the slides and the spec's workers can say no
+        return int(n_slides) > 1 and int(num_workers) > 1
+    workers, _ = plan_workers(n_slides=n_slides, n_spots=n_spots, num_workers=num_workers,
+                              min_spots_per_worker=min_spots_per_worker, epochs=int(epochs or 0),
+                              min_spot_epochs_per_worker=min_spot_epochs_per_worker)
+    return workers > 1
 
 
 def most_epochs(epochs: int, search_space: dict[str, dict[str, Any]] | None = None) -> int:

@@ -78,11 +78,12 @@ def needs_dashboard(spec: CohortSpec) -> bool:
 
     t = spec.training
     args = dict(n_slides=len(spec.slides()), num_workers=t.num_workers, launcher=t.launcher)
-    minimums = dict(min_spots_per_worker=t.min_spots_per_worker, epochs=most_training_epochs(spec),
-                    min_spot_epochs_per_worker=t.min_spot_epochs_per_worker)
-    if not (may_use_worker_groups(**args) and t.launcher == "auto"
-            and (t.min_spots_per_worker or t.min_spot_epochs_per_worker)):
-        return may_use_worker_groups(**args)  # the spots cannot change the answer
+    possible = may_use_worker_groups(**args)
+    if not possible or t.launcher != "auto" or not (t.min_spots_per_worker or t.min_spot_epochs_per_worker):
+        return possible  # the spots cannot change the answer
+    epochs = most_training_epochs(spec)
     # two workers need twice each minimum: stop counting once the cohort has that many spots
-    enough = max(2 * t.min_spots_per_worker, -(-2 * t.min_spot_epochs_per_worker // minimums["epochs"]))
-    return may_use_worker_groups(**args, n_spots=most_spots(spec, enough=enough), **minimums)
+    enough = max(2 * t.min_spots_per_worker, -(-2 * t.min_spot_epochs_per_worker // epochs))
+    return may_use_worker_groups(**args, n_spots=most_spots(spec, enough=enough), epochs=epochs,
+                                 min_spots_per_worker=t.min_spots_per_worker,
+                                 min_spot_epochs_per_worker=t.min_spot_epochs_per_worker)
